@@ -1,0 +1,94 @@
+"""Who is calling: an API key (``Authorization: Bearer ce_…``), a session user, or an IP."""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+from typing import Any
+
+from django.contrib.auth.models import AnonymousUser
+from django.http import HttpRequest
+from django.middleware.csrf import CsrfViewMiddleware
+
+from . import exceptions
+from .conf import settings
+from .models import KEY_PREFIX, ApiKey, hash_key
+
+BEARER = "bearer "
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The caller a request is made for; ``identity`` keys rate limits and ownership."""
+
+    user: Any = None
+    api_key: ApiKey | None = None
+    ip: str = ""
+
+    @property
+    def identity(self) -> str:
+        if self.api_key is not None:
+            return f"key:{self.api_key.pk}"
+        if self.user is not None:
+            return f"user:{self.user.pk}"
+        return f"ip:{self.ip}"
+
+    @property
+    def user_id(self) -> int | None:
+        return self.user.pk if self.user is not None else None
+
+
+def client_ip(request: HttpRequest) -> str:
+    if settings.TRUST_X_FORWARDED_FOR:
+        forwarded = request.headers.get("X-Forwarded-For", "")
+        if forwarded:
+            return forwarded.split(",")[0].strip()
+    return str(request.META.get("REMOTE_ADDR") or "")
+
+
+async def akey_for_token(token: str) -> ApiKey:
+    """The active key for a raw ``ce_…`` token, or :class:`AuthenticationFailed`."""
+    if not token.startswith(KEY_PREFIX):
+        raise exceptions.AuthenticationFailed("Invalid API key.")
+    hashed = hash_key(token)
+    key = await ApiKey.objects.select_related("user").filter(hashed_key=hashed).afirst()
+    # The lookup is by hash; compare again in constant time so timing says nothing.
+    if key is None or not hmac.compare_digest(key.hashed_key, hashed):
+        raise exceptions.AuthenticationFailed("Invalid API key.")
+    if not key.is_active or not key.user.is_active:
+        raise exceptions.AuthenticationFailed("This API key is revoked or expired.")
+    return key
+
+
+def _enforce_csrf(request: HttpRequest) -> None:
+    def no_response(request: HttpRequest) -> None:  # pragma: no cover - never called
+        return None
+
+    check = CsrfViewMiddleware(no_response)  # type: ignore[arg-type]
+    check.process_request(request)
+    rejection = check.process_view(request, lambda r: None, (), {})  # type: ignore[arg-type]
+    if rejection is not None:
+        raise exceptions.PermissionDenied("CSRF check failed.", code="csrf_failed")
+
+
+async def aauthenticate(request: HttpRequest) -> Principal:
+    """Resolve the caller once per request (cached on it) or raise ``AuthenticationFailed``."""
+    cached: Principal | None = getattr(request, "copilotedge_principal", None)
+    if cached is not None:
+        return cached
+    ip = client_ip(request)
+    header = request.headers.get("Authorization", "")
+    if header[: len(BEARER)].lower() == BEARER:
+        key = await akey_for_token(header[len(BEARER) :].strip())
+        principal = Principal(user=key.user, api_key=key, ip=ip)
+    else:
+        user = await request.auser() if hasattr(request, "auser") else AnonymousUser()
+        if user.is_authenticated:
+            _enforce_csrf(request)
+            principal = Principal(user=user, ip=ip)
+        elif settings.ALLOW_ANONYMOUS:
+            principal = Principal(ip=ip)
+        else:
+            raise exceptions.AuthenticationFailed()
+    request.copilotedge_principal = principal  # type: ignore[attr-defined]
+    return principal

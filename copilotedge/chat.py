@@ -1,0 +1,204 @@
+"""One conversation turn, shared by every face (OpenAI, /ai/run, AG-UI, GraphQL, WebSocket).
+
+A :class:`Turn` sends the request upstream, yields normalised deltas while folding them
+into a complete answer, and when it ends (finished, failed or cancelled) records usage.
+Faces only translate the request in and the deltas out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from asgiref.sync import iscoroutinefunction
+
+from . import cloudflare, exceptions, usage
+from .cloudflare import Delta, ToolCallDelta, Usage
+from .conf import settings
+
+if TYPE_CHECKING:
+    from .auth import Principal
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ChatRequest:
+    """A validated request, whatever protocol it came in on."""
+
+    model: str
+    messages: list[dict[str, Any]]
+    params: dict[str, Any] = field(default_factory=dict)
+    stream: bool = False
+    conversation_id: uuid.UUID | None = None
+
+
+@dataclass
+class ToolCall:
+    id: str
+    name: str = ""
+    arguments: str = ""
+
+    def as_openai(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "type": "function",
+            "function": {"name": self.name, "arguments": self.arguments},
+        }
+
+
+class Answer:
+    """Folds deltas into the complete answer: text, tool calls, finish reason, usage."""
+
+    def __init__(self) -> None:
+        self._parts: list[str] = []
+        self.tool_calls: dict[int, ToolCall] = {}
+        self.finish_reason: str | None = None
+        self.usage: Usage | None = None
+
+    @property
+    def text(self) -> str:
+        if len(self._parts) > 1:
+            self._parts = ["".join(self._parts)]
+        return self._parts[0] if self._parts else ""
+
+    def add(self, delta: Delta) -> None:
+        if delta.text:
+            self._parts.append(delta.text)
+        for piece in delta.tool_calls:
+            self._add_tool_call(piece)
+        if delta.finish_reason:
+            self.finish_reason = delta.finish_reason
+        if delta.usage is not None:
+            self.usage = delta.usage
+
+    def _add_tool_call(self, piece: ToolCallDelta) -> None:
+        call = self.tool_calls.get(piece.index)
+        if call is None:
+            call = ToolCall(id=piece.id or f"call_{uuid.uuid4().hex[:24]}")
+            self.tool_calls[piece.index] = call
+        if piece.name:
+            call.name = piece.name
+        call.arguments += piece.arguments
+
+    def final_finish_reason(self) -> str:
+        return self.finish_reason or ("tool_calls" if self.tool_calls else "stop")
+
+    def message(self) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": self.text}
+        if self.tool_calls:
+            message["tool_calls"] = [call.as_openai() for call in self.tool_calls.values()]
+        return message
+
+
+def _chunk_callback() -> Callable[[str], Any] | None:
+    return settings.ON_CHUNK
+
+
+class Turn:
+    """One request upstream and everything recorded about it.
+
+    Streaming: ``await open()`` (upstream errors raise here, before any byte is sent),
+    then ``async for delta in deltas()``. Not streaming: ``await complete()``.
+    """
+
+    def __init__(self, request: ChatRequest, principal: Principal, protocol: str) -> None:
+        self.request = request
+        self.principal = principal
+        self.protocol = protocol
+        self.id = uuid.uuid4()
+        self.created = int(time.time())
+        self.answer = Answer()
+        self.model_served = request.model
+        self.outcome = "ok"
+        self.error: exceptions.CopilotEdgeError | None = None
+        self.attempts = 0
+        self.started = time.monotonic()
+        self.first_token_at: float | None = None
+        self.finished = False
+        self._stream: cloudflare.UpstreamStream | None = None
+
+    @property
+    def messages(self) -> list[dict[str, Any]]:
+        return self.request.messages
+
+    async def open(self) -> None:
+        try:
+            self.attempts += 1
+            self._stream = await cloudflare.open_stream(
+                self.request.model, self.messages, self.request.params
+            )
+        except BaseException as error:
+            self._fail(error)
+            self.finish()
+            raise
+
+    async def deltas(self) -> AsyncIterator[Delta]:
+        if self._stream is None:
+            await self.open()
+        assert self._stream is not None
+        on_chunk = _chunk_callback()
+        try:
+            async for delta in self._stream:
+                if self.first_token_at is None:
+                    self.first_token_at = time.monotonic()
+                self.answer.add(delta)
+                if delta.text and on_chunk is not None:
+                    await self._call(on_chunk, delta.text)
+                yield delta
+        except BaseException as error:
+            self._fail(error)
+            raise
+        finally:
+            await self._stream.aclose()
+            self.finish()
+
+    async def complete(self) -> Answer:
+        try:
+            self.attempts += 1
+            delta = await cloudflare.complete(
+                self.request.model, self.messages, self.request.params
+            )
+            self.first_token_at = time.monotonic()
+            self.answer.add(delta)
+            on_chunk = _chunk_callback()
+            if delta.text and on_chunk is not None:
+                await self._call(on_chunk, delta.text)
+            return self.answer
+        except BaseException as error:
+            self._fail(error)
+            raise
+        finally:
+            self.finish()
+
+    async def _call(self, callback: Callable[[str], Any], text: str) -> None:
+        try:
+            if iscoroutinefunction(callback):
+                await callback(text)
+            else:
+                callback(text)
+        except Exception:
+            logger.exception("COPILOTEDGE_ON_CHUNK raised; the stream goes on.")
+
+    def _fail(self, error: BaseException) -> None:
+        if isinstance(error, asyncio.CancelledError | GeneratorExit):
+            self.outcome = "cancelled"
+        elif isinstance(error, exceptions.CopilotEdgeError):
+            self.error = error
+            started = bool(self.answer.text or self.answer.tool_calls)
+            self.outcome = "incomplete" if started else "error"
+        else:
+            self.error = exceptions.CopilotEdgeError()
+            self.outcome = "error"
+
+    def finish(self) -> None:
+        """Record the turn once, without waiting for the database."""
+        if self.finished:
+            return
+        self.finished = True
+        usage.record_turn(self)

@@ -1,0 +1,80 @@
+"""Every misconfiguration as a system check with a stable id, so ``manage.py check`` tells."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from decimal import InvalidOperation
+from typing import Any
+
+from django.core.checks import CheckMessage, Error, Warning
+
+from .conf import DEFAULT_BASE_URL, settings
+
+
+def _positive_numbers() -> Iterable[CheckMessage]:
+    for name in (
+        "CONNECT_TIMEOUT",
+        "READ_TIMEOUT",
+        "TOTAL_TIMEOUT",
+        "KEEPALIVE_SECONDS",
+        "MAX_BODY_BYTES",
+        "MAX_MESSAGES",
+        "MAX_CONNECTIONS",
+    ):
+        try:
+            value = getattr(settings, name)
+        except (TypeError, ValueError):
+            value = None
+        if value is None or value <= 0:
+            yield Error(
+                f"COPILOTEDGE_{name} must be a positive number.", id="copilotedge.E004"
+            )
+
+
+def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    errors: list[CheckMessage] = []
+    if settings.API_BASE_URL == DEFAULT_BASE_URL.rstrip("/"):
+        if not settings.ACCOUNT_ID:
+            errors.append(
+                Warning(
+                    "COPILOTEDGE_ACCOUNT_ID is not set: requests to Workers AI will fail.",
+                    hint="Set it to your Cloudflare account id (or point "
+                    "COPILOTEDGE_API_BASE_URL at the emulator or another upstream).",
+                    id="copilotedge.W001",
+                )
+            )
+        if not settings.API_TOKEN:
+            errors.append(
+                Warning(
+                    "COPILOTEDGE_API_TOKEN is not set: requests to Workers AI will fail.",
+                    hint="Create a Workers AI API token in the Cloudflare dashboard.",
+                    id="copilotedge.W002",
+                )
+            )
+    routes = settings.ROUTES
+    bad_routes = sorted(glob for glob, route in routes.items() if route not in ("openai", "run"))
+    if bad_routes:
+        errors.append(
+            Error(
+                f"COPILOTEDGE_ROUTES maps {', '.join(bad_routes)} to an unknown route.",
+                hint='Each value must be "openai" or "run".',
+                id="copilotedge.E003",
+            )
+        )
+    errors.extend(_positive_numbers())
+    try:
+        settings.ON_CHUNK  # noqa: B018 - importing the dotted path is the check
+    except ImportError as error:
+        errors.append(
+            Error(f"COPILOTEDGE_ON_CHUNK cannot be imported: {error}", id="copilotedge.E005")
+        )
+    try:
+        settings.PRICES  # noqa: B018
+    except (InvalidOperation, TypeError, ValueError):
+        errors.append(
+            Error(
+                "COPILOTEDGE_PRICES must map model ids to (input, output) USD per million tokens.",
+                id="copilotedge.E006",
+            )
+        )
+    return errors

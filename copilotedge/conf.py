@@ -1,0 +1,185 @@
+"""The app's settings, each with a default, read from ``django.conf.settings`` at call time.
+
+Reading at call time (never at import) keeps ``override_settings`` working and lets a
+site change a value without touching this module. Nothing here writes to settings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings as django_settings
+from django.utils.module_loading import import_string
+
+DEFAULT_BASE_URL = "https://api.cloudflare.com/client/v4"
+DEFAULT_MODEL = "@cf/meta/llama-3.1-8b-instruct"
+
+# Glob -> upstream route. First match wins; "openai" is the OpenAI-compatible
+# /ai/v1/chat/completions, "run" is the native /ai/run/{model}.
+DEFAULT_ROUTES: dict[str, str] = {
+    "@cf/meta/*": "openai",
+    "@cf/mistral/*": "openai",
+    "@cf/google/*": "openai",
+    "*": "run",
+}
+
+# USD per million tokens (input, output), from the Workers AI pricing page.
+DEFAULT_PRICES: dict[str, tuple[str, str]] = {
+    "@cf/meta/llama-3.1-8b-instruct": ("0.282", "0.827"),
+    "@cf/meta/llama-3.1-8b-instruct-fast": ("0.045", "0.384"),
+    "@cf/meta/llama-3.2-1b-instruct": ("0.027", "0.201"),
+    "@cf/meta/llama-3.2-3b-instruct": ("0.051", "0.335"),
+    "@cf/meta/llama-3.3-70b-instruct-fp8-fast": ("0.293", "2.253"),
+    "@cf/meta/llama-4-scout-17b-16e-instruct": ("0.270", "0.850"),
+    "@cf/mistral/mistral-7b-instruct-v0.1": ("0.110", "0.190"),
+    "@cf/mistralai/mistral-small-3.1-24b-instruct": ("0.351", "0.555"),
+    "@cf/google/gemma-3-12b-it": ("0.345", "0.556"),
+    "@cf/qwen/qwq-32b": ("0.660", "1.000"),
+    "@cf/qwen/qwen2.5-coder-32b-instruct": ("0.660", "1.000"),
+    "@cf/deepseek-ai/deepseek-r1-distill-qwen-32b": ("0.497", "4.881"),
+}
+
+DEFAULT_AGENTS: dict[str, dict[str, Any]] = {
+    "default": {
+        "name": "default",
+        "description": "A helpful assistant served by Cloudflare Workers AI.",
+    },
+}
+
+
+def _get(name: str, default: Any) -> Any:
+    return getattr(django_settings, name, default)
+
+
+class Settings:
+    """Typed accessors for every ``COPILOTEDGE_*`` setting."""
+
+    @property
+    def ACCOUNT_ID(self) -> str:
+        return str(_get("COPILOTEDGE_ACCOUNT_ID", ""))
+
+    @property
+    def API_TOKEN(self) -> str:
+        return str(_get("COPILOTEDGE_API_TOKEN", ""))
+
+    @property
+    def API_BASE_URL(self) -> str:
+        return str(_get("COPILOTEDGE_API_BASE_URL", DEFAULT_BASE_URL)).rstrip("/")
+
+    @property
+    def MODEL(self) -> str:
+        return str(_get("COPILOTEDGE_MODEL", DEFAULT_MODEL))
+
+    @property
+    def MODELS(self) -> list[str]:
+        """The models clients may ask for; the default model is always allowed."""
+        models = list(_get("COPILOTEDGE_MODELS", DEFAULT_PRICES.keys()))
+        if self.MODEL not in models:
+            models.insert(0, self.MODEL)
+        return models
+
+    @property
+    def ROUTES(self) -> Mapping[str, str]:
+        return dict(_get("COPILOTEDGE_ROUTES", DEFAULT_ROUTES))
+
+    @property
+    def CONNECT_TIMEOUT(self) -> float:
+        return float(_get("COPILOTEDGE_CONNECT_TIMEOUT", 5.0))
+
+    @property
+    def READ_TIMEOUT(self) -> float:
+        """Longest silence between two upstream bytes (also the first-token wait)."""
+        return float(_get("COPILOTEDGE_READ_TIMEOUT", 60.0))
+
+    @property
+    def TOTAL_TIMEOUT(self) -> float:
+        return float(_get("COPILOTEDGE_TOTAL_TIMEOUT", 300.0))
+
+    @property
+    def MAX_CONNECTIONS(self) -> int:
+        return int(_get("COPILOTEDGE_MAX_CONNECTIONS", 1000))
+
+    @property
+    def STREAM(self) -> bool:
+        """Whether a request that does not say ``stream`` is streamed."""
+        return bool(_get("COPILOTEDGE_STREAM", False))
+
+    @property
+    def ON_CHUNK(self) -> Callable[[str], Any] | None:
+        """Called with every text chunk streamed from upstream (callable or dotted path)."""
+        value = _get("COPILOTEDGE_ON_CHUNK", None)
+        if isinstance(value, str):
+            value = import_string(value)
+        return value  # type: ignore[no-any-return]
+
+    @property
+    def MAX_BODY_BYTES(self) -> int:
+        return int(_get("COPILOTEDGE_MAX_BODY_BYTES", 1024 * 1024))
+
+    @property
+    def MAX_MESSAGES(self) -> int:
+        return int(_get("COPILOTEDGE_MAX_MESSAGES", 500))
+
+    @property
+    def KEEPALIVE_SECONDS(self) -> float:
+        return float(_get("COPILOTEDGE_KEEPALIVE_SECONDS", 15.0))
+
+    @property
+    def RATE_LIMIT(self) -> str:
+        return str(_get("COPILOTEDGE_RATE_LIMIT", "60/m"))
+
+    @property
+    def TOKEN_RATE_LIMIT(self) -> str:
+        return str(_get("COPILOTEDGE_TOKEN_RATE_LIMIT", "100000/m"))
+
+    @property
+    def ALLOW_ANONYMOUS(self) -> bool:
+        return bool(_get("COPILOTEDGE_ALLOW_ANONYMOUS", False))
+
+    @property
+    def TRUST_X_FORWARDED_FOR(self) -> bool:
+        """Believe ``X-Forwarded-For`` (only behind a proxy that sets it)."""
+        return bool(_get("COPILOTEDGE_TRUST_X_FORWARDED_FOR", False))
+
+    @property
+    def RATE_LIMIT_FAIL_OPEN(self) -> bool:
+        return bool(_get("COPILOTEDGE_RATE_LIMIT_FAIL_OPEN", True))
+
+    @property
+    def CACHE_ALIAS(self) -> str:
+        return str(_get("COPILOTEDGE_CACHE_ALIAS", "default"))
+
+    @property
+    def PRICES(self) -> dict[str, tuple[Decimal, Decimal]]:
+        table = _get("COPILOTEDGE_PRICES", DEFAULT_PRICES)
+        return {model: (Decimal(i), Decimal(o)) for model, (i, o) in table.items()}
+
+    @property
+    def NEURON_PRICE(self) -> Decimal:
+        """USD per 1,000 neurons, used when upstream reports neurons."""
+        return Decimal(str(_get("COPILOTEDGE_NEURON_PRICE", "0.011")))
+
+    @property
+    def AGENTS(self) -> dict[str, dict[str, Any]]:
+        return dict(_get("COPILOTEDGE_AGENTS", DEFAULT_AGENTS))
+
+    @property
+    def METRICS_TOKEN(self) -> str:
+        return str(_get("COPILOTEDGE_METRICS_TOKEN", ""))
+
+    @property
+    def HISTORY_MAX_MESSAGES(self) -> int:
+        return int(_get("COPILOTEDGE_HISTORY_MAX_MESSAGES", 100))
+
+    @property
+    def HISTORY_MAX_TOKENS(self) -> int:
+        return int(_get("COPILOTEDGE_HISTORY_MAX_TOKENS", 6000))
+
+    @property
+    def RETENTION_DAYS(self) -> int:
+        return int(_get("COPILOTEDGE_RETENTION_DAYS", 30))
+
+
+settings = Settings()

@@ -1,0 +1,15 @@
+"""URLs of the app; the demo mounts them at ``/copilotedge/``."""
+
+from __future__ import annotations
+
+from django.urls import path
+
+from . import views
+
+app_name = "copilotedge"
+
+urlpatterns = [
+    path("v1/chat/completions", views.chat_completions, name="chat-completions"),
+    path("v1/models", views.models, name="models"),
+    path("ai/run/<path:model>", views.ai_run, name="ai-run"),
+]

@@ -1,0 +1,125 @@
+"""HTTP faces: OpenAI Chat Completions, the model list and Workers AI ``/ai/run``.
+
+Each view authenticates, validates, hands a :class:`~copilotedge.chat.Turn` the work and
+renders what comes back. Every failure is an OpenAI error object with a 4xx/5xx status.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from django.core.exceptions import RequestDataTooBig
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.views.decorators.csrf import csrf_exempt
+
+from . import sse, wire
+from .auth import aauthenticate
+from .chat import Turn
+from .conf import settings
+from .exceptions import CopilotEdgeError, InvalidRequest, RequestTooLarge
+from .validation import parse_chat, parse_include_usage, parse_json, parse_model
+
+logger = logging.getLogger(__name__)
+
+CONVERSATION_HEADER = "X-CopilotEdge-Conversation"
+
+View = Callable[..., Awaitable[HttpResponse]]
+
+
+def error_response(error: CopilotEdgeError, body: dict[str, Any] | None = None) -> JsonResponse:
+    response = JsonResponse(body or error.to_dict(), status=error.status_code)
+    if error.retry_after is not None:
+        response["Retry-After"] = str(max(1, round(error.retry_after)))
+    return response
+
+
+def api_view(*methods: str) -> Callable[[View], View]:
+    """Allow ``methods`` only and turn any :class:`CopilotEdgeError` into its response.
+
+    Views are CSRF-exempt here because :func:`aauthenticate` enforces CSRF itself for
+    session-authenticated requests (bearer-key requests need none).
+    """
+
+    def decorator(view: View) -> View:
+        @functools.wraps(view)
+        async def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            if request.method not in methods:
+                error = InvalidRequest(f"Use {' or '.join(methods)}.", code="method_not_allowed")
+                response = error_response(error)
+                response.status_code = 405
+                response["Allow"] = ", ".join(methods)
+                return response
+            try:
+                return await view(request, *args, **kwargs)
+            except CopilotEdgeError as error:
+                return error_response(error)
+
+        return csrf_exempt(wrapper)
+
+    return decorator
+
+
+def read_json(request: HttpRequest) -> dict[str, Any]:
+    """The JSON object body, refusing oversized bodies before reading them."""
+    limit = settings.MAX_BODY_BYTES
+    try:
+        length = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        length = 0
+    too_large = RequestTooLarge(f"The body is larger than {limit} bytes.")
+    if length > limit:
+        raise too_large
+    try:
+        return parse_json(request.body)
+    except RequestDataTooBig:
+        raise too_large from None
+
+
+def event_stream(frames: AsyncIterator[bytes]) -> StreamingHttpResponse:
+    response = StreamingHttpResponse(
+        wire.with_keepalive(frames, settings.KEEPALIVE_SECONDS), content_type=sse.CONTENT_TYPE
+    )
+    for name, value in sse.HEADERS.items():
+        response[name] = value
+    return response
+
+
+@api_view("POST")
+async def chat_completions(request: HttpRequest) -> HttpResponse:
+    principal = await aauthenticate(request)
+    body = read_json(request)
+    turn = Turn(parse_chat(body), principal, protocol="openai")
+    if turn.request.stream:
+        include_usage = parse_include_usage(body)
+        await turn.open()
+        return event_stream(wire.openai_stream(turn, include_usage=include_usage))
+    await turn.complete()
+    return JsonResponse(wire.openai_completion(turn))
+
+
+@api_view("GET")
+async def models(request: HttpRequest) -> HttpResponse:
+    await aauthenticate(request)
+    data = [
+        {"id": model, "object": "model", "created": 0, "owned_by": "cloudflare"}
+        for model in settings.MODELS
+    ]
+    return JsonResponse({"object": "list", "data": data})
+
+
+@api_view("POST")
+async def ai_run(request: HttpRequest, model: str) -> HttpResponse:
+    try:
+        principal = await aauthenticate(request)
+        body = read_json(request)
+        turn = Turn(parse_chat(body, model=parse_model(model)), principal, protocol="run")
+        if turn.request.stream:
+            await turn.open()
+            return event_stream(wire.run_stream(turn))
+        await turn.complete()
+    except CopilotEdgeError as error:
+        return error_response(error, wire.run_error(error))
+    return JsonResponse(wire.run_envelope(turn))

@@ -1,0 +1,180 @@
+"""The wire shapes of the OpenAI and Workers AI faces: answers, chunks and error frames."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+from . import sse
+from .chat import Turn
+from .cloudflare import Delta
+from .exceptions import CopilotEdgeError
+from .usage import estimate_prompt_tokens, estimate_tokens
+
+
+def completion_id(turn: Turn) -> str:
+    return f"chatcmpl-{turn.id.hex}"
+
+
+def usage_of(turn: Turn) -> dict[str, int]:
+    """Usage as the client sees it; estimated when upstream sent none."""
+    usage = turn.answer.usage
+    if usage is not None and (usage.prompt_tokens or usage.completion_tokens):
+        return usage.as_openai()
+    prompt = estimate_prompt_tokens(turn.messages)
+    completion = estimate_tokens(turn.answer.text)
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+
+
+def openai_completion(turn: Turn) -> dict[str, Any]:
+    return {
+        "id": completion_id(turn),
+        "object": "chat.completion",
+        "created": turn.created,
+        "model": turn.model_served,
+        "choices": [
+            {
+                "index": 0,
+                "message": turn.answer.message(),
+                "logprobs": None,
+                "finish_reason": turn.answer.final_finish_reason(),
+            }
+        ],
+        "usage": usage_of(turn),
+    }
+
+
+def _chunk(turn: Turn, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+    return sse.encode_json(
+        {
+            "id": completion_id(turn),
+            "object": "chat.completion.chunk",
+            "created": turn.created,
+            "model": turn.model_served,
+            "choices": [
+                {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+            ],
+        }
+    )
+
+
+def _delta_body(delta: Delta, turn: Turn) -> dict[str, Any] | None:
+    body: dict[str, Any] = {}
+    if delta.text:
+        body["content"] = delta.text
+    if delta.tool_calls:
+        calls = []
+        for piece in delta.tool_calls:
+            call: dict[str, Any] = {"index": piece.index, "function": {"arguments": piece.arguments}}
+            if piece.name:
+                # The first piece of a call carries its id (ours if upstream gave none).
+                call["id"] = turn.answer.tool_calls[piece.index].id
+                call["type"] = "function"
+                call["function"]["name"] = piece.name
+            calls.append(call)
+        body["tool_calls"] = calls
+    return body or None
+
+
+async def openai_stream(turn: Turn, *, include_usage: bool) -> AsyncIterator[bytes]:
+    """``chat.completion.chunk`` frames, a usage chunk if asked, then ``[DONE]``.
+
+    A failure after the first frame becomes an in-band ``{"error": …}`` frame; the
+    stream never pretends to have finished normally.
+    """
+    yield _chunk(turn, {"role": "assistant", "content": ""})
+    try:
+        async for delta in turn.deltas():
+            body = _delta_body(delta, turn)
+            if body is not None:
+                yield _chunk(turn, body)
+    except CopilotEdgeError as error:
+        yield sse.encode_json(error.to_dict())
+        yield sse.DONE_FRAME
+        return
+    yield _chunk(turn, {}, turn.answer.final_finish_reason())
+    if include_usage:
+        yield sse.encode_json(
+            {
+                "id": completion_id(turn),
+                "object": "chat.completion.chunk",
+                "created": turn.created,
+                "model": turn.model_served,
+                "choices": [],
+                "usage": usage_of(turn),
+            }
+        )
+    yield sse.DONE_FRAME
+
+
+def run_envelope(turn: Turn) -> dict[str, Any]:
+    result: dict[str, Any] = {"response": turn.answer.text, "usage": usage_of(turn)}
+    if turn.answer.tool_calls:
+        result["tool_calls"] = [
+            {"name": call.name, "arguments": call.arguments}
+            for call in turn.answer.tool_calls.values()
+        ]
+    return {"result": result, "success": True, "errors": [], "messages": []}
+
+
+def run_error(error: CopilotEdgeError) -> dict[str, Any]:
+    """Both shapes at once: the OpenAI error object and the Workers AI envelope."""
+    return {
+        **error.to_dict(),
+        "result": None,
+        "success": False,
+        "errors": [{"code": error.upstream_code or 0, "message": error.message}],
+        "messages": [],
+    }
+
+
+async def run_stream(turn: Turn) -> AsyncIterator[bytes]:
+    """Workers AI frames: ``{"response": …}``, a final usage frame, then ``[DONE]``."""
+    try:
+        async for delta in turn.deltas():
+            if delta.text:
+                yield sse.encode_json({"response": delta.text})
+            if delta.tool_calls:
+                calls = [{"name": p.name, "arguments": p.arguments} for p in delta.tool_calls]
+                yield sse.encode_json({"response": "", "tool_calls": calls})
+    except CopilotEdgeError as error:
+        yield sse.encode_json(run_error(error))
+        yield sse.DONE_FRAME
+        return
+    yield sse.encode_json({"response": "", "usage": usage_of(turn)})
+    yield sse.DONE_FRAME
+
+
+async def with_keepalive(frames: AsyncIterator[bytes], interval: float) -> AsyncIterator[bytes]:
+    """Pass frames through, adding a comment after every ``interval`` s of silence.
+
+    The next frame is awaited in a task, so a timeout never cancels the producer.
+    """
+    iterator = aiter(frames)
+    pending: asyncio.Future[bytes] | None = None
+    try:
+        while True:
+            if pending is None:
+                pending = asyncio.ensure_future(anext(iterator))
+            done, _ = await asyncio.wait({pending}, timeout=interval)
+            if not done:
+                yield sse.comment()
+                continue
+            try:
+                frame = pending.result()
+            except StopAsyncIteration:
+                return
+            pending = None
+            yield frame
+    finally:
+        if pending is not None and not pending.done():
+            pending.cancel()
+            await asyncio.gather(pending, return_exceptions=True)
+        aclose = getattr(iterator, "aclose", None)
+        if aclose is not None:
+            await aclose()
