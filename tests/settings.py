@@ -7,6 +7,7 @@ cache and channel layer unless ``REDIS_URL`` is set; CI runs it both ways.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -107,3 +108,9 @@ COPILOTEDGE_ACCOUNT_ID = "test-account"
 COPILOTEDGE_API_TOKEN = "test-token"
 COPILOTEDGE_API_BASE_URL = "https://upstream.test/client/v4"
 COPILOTEDGE_KEEPALIVE_SECONDS = 15
+
+# A server process started by the suite (tests/servers.py) runs on the suite's test
+# database and with the suite's overrides, handed over in the environment.
+if os.environ.get("COPILOTEDGE_TEST_DATABASE_NAME"):
+    DATABASES["default"]["NAME"] = os.environ["COPILOTEDGE_TEST_DATABASE_NAME"]
+globals().update(json.loads(os.environ.get("COPILOTEDGE_TEST_OVERRIDES", "{}")))

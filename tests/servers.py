@@ -1,0 +1,97 @@
+"""Real servers for end-to-end tests: the demo's ASGI app under daphne, on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from django.db import connection
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port} after {timeout} s")
+
+
+class DaphneServer:
+    """``tests.asgi:application`` under a real daphne process, on the suite's test database.
+
+    ``overrides`` are settings (JSON-serialisable) applied in the server process.
+    """
+
+    def __init__(self, overrides: dict[str, Any] | None = None, *, env: dict[str, str] | None = None) -> None:
+        self.overrides = overrides or {}
+        self.env = env or {}
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen[bytes] | None = None
+        # A file, not a pipe: a pipe nobody reads would block a chatty server.
+        self._stderr = tempfile.TemporaryFile()
+
+    def start(self) -> DaphneServer:
+        env = {
+            **os.environ,
+            **self.env,
+            "DJANGO_SETTINGS_MODULE": "tests.settings",
+            "COPILOTEDGE_TEST_DATABASE_NAME": str(connection.settings_dict["NAME"]),
+            "COPILOTEDGE_TEST_OVERRIDES": json.dumps(self.overrides),
+            "PYTHONPATH": str(ROOT),
+        }
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port),
+             "tests.asgi:application"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=self._stderr,
+        )
+        try:
+            wait_for_port(self.port)
+        except RuntimeError:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> str:
+        """Stop the server; returns what it wrote to stderr (tracebacks, if any)."""
+        if self.process is None:
+            return ""
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+        self._stderr.seek(0)
+        return self._stderr.read().decode(errors="replace")
+
+    def __enter__(self) -> DaphneServer:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
