@@ -17,12 +17,13 @@ from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import iscoroutinefunction
 
-from . import cloudflare, exceptions, usage
+from . import cloudflare, exceptions, history, usage
 from .cloudflare import Delta, ToolCallDelta, Usage
 from .conf import settings
 
 if TYPE_CHECKING:
     from .auth import Principal
+    from .transcript import Transcript
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +37,8 @@ class ChatRequest:
     params: dict[str, Any] = field(default_factory=dict)
     stream: bool = False
     conversation_id: uuid.UUID | None = None
+    #: False when the client named no model (a user's preferred model may then apply).
+    model_given: bool = True
 
 
 @dataclass
@@ -122,12 +125,22 @@ class Turn:
         self.first_token_at: float | None = None
         self.finished = False
         self._stream: cloudflare.UpstreamStream | None = None
+        # Conversation state (history.py): the stored answer, when there is one.
+        self.prepared = False
+        self.transcript: Transcript | None = None
 
     @property
     def messages(self) -> list[dict[str, Any]]:
         return self.request.messages
 
+    async def prepare(self) -> None:
+        """Apply preferences and stored history, save the new turn (once; before upstream)."""
+        if not self.prepared:
+            self.prepared = True
+            await history.aprepare(self)
+
     async def open(self) -> None:
+        await self.prepare()
         try:
             self.attempts += 1
             self._stream = await cloudflare.open_stream(
@@ -148,6 +161,8 @@ class Turn:
                 if self.first_token_at is None:
                     self.first_token_at = time.monotonic()
                 self.answer.add(delta)
+                if self.transcript is not None:
+                    self.transcript.grow(delta.text)
                 if delta.text and on_chunk is not None:
                     await self._call(on_chunk, delta.text)
                 yield delta
@@ -159,6 +174,7 @@ class Turn:
             self.finish()
 
     async def complete(self) -> Answer:
+        await self.prepare()
         try:
             self.attempts += 1
             delta = await cloudflare.complete(
@@ -201,4 +217,5 @@ class Turn:
         if self.finished:
             return
         self.finished = True
+        history.finish(self)
         usage.record_turn(self)

@@ -181,5 +181,50 @@ class Settings:
     def RETENTION_DAYS(self) -> int:
         return int(_get("COPILOTEDGE_RETENTION_DAYS", 30))
 
+    # Conversations and the WebSocket consumer (checked as copilotedge.E030/W030).
+
+    @property
+    def FLUSH_INTERVAL(self) -> float:
+        """Longest time a growing answer's text goes unsaved (seconds)."""
+        return float(_get("COPILOTEDGE_FLUSH_INTERVAL", 0.5))
+
+    @property
+    def FLUSH_BYTES(self) -> int:
+        """Unsaved text (UTF-8 bytes) that triggers a save before the interval is up."""
+        return int(_get("COPILOTEDGE_FLUSH_BYTES", 2048))
+
+    @property
+    def LIVE_INTERVAL(self) -> float:
+        """How often a growing answer is published to resumers on the channel layer (s)."""
+        return float(_get("COPILOTEDGE_LIVE_INTERVAL", 0.05))
+
+    @property
+    def CONVERSATIONS_PAGE_SIZE(self) -> int:
+        return int(_get("COPILOTEDGE_CONVERSATIONS_PAGE_SIZE", 20))
+
+    @property
+    def WS_AUTH_TIMEOUT(self) -> float:
+        """Seconds a socket may stay open without a valid ``auth`` message."""
+        return float(_get("COPILOTEDGE_WS_AUTH_TIMEOUT", 5.0))
+
+    @property
+    def WS_MAX_CHATS(self) -> int:
+        """Chats one socket may run at once."""
+        return int(_get("COPILOTEDGE_WS_MAX_CHATS", 4))
+
+    @property
+    def WS_MAX_MESSAGE_BYTES(self) -> int:
+        return int(_get("COPILOTEDGE_WS_MAX_MESSAGE_BYTES", 1024 * 1024))
+
+    @property
+    def WS_DETACHED_TIMEOUT(self) -> float:
+        """Seconds a chat may go on after its socket dropped before it is cancelled."""
+        return float(_get("COPILOTEDGE_WS_DETACHED_TIMEOUT", 300.0))
+
+    @property
+    def WS_CANCEL_ON_DISCONNECT(self) -> bool:
+        """Cancel a socket's chats when it drops instead of finishing and storing them."""
+        return bool(_get("COPILOTEDGE_WS_CANCEL_ON_DISCONNECT", False))
+
 
 settings = Settings()

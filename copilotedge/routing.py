@@ -1,10 +1,28 @@
-"""ASGI routing pieces a site mounts: the WebSocket routes and a lifespan handler."""
+"""ASGI routing pieces a site mounts: the WebSocket routes and a lifespan handler.
+
+A site wires them as::
+
+    ProtocolTypeRouter({
+        "http": django_asgi_app,
+        "websocket": AllowedHostsOriginValidator(
+            AuthMiddlewareStack(URLRouter(copilotedge.routing.websocket_urlpatterns))
+        ),
+        "lifespan": copilotedge.routing.lifespan,
+    })
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+from django.urls import path
+
 from .cloudflare import aclose_client
+from .consumers import ChatConsumer
+
+websocket_urlpatterns = [
+    path("ws/copilotedge/chat/", ChatConsumer.as_asgi(), name="copilotedge-chat"),
+]
 
 
 async def lifespan(scope: dict[str, Any], receive: Any, send: Any) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from . import views
+from . import conversation_views, views
 
 app_name = "copilotedge"
 
@@ -12,4 +12,12 @@ urlpatterns = [
     path("v1/chat/completions", views.chat_completions, name="chat-completions"),
     path("v1/models", views.models, name="models"),
     path("ai/run/<path:model>", views.ai_run, name="ai-run"),
+    # Conversations and preferences (conversation_views.py).
+    path("conversations/", conversation_views.conversation_list, name="conversations"),
+    path(
+        "conversations/<uuid:conversation_id>/",
+        conversation_views.conversation_detail,
+        name="conversation",
+    ),
+    path("preferences/", conversation_views.preferences, name="preferences"),
 ]

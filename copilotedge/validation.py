@@ -175,6 +175,7 @@ def parse_conversation_id(value: Any) -> uuid.UUID | None:
 
 def parse_chat(body: dict[str, Any], *, model: str | None = None) -> ChatRequest:
     """An OpenAI Chat Completions body (``model`` given by the URL for ``/ai/run``)."""
+    model_given = model is not None or body.get("model") is not None
     if model is None:
         model = parse_model(body.get("model"))
     if "messages" not in body and isinstance(body.get("prompt"), str):
@@ -187,4 +188,5 @@ def parse_chat(body: dict[str, Any], *, model: str | None = None) -> ChatRequest
         params=parse_params(body),
         stream=parse_stream(body),
         conversation_id=parse_conversation_id(body.get("conversation_id")),
+        model_given=model_given,
     )

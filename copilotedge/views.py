@@ -13,6 +13,7 @@ from typing import Any
 
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http.response import HttpResponseBase
 from django.views.decorators.csrf import csrf_exempt
 
 from . import sse, wire
@@ -92,12 +93,17 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
     principal = await aauthenticate(request)
     body = read_json(request)
     turn = Turn(parse_chat(body), principal, protocol="openai")
+    response: HttpResponseBase
     if turn.request.stream:
         include_usage = parse_include_usage(body)
         await turn.open()
-        return event_stream(wire.openai_stream(turn, include_usage=include_usage))
-    await turn.complete()
-    return JsonResponse(wire.openai_completion(turn))
+        response = event_stream(wire.openai_stream(turn, include_usage=include_usage))
+    else:
+        await turn.complete()
+        response = JsonResponse(wire.openai_completion(turn))
+    if turn.transcript is not None:
+        response[CONVERSATION_HEADER] = str(turn.transcript.conversation_id)
+    return response
 
 
 @api_view("GET")

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import httpx
 import pytest
 import respx
 from django.contrib.auth import get_user_model
+from django.test import Client
 
 from copilotedge import usage
 from copilotedge.models import ApiKey
@@ -69,4 +72,59 @@ def upstream() -> Iterator[respx.MockRouter]:
 @pytest.fixture
 async def drain_usage() -> AsyncIterator[None]:
     yield
+    await usage.adrain()
+
+
+# --- Conversations and the WebSocket consumer (issue 5) -----------------------------------
+
+WS_PATH = "/ws/copilotedge/chat/"
+ORIGIN = (b"origin", b"http://testserver")
+
+
+class SlowStream(httpx.AsyncByteStream):
+    """An upstream event stream that sends ``pieces`` ``delay`` s apart and notes its closing.
+
+    ``closed`` is set when the client hangs up (or the stream ends), ``sent`` counts pieces.
+    """
+
+    def __init__(self, pieces: list[str], delay: float = 0.05, *, done: bool = True) -> None:
+        self.pieces = pieces
+        self.delay = delay
+        self.done = done
+        self.sent = 0
+        self.closed = asyncio.Event()
+        self.finished = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for piece in self.pieces:
+            await asyncio.sleep(self.delay)
+            self.sent += 1
+            yield sse_body(openai_chunk(piece), done=False)
+        yield sse_body(openai_chunk(None, "stop"), done=self.done)
+        self.finished = True
+
+    async def aclose(self) -> None:
+        self.closed.set()
+
+
+def stream_response(stream: SlowStream) -> httpx.Response:
+    return httpx.Response(200, stream=stream, headers={"content-type": "text/event-stream"})
+
+
+@pytest.fixture
+def session_cookie(user: Any) -> bytes:
+    """A ``cookie`` header value carrying a signed-in session of ``user``."""
+    client = Client()
+    client.force_login(user)
+    return f"sessionid={client.cookies['sessionid'].value}".encode()
+
+
+@pytest.fixture
+async def drain_chats() -> AsyncIterator[None]:
+    """Let detached chats and background saves finish before the test's database goes."""
+    yield
+    from copilotedge import consumers, transcript
+
+    await consumers.adrain()
+    await transcript.adrain()
     await usage.adrain()

@@ -1,0 +1,338 @@
+"""Conversations in the turn: preferences, stored history, the budget, and what is saved.
+
+:func:`aprepare` runs before a turn goes upstream. It applies the caller's
+:class:`~copilotedge.models.Preference` where the request says nothing, loads the stored
+history of ``conversation_id`` (the caller's own only), fits it to the history budget,
+stores the new messages and an empty ``streaming`` assistant message, and gives the
+turn a :class:`~copilotedge.transcript.Transcript`. :func:`finish` saves the final
+answer. Every face (OpenAI, AG-UI, WebSocket) gets this through
+:class:`~copilotedge.chat.Turn`.
+
+A client may send only the new messages (the usual way with ``conversation_id``) or the
+whole conversation again (as AG-UI clients do): when the request's messages start with
+the stored ones, only the rest is new.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import uuid
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from asgiref.sync import sync_to_async
+from django.db import IntegrityError, transaction
+from django.db.models import Max
+from django.utils import timezone
+
+from . import exceptions
+from .conf import settings
+from .models import Conversation, Message, Preference
+from .transcript import Transcript, spawn
+from .usage import estimate_prompt_tokens, estimate_tokens
+
+if TYPE_CHECKING:
+    from .auth import Principal
+    from .chat import ChatRequest, Turn
+
+logger = logging.getLogger(__name__)
+
+TITLE_LENGTH = 80
+_SYSTEM = Message.Role.SYSTEM
+_STATUS_OF_OUTCOME = {
+    "ok": Message.Status.COMPLETE,
+    "cancelled": Message.Status.CANCELLED,
+    "incomplete": Message.Status.INCOMPLETE,
+}
+_STORE_ATTEMPTS = 3
+
+
+def message_tokens(message: dict[str, Any]) -> int:
+    return estimate_prompt_tokens([message])
+
+
+def fit_history(
+    messages: Sequence[dict[str, Any]], *, keep_last: int, max_messages: int, max_tokens: int
+) -> list[dict[str, Any]]:
+    """The messages to send: the last ``keep_last`` (the new turn) and every system message
+    always, then as much of the rest as fits ``max_messages``/``max_tokens``, newest first.
+
+    A tool result whose assistant call was dropped is dropped too (upstream refuses it).
+    """
+    split = max(0, len(messages) - keep_last)
+    head = messages[:split]
+    keep = {i for i, m in enumerate(head) if m["role"] == _SYSTEM}
+    keep.update(range(split, len(messages)))
+    tokens_left = max_tokens - sum(message_tokens(messages[i]) for i in keep)
+    messages_left = max_messages
+    history = [i for i in range(split) if i not in keep]
+    taken: list[int] = []
+    for i in reversed(history):
+        cost = message_tokens(messages[i])
+        if messages_left <= 0 or cost > tokens_left:
+            break
+        taken.append(i)
+        messages_left -= 1
+        tokens_left -= cost
+    taken.reverse()
+    while taken and messages[taken[0]]["role"] == Message.Role.TOOL:
+        taken.pop(0)
+    keep.update(taken)
+    return [messages[i] for i in sorted(keep)]
+
+
+def _same(message: dict[str, Any]) -> tuple[str, str]:
+    return message["role"], str(message.get("content") or "")
+
+
+def split_new(
+    stored: list[dict[str, Any]], incoming: list[dict[str, Any]], *, truncated: bool = False
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """``(to_send, new)``: the conversation as sent upstream, and the messages to store.
+
+    ``incoming`` repeats the conversation when its non-system messages start with the
+    stored ones (or, if ``stored`` is only the latest part, contain them), then go on.
+    """
+    said = [_same(m) for m in stored if m["role"] != _SYSTEM]
+    theirs = [m for m in incoming if m["role"] != _SYSTEM]
+    if said:
+        starts = range(len(theirs) - len(said) - 1, -1, -1) if truncated else (0,)
+        for start in starts:
+            end = start + len(said)
+            if end < len(theirs) and [_same(m) for m in theirs[start:end]] == said:
+                return incoming, theirs[end:]
+    return stored + incoming, incoming
+
+
+def derive_title(messages: Sequence[dict[str, Any]]) -> str:
+    """The first user message, on one line, cut at a word near :data:`TITLE_LENGTH`."""
+    for message in messages:
+        if message["role"] == Message.Role.USER:
+            text = re.sub(r"\s+", " ", str(message.get("content") or "")).strip()
+            if len(text) <= TITLE_LENGTH:
+                return text
+            cut = text[:TITLE_LENGTH].rsplit(" ", 1)[0] or text[:TITLE_LENGTH]
+            return cut.rstrip(" ,.;:") + "…"
+    return ""
+
+
+def apply_preference(request: ChatRequest, preference: Preference | None) -> None:
+    """Fill in what the request left unsaid from the caller's preferences."""
+    if preference is None:
+        return
+    if not request.model_given and preference.model in settings.MODELS:
+        request.model = preference.model
+    if preference.temperature is not None:
+        request.params.setdefault("temperature", preference.temperature)
+    if preference.max_tokens is not None:
+        request.params.setdefault("max_tokens", preference.max_tokens)
+
+
+async def apreference(principal: Principal) -> Preference | None:
+    if principal.user is None:
+        return None
+    return await Preference.objects.filter(user=principal.user).afirst()
+
+
+async def aowned(principal: Principal, conversation_id: uuid.UUID) -> Conversation:
+    """The caller's conversation, or :class:`NotFound` (also for another's: no leak)."""
+    conversation = None
+    if principal.user is not None:
+        conversation = await Conversation.objects.filter(
+            pk=conversation_id, user=principal.user
+        ).afirst()
+    if conversation is None:
+        raise exceptions.NotFound(
+            "No conversation with this id.", param="conversation_id", code="conversation_not_found"
+        )
+    return conversation
+
+
+async def astored(conversation: Conversation) -> tuple[list[dict[str, Any]], bool]:
+    """The stored history as OpenAI messages (every system message and the latest
+    others), and whether older messages were left out."""
+    usable = conversation.messages.exclude(status=Message.Status.STREAMING).exclude(
+        role=Message.Role.ASSISTANT, content="", tool_calls__isnull=True
+    )
+    system = [m async for m in usable.filter(role=_SYSTEM).order_by("sequence")]
+    recent = [
+        m
+        async for m in usable.exclude(role=_SYSTEM).order_by("-sequence")[
+            : settings.HISTORY_MAX_MESSAGES
+        ]
+    ]
+    ordered = sorted(system + recent, key=lambda m: m.sequence)
+    truncated = len(recent) == settings.HISTORY_MAX_MESSAGES
+    return [m.as_openai() for m in ordered], truncated
+
+
+def _store_turn(
+    principal: Principal, conversation_id: uuid.UUID | None, model: str, new: list[dict[str, Any]]
+) -> tuple[Conversation, Message]:
+    """Save the new messages and an empty streaming answer (one transaction)."""
+    for attempt in range(1, _STORE_ATTEMPTS + 1):
+        try:
+            with transaction.atomic():
+                return _store_turn_once(principal, conversation_id, model, new)
+        except IntegrityError:
+            # Two turns of one conversation took the same sequence number; take the next.
+            if attempt == _STORE_ATTEMPTS:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _store_turn_once(
+    principal: Principal, conversation_id: uuid.UUID | None, model: str, new: list[dict[str, Any]]
+) -> tuple[Conversation, Message]:
+    now = timezone.now()
+    if conversation_id is None:
+        conversation = Conversation.objects.create(
+            user=principal.user, api_key=principal.api_key, model=model,
+            title=derive_title(new), created_at=now, updated_at=now,
+        )  # fmt: skip
+        sequence = 0
+    else:
+        conversation = Conversation.objects.select_for_update().get(pk=conversation_id)
+        last = conversation.messages.aggregate(last=Max("sequence"))["last"]
+        sequence = 0 if last is None else last + 1
+        conversation.updated_at = now
+        conversation.model = model
+        conversation.title = conversation.title or derive_title(new)
+        conversation.save(update_fields=["updated_at", "model", "title"])
+    rows = [
+        Message(
+            conversation=conversation,
+            sequence=sequence + i,
+            role=m["role"],
+            content=str(m.get("content") or ""),
+            tool_calls=m.get("tool_calls") or None,
+            tool_call_id=m.get("tool_call_id") or "",
+            created_at=now,
+            updated_at=now,
+        )
+        for i, m in enumerate(new)
+    ]
+    answer = Message(
+        conversation=conversation,
+        sequence=sequence + len(new),
+        role=Message.Role.ASSISTANT,
+        status=Message.Status.STREAMING,
+        created_at=now,
+        updated_at=now,
+    )
+    Message.objects.bulk_create([*rows, answer])
+    return conversation, answer
+
+
+async def _astore_turn(
+    principal: Principal, conversation_id: uuid.UUID | None, model: str, new: list[dict[str, Any]]
+) -> tuple[Conversation, Message]:
+    saving = asyncio.ensure_future(
+        sync_to_async(_store_turn)(principal, conversation_id, model, new)
+    )
+    try:
+        return await asyncio.shield(saving)
+    except asyncio.CancelledError:
+        # The rows may still be written: close the answer so it does not stay "streaming".
+        saving.add_done_callback(_close_abandoned)
+        raise
+
+
+def _close_abandoned(saving: asyncio.Future[tuple[Conversation, Message]]) -> None:
+    if saving.cancelled() or saving.exception() is not None:
+        return
+    answer = saving.result()[1]
+    spawn(
+        Message.objects.filter(pk=answer.pk).aupdate(
+            status=Message.Status.CANCELLED, updated_at=timezone.now()
+        )
+    )
+
+
+async def aprepare(turn: Turn) -> None:
+    """Apply preferences and the stored conversation to ``turn`` and save its new turn."""
+    request = turn.request
+    principal = turn.principal
+    preference = await apreference(principal)
+    apply_preference(request, preference)
+    stored: list[dict[str, Any]] = []
+    truncated = False
+    if request.conversation_id is not None:
+        conversation = await aowned(principal, request.conversation_id)
+        stored, truncated = await astored(conversation)
+    to_send, new = split_new(stored, request.messages, truncated=truncated)
+    has_system = any(m["role"] == _SYSTEM for m in to_send)
+    if preference is not None and preference.system_prompt and not has_system:
+        to_send = [{"role": "system", "content": preference.system_prompt}, *to_send]
+    request.messages = fit_history(
+        to_send,
+        keep_last=len(new),
+        max_messages=settings.HISTORY_MAX_MESSAGES,
+        max_tokens=settings.HISTORY_MAX_TOKENS,
+    )
+    store = principal.user is not None and (preference is None or preference.store_conversations)
+    if not store:
+        return
+    conversation, answer = await _astore_turn(
+        principal, request.conversation_id, request.model, new
+    )
+    request.conversation_id = conversation.id
+    turn.transcript = Transcript(answer.id, conversation.id, lambda: turn.answer.text)
+
+
+def finish(turn: Turn) -> None:
+    """Schedule saving the turn's final answer (the caller does not wait)."""
+    transcript = turn.transcript
+    if transcript is None:
+        return
+    if transcript.deleted:
+        turn.request.conversation_id = None  # the usage record must not point at it
+    spawn(_afinish(turn, transcript))
+
+
+async def _afinish(turn: Turn, transcript: Transcript) -> None:
+    answer = turn.answer
+    status = _STATUS_OF_OUTCOME.get(turn.outcome, Message.Status.ERROR)
+    upstream = answer.usage
+    if upstream is not None and (upstream.prompt_tokens or upstream.completion_tokens):
+        prompt, completion = upstream.prompt_tokens, upstream.completion_tokens
+    else:
+        prompt = estimate_prompt_tokens(turn.messages) if turn.attempts else 0
+        completion = estimate_tokens(answer.text)
+    tool_calls = [call.as_openai() for call in answer.tool_calls.values()] or None
+    finish_reason = answer.final_finish_reason() if status == Message.Status.COMPLETE else ""
+    try:
+        await transcript.afinish(
+            {
+                "status": status,
+                "finish_reason": finish_reason or answer.finish_reason or "",
+                "tool_calls": tool_calls,
+                "prompt_tokens": prompt,
+                "completion_tokens": completion,
+            }
+        )
+        await Conversation.objects.filter(pk=transcript.conversation_id).aupdate(
+            updated_at=timezone.now()
+        )
+    except Exception:
+        logger.exception("Could not save the answer of message %s", transcript.message_id)
+
+
+async def acancel(message_id: uuid.UUID) -> bool:
+    """Stop a generating answer from anywhere: here at once, elsewhere at its next save."""
+    local = transcript_of(message_id)
+    if local is not None:
+        local.stop()
+        return True
+    updated = await Message.objects.filter(pk=message_id, status=Message.Status.STREAMING).aupdate(
+        status=Message.Status.CANCELLED, updated_at=timezone.now()
+    )
+    return updated > 0
+
+
+def transcript_of(message_id: uuid.UUID) -> Transcript | None:
+    from .transcript import active
+
+    return active.get(message_id)

@@ -1,0 +1,213 @@
+"""The growing text of a stored assistant message: saved while it grows, published live.
+
+A :class:`Transcript` follows one generating answer. Off the stream's hot path (timers
+and background tasks, never an ``await`` per token) it
+
+- saves the text to the ``Message`` row every ``FLUSH_INTERVAL`` seconds or
+  ``FLUSH_BYTES`` of new text, so a crash loses at most that much and a reader in
+  another process sees progress;
+- publishes the text past the last save to the channel-layer group of the message every
+  ``LIVE_INTERVAL`` seconds (one coalesced event, never one per token), so a client that
+  resumes on any server process gets the live deltas.
+
+Each live event carries ``offset`` (the characters already saved) and ``text`` (all the
+text after it), so a resumer that read the row, then receives an event, can tell exactly
+which characters it still lacks: nothing is lost or sent twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from channels.layers import get_channel_layer
+from django.utils import timezone
+
+from .conf import settings
+from .models import Message
+
+logger = logging.getLogger(__name__)
+
+#: Channel-layer event types; a consumer handles them as ``copilotedge_live_delta``/``_end``.
+LIVE_DELTA = "copilotedge.live.delta"
+LIVE_END = "copilotedge.live.end"
+
+#: Transcripts of the answers this process is generating, by message id.
+active: dict[uuid.UUID, Transcript] = {}
+_background: set[asyncio.Task[Any]] = set()
+
+
+def group_name(message_id: uuid.UUID) -> str:
+    """The channel-layer group a message's live deltas are published to."""
+    return f"copilotedge.live.{message_id.hex}"
+
+
+def spawn(coroutine: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+    """Run ``coroutine`` in the background, keeping a reference until it is done."""
+    task = asyncio.get_running_loop().create_task(coroutine)
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+    return task
+
+
+async def adrain() -> None:
+    """Wait for every background save and publication of this loop (tests and shutdown)."""
+    loop = asyncio.get_running_loop()
+    while mine := [task for task in _background if task.get_loop() is loop]:
+        await asyncio.gather(*mine, return_exceptions=True)
+
+
+async def publish(message_id: uuid.UUID, event: dict[str, Any]) -> None:
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    try:
+        await layer.group_send(group_name(message_id), event)
+    except Exception:
+        # Live delivery is best effort: a resumer falls back to the stored text.
+        logger.warning("Could not publish to %s", group_name(message_id), exc_info=True)
+
+
+class Transcript:
+    """Saves and publishes the text of one generating assistant message.
+
+    ``text`` returns the whole answer so far (the turn's :class:`~copilotedge.chat.Answer`);
+    call :meth:`grow` with each new piece and :meth:`afinish` once at the end.
+    """
+
+    def __init__(
+        self, message_id: uuid.UUID, conversation_id: uuid.UUID, text: Callable[[], str]
+    ) -> None:
+        self.message_id = message_id
+        self.conversation_id = conversation_id
+        self._text = text
+        #: Characters confirmed saved; live events start there.
+        self.saved = 0
+        self._unsaved_bytes = 0
+        self._flush_timer: asyncio.TimerHandle | None = None
+        self._flushing: asyncio.Task[None] | None = None
+        self._publish_timer: asyncio.TimerHandle | None = None
+        self._publishing: asyncio.Task[None] | None = None
+        self._republish = False
+        self._finished = False
+        #: The task generating the answer; cancelled when the message is stopped elsewhere.
+        self.task: asyncio.Task[Any] | None = None
+        #: Set when the row disappeared (its conversation was deleted) mid-answer.
+        self.deleted = False
+        active[message_id] = self
+
+    def grow(self, piece: str) -> None:
+        """Note new text; schedules a save and a publication, never waits for them."""
+        if not piece or self._finished:
+            return
+        if self.task is None:
+            self.task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        self._unsaved_bytes += len(piece.encode())
+        if self._unsaved_bytes >= settings.FLUSH_BYTES:
+            self._start_flush()
+        elif self._flush_timer is None and self._flushing is None:
+            self._flush_timer = loop.call_later(settings.FLUSH_INTERVAL, self._start_flush)
+        if self._publish_timer is None:
+            self._publish_timer = loop.call_later(settings.LIVE_INTERVAL, self._start_publish)
+
+    # Saving ---------------------------------------------------------------------------
+
+    def _start_flush(self) -> None:
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        if self._flushing is not None or self._finished:
+            return  # the running save re-arms itself when it ends
+        self._flushing = spawn(self._flush())
+
+    async def _flush(self) -> None:
+        text = self._text()
+        self._unsaved_bytes = 0
+        try:
+            updated = await Message.objects.filter(
+                pk=self.message_id, status=Message.Status.STREAMING
+            ).aupdate(content=text, updated_at=timezone.now())
+        except Exception:
+            logger.warning("Could not save message %s", self.message_id, exc_info=True)
+            updated = -1
+        self._flushing = None
+        if updated == 0 and not self._finished:
+            await self._stopped_elsewhere()
+            return
+        if updated > 0:
+            self.saved = max(self.saved, len(text))
+        if self._finished:
+            return
+        if self._unsaved_bytes >= settings.FLUSH_BYTES:
+            self._start_flush()
+        elif self._unsaved_bytes and self._flush_timer is None:
+            loop = asyncio.get_running_loop()
+            self._flush_timer = loop.call_later(settings.FLUSH_INTERVAL, self._start_flush)
+
+    async def _stopped_elsewhere(self) -> None:
+        """The row is no longer ``streaming``: cancelled by another socket, or deleted."""
+        status = (
+            await Message.objects.filter(pk=self.message_id)
+            .values_list("status", flat=True)
+            .afirst()
+        )
+        self.deleted = status is None
+        self.stop()
+
+    def stop(self) -> None:
+        """Cancel the generating task (and with it the upstream request)."""
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+
+    # Publishing -----------------------------------------------------------------------
+
+    def _start_publish(self) -> None:
+        self._publish_timer = None
+        if self._finished:
+            return
+        if self._publishing is not None:
+            self._republish = True
+            return
+        self._publishing = spawn(self._publish())
+
+    async def _publish(self) -> None:
+        saved = self.saved
+        text = self._text()
+        event = {
+            "type": LIVE_DELTA,
+            "message": self.message_id.hex,
+            "offset": saved,
+            "text": text[saved:],
+        }
+        await publish(self.message_id, event)
+        self._publishing = None
+        if self._republish and not self._finished:
+            self._republish = False
+            self._publishing = spawn(self._publish())
+
+    # The end --------------------------------------------------------------------------
+
+    async def afinish(self, fields: dict[str, Any]) -> None:
+        """Save the final row (``fields`` besides the text) and tell the resumers."""
+        self._finished = True
+        for timer in (self._flush_timer, self._publish_timer):
+            if timer is not None:
+                timer.cancel()
+        pending = [t for t in (self._flushing, self._publishing) if t is not None]
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+        text = self._text()
+        try:
+            await Message.objects.filter(pk=self.message_id).aupdate(
+                content=text, updated_at=timezone.now(), **fields
+            )
+        finally:
+            active.pop(self.message_id, None)
+            await publish(
+                self.message_id,
+                {"type": LIVE_END, "message": self.message_id.hex, "length": len(text)},
+            )
