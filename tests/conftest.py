@@ -100,8 +100,8 @@ class SlowStream(httpx.AsyncByteStream):
             await asyncio.sleep(self.delay)
             self.sent += 1
             yield sse_body(openai_chunk(piece), done=False)
+        self.finished = True  # the reader stops at [DONE], so note the end before it
         yield sse_body(openai_chunk(None, "stop"), done=self.done)
-        self.finished = True
 
     async def aclose(self) -> None:
         self.closed.set()
@@ -128,3 +128,17 @@ async def drain_chats() -> AsyncIterator[None]:
     await consumers.adrain()
     await transcript.adrain()
     await usage.adrain()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _close_async_orm_connections(django_db_setup: None) -> Iterator[None]:
+    """Close the connection the async ORM opened in asgiref's worker thread.
+
+    Async tests reach the database from that thread; left open, its connection keeps
+    PostgreSQL from dropping the test database at the end of the run.
+    """
+    yield
+    from asgiref.sync import SyncToAsync
+    from django.db import connections
+
+    SyncToAsync.single_thread_executor.submit(connections.close_all).result()
