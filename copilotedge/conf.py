@@ -139,6 +139,11 @@ class Settings:
         return bool(_get("COPILOTEDGE_ALLOW_ANONYMOUS", False))
 
     @property
+    def API_KEY_CACHE_SECONDS(self) -> float:
+        """How long a process may reuse a looked-up key (a revocation elsewhere waits this long)."""
+        return float(_get("COPILOTEDGE_API_KEY_CACHE_SECONDS", 5.0))
+
+    @property
     def TRUST_X_FORWARDED_FOR(self) -> bool:
         """Believe ``X-Forwarded-For`` (only behind a proxy that sets it)."""
         return bool(_get("COPILOTEDGE_TRUST_X_FORWARDED_FOR", False))
@@ -182,6 +187,11 @@ class Settings:
         return int(_get("COPILOTEDGE_RETENTION_DAYS", 30))
 
     # Conversations and the WebSocket consumer (checked as copilotedge.E030/W030).
+
+    @property
+    def STORE_CONVERSATIONS(self) -> bool:
+        """Store conversations at all (a user's preference can still turn it off for them)."""
+        return bool(_get("COPILOTEDGE_STORE_CONVERSATIONS", True))
 
     @property
     def FLUSH_INTERVAL(self) -> float:

@@ -253,9 +253,11 @@ class ChatConsumer(ResumeMixin, AsyncJsonWebsocketConsumer):  # type: ignore[mis
                 }
             )
             await turn.open()
-            async for delta in turn.deltas():
-                if delta.text:
-                    await self.reply({"type": DELTA, "id": chat_id, "content": delta.text})
+            async for batch in turn.batches():
+                # One message per upstream read, not per token.
+                text = "".join(delta.text for delta in batch)
+                if text:
+                    await self.reply({"type": DELTA, "id": chat_id, "content": text})
             await self.reply(
                 {
                     "type": DONE,

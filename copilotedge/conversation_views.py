@@ -20,6 +20,7 @@ from datetime import datetime
 from typing import Any
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http.response import HttpResponseBase
 
 from . import history
 from .auth import Principal, aauthenticate
@@ -94,7 +95,7 @@ def _owner_filter(principal: Principal) -> dict[str, Any]:
 
 
 @api_view("GET")
-async def conversation_list(request: HttpRequest) -> HttpResponse:
+async def conversation_list(request: HttpRequest) -> HttpResponseBase:
     principal = await aauthenticate(request)
     limit = _limit(request)
     rows = Conversation.objects.filter(**_owner_filter(principal)).order_by("-updated_at", "-id")
@@ -116,7 +117,7 @@ async def conversation_list(request: HttpRequest) -> HttpResponse:
 
 
 @api_view("GET", "DELETE")
-async def conversation_detail(request: HttpRequest, conversation_id: uuid.UUID) -> HttpResponse:
+async def conversation_detail(request: HttpRequest, conversation_id: uuid.UUID) -> HttpResponseBase:
     principal = await aauthenticate(request)
     conversation = await history.aowned(principal, conversation_id)
     if request.method == "DELETE":
@@ -179,7 +180,7 @@ def parse_preference(body: dict[str, Any]) -> dict[str, Any]:
 
 
 @api_view("GET", "PUT")
-async def preferences(request: HttpRequest) -> HttpResponse:
+async def preferences(request: HttpRequest) -> HttpResponseBase:
     principal = await aauthenticate(request)
     if principal.user is None:
         raise AuthenticationFailed("Preferences belong to a signed-in user or an API key.")

@@ -272,7 +272,11 @@ async def aprepare(turn: Turn) -> None:
         max_messages=settings.HISTORY_MAX_MESSAGES,
         max_tokens=settings.HISTORY_MAX_TOKENS,
     )
-    store = principal.user is not None and (preference is None or preference.store_conversations)
+    store = (
+        settings.STORE_CONVERSATIONS
+        and principal.user is not None
+        and (preference is None or preference.store_conversations)
+    )
     if not store:
         return
     conversation, answer = await _astore_turn(
@@ -312,9 +316,6 @@ async def _afinish(turn: Turn, transcript: Transcript) -> None:
                 "prompt_tokens": prompt,
                 "completion_tokens": completion,
             }
-        )
-        await Conversation.objects.filter(pk=transcript.conversation_id).aupdate(
-            updated_at=timezone.now()
         )
     except Exception:
         logger.exception("Could not save the answer of message %s", transcript.message_id)

@@ -270,3 +270,12 @@ async def test_an_upstream_refusal_before_any_token_is_stored_as_error(user, ups
     await usage.adrain()
     statuses = [(m.role, m.status) async for m in Message.objects.all()]
     assert statuses == [("user", "complete"), ("assistant", "error")]
+
+
+@pytest.mark.django_db(transaction=True)
+@override_settings(COPILOTEDGE_STORE_CONVERSATIONS=False)
+async def test_a_site_can_turn_storing_off_for_everyone(user, upstream):
+    upstream.post(OPENAI_URL).mock(side_effect=lambda request: answer("ok"))
+    turn = await run_turn(ChatRequest(MODEL, [msg("user", "hi")]), Principal(user=user))
+    assert turn.transcript is None
+    assert await Conversation.objects.acount() == 0
