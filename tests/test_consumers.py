@@ -53,13 +53,13 @@ def chat(chat_id: str | int, text: str = "hi", **extra: Any) -> dict[str, Any]:
 
 
 async def receive_until(
-    socket: WebsocketCommunicator, kind: str, chat_id: Any = None, timeout: float = 5
+    socket: WebsocketCommunicator, kind: str, chat_id: Any = None, within: float = 5
 ) -> list[dict[str, Any]]:
     """Messages up to and including the first of type ``kind`` (for ``chat_id``, if given)."""
     seen = []
-    async with asyncio.timeout(timeout):
+    async with asyncio.timeout(within):
         while True:
-            message = await socket.receive_json_from(timeout=timeout)
+            message = await socket.receive_json_from(timeout=within)
             seen.append(message)
             if message["type"] == kind and (chat_id is None or message.get("id") == chat_id):
                 return seen
