@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 
-from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
@@ -14,8 +13,4 @@ from channels.routing import ProtocolTypeRouter  # noqa: E402
 
 from copilotedge.routing import lifespan  # noqa: E402
 
-# Static files (admin, chat page) are served at the ASGI level, with DEBUG off too, so
-# no sync-only middleware sits in front of the async views.
-application = ProtocolTypeRouter(
-    {"http": ASGIStaticFilesHandler(django_asgi_app), "lifespan": lifespan}
-)
+application = ProtocolTypeRouter({"http": django_asgi_app, "lifespan": lifespan})
