@@ -82,12 +82,13 @@ class ResumeMixin:
         from .consumers import require_id
         from .validation import parse_conversation_id
 
-        chat_id = require_id(content)
         conversation_id = parse_conversation_id(content.get("conversation_id"))
         if conversation_id is None:
             raise exceptions.InvalidRequest(
                 "'conversation_id' is required.", param="conversation_id"
             )
+        # Without an id of its own, a resume's messages carry the conversation id.
+        chat_id = require_id(content) if "id" in content else str(conversation_id)
         after = content.get("after", 0)
         if not isinstance(after, int) or isinstance(after, bool) or after < 0:
             raise exceptions.InvalidRequest("'after' must be an integer >= 0.", param="after")

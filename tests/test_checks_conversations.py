@@ -27,7 +27,7 @@ def test_a_non_positive_number_is_an_error(name, value):
     with override_settings(**{f"COPILOTEDGE_{name}": value}):
         errors = [m for m in check_settings() if m.id == "copilotedge.E030"]
         assert [f"COPILOTEDGE_{name}" in m.msg for m in errors] == [True]
-        with pytest.raises(SystemCheckError, match="copilotedge.E030"):
+        with pytest.raises(SystemCheckError, match=r"copilotedge\.E030"):
             call_command("check")
 
 

@@ -339,6 +339,16 @@ async def test_resume_of_a_finished_answer_replays_it_after_the_offset(ws, upstr
     assert text_of(await receive_until(ws, "done", 3), 3) == "".join(WORDS[:3])[6:]
 
 
+async def test_a_resume_without_an_id_is_answered_under_the_conversation_id(ws, upstream):
+    slow_upstream(upstream, SlowStream(WORDS[:2], delay=0))
+    await ws.send_json_to(chat(1))
+    conversation_id = (await receive_until(ws, "done", 1))[0]["conversation_id"]
+    await settle()
+    await ws.send_json_to({"type": "resume", "conversation_id": conversation_id, "after": 0})
+    messages = await receive_until(ws, "done", conversation_id)
+    assert text_of(messages, conversation_id) == "".join(WORDS[:2])
+
+
 async def test_resume_of_another_users_conversation_is_not_found(ws, other_user):
     theirs = await Conversation.objects.acreate(user=other_user)
     await Message.objects.acreate(

@@ -130,6 +130,8 @@ def test_chat_page_streams_stops_and_resumes_after_reload(page, in_thread):
     page.fill("input[name=password]", "demo")
     page.click("button[type=submit]")
     expect(page.locator("#status")).to_have_text("Connected as demo.")
+    # The stylesheet is served (DEBUG is off): the page is laid out as a grid.
+    assert page.eval_on_selector(".app", "e => getComputedStyle(e).display") == "grid"
 
     # A streamed answer.
     page.fill("#prompt", "Hello there")
