@@ -97,14 +97,19 @@ class Transcript:
         self.task: asyncio.Task[Any] | None = None
         #: Set when the row disappeared (its conversation was deleted) mid-answer.
         self.deleted = False
+        #: Set by :meth:`stop`; the answer ends (cancelled) at its next piece at the latest.
+        self.stopped = False
         active[message_id] = self
 
     def grow(self, piece: str) -> None:
         """Note new text; schedules a save and a publication, never waits for them."""
+        if self.stopped:
+            # Stopped elsewhere between two reads: end the answer as cancelled here.
+            raise asyncio.CancelledError
         if not piece or self._finished:
             return
-        if self.task is None:
-            self.task = asyncio.current_task()
+        # The task reading upstream now (a face may read each frame in a new task).
+        self.task = asyncio.current_task()
         loop = asyncio.get_running_loop()
         self._unsaved_bytes += len(piece.encode())
         if self._unsaved_bytes >= settings.FLUSH_BYTES:
@@ -160,6 +165,9 @@ class Transcript:
 
     def stop(self) -> None:
         """Cancel the generating task (and with it the upstream request)."""
+        if self._finished:
+            return
+        self.stopped = True
         if self.task is not None and not self.task.done():
             self.task.cancel()
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from channels.testing import WebsocketCommunicator
-from django.test import override_settings
+from django.test import AsyncClient, override_settings
 
 from copilotedge import consumers, transcript, usage
 from copilotedge.models import Conversation, Message, UsageRecord
@@ -290,6 +290,25 @@ async def test_a_detached_chat_runs_at_most_the_detached_timeout(session_cookie,
     assert row.status == "cancelled" and 0 < len(row.content) < len(FULL)
 
 
+@override_settings(COPILOTEDGE_FLUSH_INTERVAL=0.05)
+async def test_deleting_the_conversation_stops_its_answer(ws, upstream, user):
+    stream = SlowStream(WORDS, delay=0.05)
+    slow_upstream(upstream, stream)
+    await ws.send_json_to(chat("del"))
+    start = (await receive_until(ws, "delta", "del"))[0]
+    client = AsyncClient()
+    await client.aforce_login(user)
+    response = await client.delete(f"/copilotedge/conversations/{start['conversation_id']}/")
+    assert response.status_code == 204
+    await receive_until(ws, "cancelled", "del")
+    await asyncio.wait_for(stream.closed.wait(), 2)
+    await settle()
+    assert not stream.finished
+    assert not await Message.objects.filter(conversation_id=start["conversation_id"]).aexists()
+    record = await UsageRecord.objects.aget()
+    assert (record.outcome, record.conversation_id) == ("cancelled", None)
+
+
 # Resume -----------------------------------------------------------------------------------
 
 
@@ -434,3 +453,33 @@ async def test_an_error_echoes_the_clients_id_and_names_the_field(ws):
     error = await ws.receive_json_from()
     assert error["id"] == "q"
     assert "messages[0].role" in error["error"]["message"]
+
+
+async def test_a_socket_can_resume_and_stop_an_answer_streamed_over_http(ws, upstream, auth):
+    stream = SlowStream(WORDS, delay=0.05)
+    slow_upstream(upstream, stream)
+    body = {"messages": [{"role": "user", "content": "hi"}], "stream": True}
+    response = await AsyncClient().post(
+        "/copilotedge/v1/chat/completions", body, content_type="application/json", headers=auth
+    )
+    conversation_id = response["X-CopilotEdge-Conversation"]
+    frames: list[bytes] = []
+
+    async def read_http() -> None:
+        try:
+            async for frame in response.streaming_content:
+                frames.append(frame)
+        except asyncio.CancelledError:
+            frames.append(b"<stopped>")
+
+    reader = asyncio.create_task(read_http())
+    await ws.send_json_to({"type": "resume", "id": "r", "conversation_id": conversation_id})
+    messages = await receive_until(ws, "delta", "r")
+    await ws.send_json_to({"type": "cancel", "id": "r"})
+    messages += await receive_until(ws, "cancelled", "r")
+    await asyncio.wait_for(reader, 5)
+    assert frames[-1] == b"<stopped>" and b"[DONE]" not in b"".join(frames)
+    await settle()
+    row = await Message.objects.aget(conversation_id=conversation_id, role="assistant")
+    assert row.status == "cancelled" and FULL.startswith(row.content)
+    assert text_of(messages, "r") == row.content
