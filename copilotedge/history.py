@@ -30,7 +30,7 @@ from django.utils import timezone
 from . import exceptions
 from .conf import settings
 from .models import Conversation, Message, Preference
-from .transcript import Transcript, spawn
+from .transcript import Transcript, active, spawn
 from .usage import estimate_prompt_tokens, estimate_tokens
 
 if TYPE_CHECKING:
@@ -187,6 +187,7 @@ def _store_turn_once(
     principal: Principal, conversation_id: uuid.UUID | None, model: str, new: list[dict[str, Any]]
 ) -> tuple[Conversation, Message]:
     now = timezone.now()
+    conversation: Conversation | None
     if conversation_id is None:
         conversation = Conversation.objects.create(
             user=principal.user, api_key=principal.api_key, model=model,
@@ -194,7 +195,13 @@ def _store_turn_once(
         )  # fmt: skip
         sequence = 0
     else:
-        conversation = Conversation.objects.select_for_update().get(pk=conversation_id)
+        conversation = Conversation.objects.select_for_update().filter(pk=conversation_id).first()
+        if conversation is None:  # deleted since it was loaded
+            raise exceptions.NotFound(
+                "No conversation with this id.",
+                param="conversation_id",
+                code="conversation_not_found",
+            )
         last = conversation.messages.aggregate(last=Max("sequence"))["last"]
         sequence = 0 if last is None else last + 1
         conversation.updated_at = now
@@ -334,6 +341,5 @@ async def acancel(message_id: uuid.UUID) -> bool:
 
 
 def transcript_of(message_id: uuid.UUID) -> Transcript | None:
-    from .transcript import active
-
+    """The transcript of an answer this process is generating, if it is."""
     return active.get(message_id)
