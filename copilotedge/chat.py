@@ -39,6 +39,8 @@ class ChatRequest:
     conversation_id: uuid.UUID | None = None
     #: False when the client named no model (a user's preferred model may then apply).
     model_given: bool = True
+    #: Start a conversation with ``conversation_id`` if none has it (AG-UI threadIds).
+    create_conversation: bool = False
 
 
 @dataclass

@@ -169,39 +169,53 @@ async def astored(conversation: Conversation) -> tuple[list[dict[str, Any]], boo
 
 
 def _store_turn(
-    principal: Principal, conversation_id: uuid.UUID | None, model: str, new: list[dict[str, Any]]
+    principal: Principal,
+    conversation_id: uuid.UUID | None,
+    model: str,
+    new: list[dict[str, Any]],
+    create: bool,
 ) -> tuple[Conversation, Message]:
     """Save the new messages and an empty streaming answer (one transaction)."""
     for attempt in range(1, _STORE_ATTEMPTS + 1):
         try:
             with transaction.atomic():
-                return _store_turn_once(principal, conversation_id, model, new)
+                return _store_turn_once(principal, conversation_id, model, new, create)
         except IntegrityError:
-            # Two turns of one conversation took the same sequence number; take the next.
+            # A concurrent turn took the same sequence number (or created the same
+            # conversation): the next attempt sees its rows.
             if attempt == _STORE_ATTEMPTS:
                 raise
     raise AssertionError("unreachable")
 
 
+def _not_found() -> exceptions.NotFound:
+    return exceptions.NotFound(
+        "No conversation with this id.", param="conversation_id", code="conversation_not_found"
+    )
+
+
 def _store_turn_once(
-    principal: Principal, conversation_id: uuid.UUID | None, model: str, new: list[dict[str, Any]]
+    principal: Principal,
+    conversation_id: uuid.UUID | None,
+    model: str,
+    new: list[dict[str, Any]],
+    create: bool,
 ) -> tuple[Conversation, Message]:
     now = timezone.now()
-    conversation: Conversation | None
-    if conversation_id is None:
+    conversation = None
+    if conversation_id is not None:
+        conversation = Conversation.objects.select_for_update().filter(pk=conversation_id).first()
+        if conversation is None and not create:
+            raise _not_found()  # deleted since it was loaded
+        if conversation is not None and conversation.user_id != principal.user.pk:
+            raise _not_found()
+    if conversation is None:
         conversation = Conversation.objects.create(
-            user=principal.user, api_key=principal.api_key, model=model,
-            title=derive_title(new), created_at=now, updated_at=now,
+            id=conversation_id or uuid.uuid4(), user=principal.user, api_key=principal.api_key,
+            model=model, title=derive_title(new), created_at=now, updated_at=now,
         )  # fmt: skip
         sequence = 0
     else:
-        conversation = Conversation.objects.select_for_update().filter(pk=conversation_id).first()
-        if conversation is None:  # deleted since it was loaded
-            raise exceptions.NotFound(
-                "No conversation with this id.",
-                param="conversation_id",
-                code="conversation_not_found",
-            )
         last = conversation.messages.aggregate(last=Max("sequence"))["last"]
         sequence = 0 if last is None else last + 1
         conversation.updated_at = now
@@ -234,10 +248,14 @@ def _store_turn_once(
 
 
 async def _astore_turn(
-    principal: Principal, conversation_id: uuid.UUID | None, model: str, new: list[dict[str, Any]]
+    principal: Principal,
+    conversation_id: uuid.UUID | None,
+    model: str,
+    new: list[dict[str, Any]],
+    create: bool,
 ) -> tuple[Conversation, Message]:
     saving = asyncio.ensure_future(
-        sync_to_async(_store_turn)(principal, conversation_id, model, new)
+        sync_to_async(_store_turn)(principal, conversation_id, model, new, create)
     )
     try:
         return await asyncio.shield(saving)
@@ -265,10 +283,18 @@ async def aprepare(turn: Turn) -> None:
     preference = await apreference(principal)
     apply_preference(request, preference)
     stored: list[dict[str, Any]] = []
-    truncated = False
+    truncated = creating = False
     if request.conversation_id is not None:
-        conversation = await aowned(principal, request.conversation_id)
-        stored, truncated = await astored(conversation)
+        try:
+            conversation = await aowned(principal, request.conversation_id)
+        except exceptions.NotFound:
+            # A client-chosen id (an AG-UI threadId) may name a conversation to start.
+            taken = await Conversation.objects.filter(pk=request.conversation_id).aexists()
+            if not request.create_conversation or taken or principal.user is None:
+                raise
+            creating = True
+        else:
+            stored, truncated = await astored(conversation)
     to_send, new = split_new(stored, request.messages, truncated=truncated)
     has_system = any(m["role"] == _SYSTEM for m in to_send)
     if preference is not None and preference.system_prompt and not has_system:
@@ -287,7 +313,7 @@ async def aprepare(turn: Turn) -> None:
     if not store:
         return
     conversation, answer = await _astore_turn(
-        principal, request.conversation_id, request.model, new
+        principal, request.conversation_id, request.model, new, creating
     )
     request.conversation_id = conversation.id
     turn.transcript = Transcript(answer.id, conversation.id, lambda: turn.answer.text)

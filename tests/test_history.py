@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from typing import Any
 
 import pytest
@@ -279,3 +280,29 @@ async def test_a_site_can_turn_storing_off_for_everyone(user, upstream):
     turn = await run_turn(ChatRequest(MODEL, [msg("user", "hi")]), Principal(user=user))
     assert turn.transcript is None
     assert await Conversation.objects.acount() == 0
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_client_chosen_id_can_start_a_conversation(user, other_user, upstream):
+    route = upstream.post(OPENAI_URL).mock(side_effect=lambda request: answer("ok"))
+    principal = Principal(user=user)
+    thread = uuid.uuid4()
+    for text in ("first", "second"):
+        request = ChatRequest(
+            MODEL, [msg("user", text)], conversation_id=thread, create_conversation=True
+        )
+        await run_turn(request, principal)
+    conversation = await Conversation.objects.aget()
+    assert conversation.pk == thread and conversation.user_id == user.pk
+    assert [m["content"] for m in sent_messages(route)] == ["first", "ok", "second"]
+    # Never someone else's: their id stays a 404 even when creating is allowed.
+    theirs = await Conversation.objects.acreate(user=other_user)
+    request = ChatRequest(
+        MODEL, [msg("user", "x")], conversation_id=theirs.pk, create_conversation=True
+    )
+    with pytest.raises(NotFound):
+        await Turn(request, principal, "agui").open()
+    # Without the flag an unknown id is a 404 too.
+    unknown = ChatRequest(MODEL, [msg("user", "x")], conversation_id=uuid.uuid4())
+    with pytest.raises(NotFound):
+        await Turn(unknown, principal, "openai").open()
