@@ -44,6 +44,7 @@ OPENAI_PARAMS = frozenset(
 )
 RUN_PARAMS = OPENAI_PARAMS - {"stop", "tool_choice"}
 _MAX_ERROR_BODY = 64 * 1024
+JSON = "application/json"
 
 
 @dataclass(slots=True)
@@ -229,8 +230,19 @@ def _tool_calls(raw: Any) -> list[ToolCallDelta]:
 
 def parse_payload(payload: Any) -> Delta:
     """Normalise a stream frame or a whole response body of either upstream shape."""
+    try:
+        return _parse_payload(payload)
+    except (AttributeError, TypeError, ValueError):
+        # A frame of the wrong shape (a string for an object, "seven" for a count) ends
+        # the answer with an upstream error, never a traceback.
+        raise exceptions.UpstreamError(
+            "The model provider sent a malformed answer.", code="upstream_malformed"
+        ) from None
+
+
+def _parse_payload(payload: Any) -> Delta:
     if not isinstance(payload, dict):
-        raise exceptions.UpstreamError("The model provider sent a malformed answer.")
+        raise TypeError("not an object")
     if payload.get("success") is False or "error" in payload:
         raise error_for(500, json.dumps(payload).encode())
     if isinstance(payload.get("result"), dict):
@@ -241,6 +253,8 @@ def parse_payload(payload: Any) -> Delta:
         for choice in choices[:1]:
             part = choice.get("delta") or choice.get("message") or {}
             delta.text = part.get("content") or ""
+            if not isinstance(delta.text, str):
+                raise TypeError("content is not a string")
             delta.tool_calls = _tool_calls(part.get("tool_calls"))
             delta.finish_reason = choice.get("finish_reason")
     else:
@@ -301,15 +315,19 @@ class UpstreamStream:
 
 
 async def _send(
-    upstream: Upstream, model: str, messages: list[dict[str, Any]], params: dict[str, Any], *,
+    upstream: Upstream,
+    model: str,
+    messages: list[dict[str, Any]],
+    params: dict[str, Any],
+    *,
     stream: bool,
 ) -> httpx.Response:
     route = route_for(model) if upstream.account_id else "openai"
     request = get_client().build_request(
         "POST",
         upstream.url(route, model),
-        json=build_payload(route, model, messages, params, stream),
-        headers={"Authorization": f"Bearer {upstream.api_token}"},
+        content=_json_body(build_payload(route, model, messages, params, stream)),
+        headers={"Authorization": f"Bearer {upstream.api_token}", "Content-Type": JSON},
     )
     try:
         response = await get_client().send(request, stream=True)
@@ -328,6 +346,16 @@ async def _send(
         error.retry_after = _retry_after(response)
         raise error
     return response
+
+
+def _json_body(payload: dict[str, Any]) -> bytes:
+    # Not httpx's json=: it encodes to UTF-8 unescaped, which fails on a lone surrogate
+    # (valid JSON from a client, "\ud83d"); such a body goes out ASCII-escaped instead.
+    body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+    try:
+        return body.encode()
+    except UnicodeEncodeError:
+        return json.dumps(payload, separators=(",", ":")).encode()
 
 
 async def _read_limited(response: httpx.Response) -> bytes:
