@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import httpx
 import pytest
 import respx
 from django.contrib.auth import get_user_model
@@ -70,3 +72,61 @@ def upstream() -> Iterator[respx.MockRouter]:
 async def drain_usage() -> AsyncIterator[None]:
     yield
     await usage.adrain()
+
+
+# ---- core-tests (issue 2): upstream bodies that stream slowly and record being closed ----
+
+
+class UpstreamBody(httpx.AsyncByteStream):
+    """An upstream response body sent chunk by chunk, ``delay`` s before each chunk.
+
+    ``error`` is raised after the last chunk (a connection breaking mid-answer).
+    ``sent`` counts chunks handed out; ``closed`` tells whether the client hung up
+    (httpx closes the body when the response is closed).
+    """
+
+    def __init__(
+        self, *chunks: bytes, delay: float = 0.0, error: BaseException | None = None
+    ) -> None:
+        self.chunks = chunks
+        self.delay = delay
+        self.error = error
+        self.sent = 0
+        self.closed = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for chunk in self.chunks:
+            if self.delay:
+                await asyncio.sleep(self.delay)
+            self.sent += 1
+            yield chunk
+        if self.error is not None:
+            raise self.error
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+def sse_chunks(*frames: Any, done: bool = True) -> list[bytes]:
+    """Like :func:`sse_body`, one chunk per frame."""
+    chunks = [sse_body(frame, done=False) for frame in frames]
+    if done:
+        chunks.append(b"data: [DONE]\n\n")
+    return chunks
+
+
+def respond_with(body: UpstreamBody, status: int = 200) -> Any:
+    """A respx side effect answering every call with ``body`` (an event stream)."""
+
+    def respond(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(status, stream=body, headers={"Content-Type": "text/event-stream"})
+
+    return respond
+
+
+def run_frame(text: str = "", **extra: Any) -> dict[str, Any]:
+    """A Workers AI ``/ai/run`` stream frame."""
+    return {"response": text, **extra}
+
+
+USAGE = {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
