@@ -213,7 +213,8 @@ def _tool_calls(raw: Any) -> list[ToolCallDelta]:
     for position, call in enumerate(raw if isinstance(raw, list) else []):
         if not isinstance(call, dict):
             continue
-        function = call.get("function") if isinstance(call.get("function"), dict) else call
+        nested = call.get("function")
+        function: dict[str, Any] = nested if isinstance(nested, dict) else call
         arguments = function.get("arguments", "")
         if not isinstance(arguments, str):  # /ai/run gives an object, OpenAI a JSON string
             arguments = json.dumps(arguments)
