@@ -14,6 +14,8 @@ from django.contrib.auth import get_user_model
 
 from copilotedge import usage
 from copilotedge.models import ApiKey
+from copilotedge.testing import EmulatorApp, EmulatorServer
+from tests.servers import DaphneServer
 
 UPSTREAM = "https://upstream.test/client/v4/accounts/test-account/ai"
 OPENAI_URL = f"{UPSTREAM}/v1/chat/completions"
@@ -132,3 +134,33 @@ def run_frame(text: str = "", **extra: Any) -> dict[str, Any]:
 
 
 USAGE = {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
+
+
+# ---- core-tests (issue 2): the emulator and the app under daphne, for end-to-end tests ----
+
+
+@pytest.fixture(scope="module")
+def emulator() -> Iterator[EmulatorServer]:
+    """The Workers AI emulator on a loopback port (its request log is ``emulator.app.requests``)."""
+    with EmulatorServer(EmulatorApp()) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def e2e_server(emulator: EmulatorServer, django_db_setup: None) -> Iterator[DaphneServer]:
+    """``tests.asgi`` under real daphne, pointed at :func:`emulator`, on the test database.
+
+    Fails at teardown if the server wrote a traceback.
+    """
+    server = DaphneServer(
+        {
+            "COPILOTEDGE_API_BASE_URL": emulator.api_base_url,
+            "COPILOTEDGE_ACCOUNT_ID": "e2e",
+            "COPILOTEDGE_API_TOKEN": "e2e",
+        }
+    ).start()
+    try:
+        yield server
+    finally:
+        stderr = server.stop()
+    assert "Traceback" not in stderr, stderr
