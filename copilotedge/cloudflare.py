@@ -14,7 +14,7 @@ import json
 import logging
 import time
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -280,11 +280,15 @@ class UpstreamStream:
         self.closed = False
 
     async def __aiter__(self) -> AsyncIterator[Delta]:
-        async for batch in self.batches():
-            for delta in batch:
-                yield delta
+        batches = self.batches()
+        try:
+            async for batch in batches:
+                for delta in batch:
+                    yield delta
+        finally:
+            await batches.aclose()  # hang up now, not when the generator is collected
 
-    async def batches(self) -> AsyncIterator[list[Delta]]:
+    async def batches(self) -> AsyncGenerator[list[Delta], None]:
         parser = sse.SSEParser()
         finished = False
         try:
@@ -295,7 +299,12 @@ class UpstreamStream:
                     if event.data == sse.DONE:
                         finished = True
                         break
-                    batch.append(parse_payload(_load_frame(event.data)))
+                    try:
+                        batch.append(parse_payload(_load_frame(event.data)))
+                    except exceptions.UpstreamError:
+                        if batch:
+                            yield batch  # the frames before a bad one are the answer so far
+                        raise
                 if batch:
                     yield batch
                 if finished:
