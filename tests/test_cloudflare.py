@@ -677,3 +677,33 @@ async def test_concurrent_streams_share_the_client(upstream: respx.MockRouter) -
     )
     results = await asyncio.gather(*(stream_deltas() for _ in range(10)))
     assert [texts(r) for r in results] == ["x"] * 10
+
+
+async def test_frames_before_a_malformed_one_in_the_same_read_still_arrive(
+    upstream: respx.MockRouter,
+) -> None:
+    raw = sse_body(openai_chunk("a"), openai_chunk("b"), "{broken", done=False)
+    upstream.post(OPENAI_URL).mock(side_effect=respond_with(UpstreamBody(raw)))
+    stream = await cloudflare.open_stream(META, MESSAGES, {})
+    got = []
+    with pytest.raises(exceptions.UpstreamError) as caught:
+        async for delta in stream:
+            got.append(delta.text)
+    assert (got, caught.value.code) == (["a", "b"], "upstream_malformed")
+
+
+async def test_batches_group_the_frames_of_one_read(upstream: respx.MockRouter) -> None:
+    body = UpstreamBody(sse_body(openai_chunk("a"), openai_chunk("b"), done=False), sse_body())
+    upstream.post(OPENAI_URL).mock(side_effect=respond_with(body))
+    stream = await cloudflare.open_stream(META, MESSAGES, {})
+    assert [[d.text for d in batch] async for batch in stream.batches()] == [["a", "b"]]
+
+
+async def test_closing_the_delta_iterator_hangs_up_at_once(upstream: respx.MockRouter) -> None:
+    body = UpstreamBody(*sse_chunks(*[openai_chunk("t")] * 50), delay=0.01)
+    upstream.post(OPENAI_URL).mock(side_effect=respond_with(body))
+    stream = await cloudflare.open_stream(META, MESSAGES, {})
+    deltas = aiter(stream)
+    assert (await anext(deltas)).text == "t"
+    await deltas.aclose()  # type: ignore[attr-defined]
+    assert body.closed and stream.closed

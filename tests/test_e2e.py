@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -22,6 +22,19 @@ pytestmark = pytest.mark.django_db(transaction=True)
 MODEL = "@cf/meta/llama-3.1-8b-instruct"
 RUN_MODEL = "@cf/qwen/qwq-32b"
 HANG_UP_WITHIN = 1.0  # seconds from the client hanging up to the emulator seeing it
+
+
+@pytest.fixture(autouse=True)
+def usage_written(emulator: EmulatorServer) -> Iterator[None]:
+    """Each upstream request is one turn; wait for its usage record before the test ends.
+
+    Otherwise the server would write it after the test database is flushed, and the
+    insert would fail on the foreign key of the test's (deleted) key.
+    """
+    before = len(emulator.app.requests)
+    yield
+    turns = len(emulator.app.requests) - before
+    assert wait_for(lambda: UsageRecord.objects.count() >= turns, 5)
 
 
 @pytest.fixture
