@@ -267,6 +267,9 @@ def _parse_payload(payload: Any) -> Delta:
     return delta
 
 
+_draining: set[asyncio.Task[None]] = set()  # strong references, so they are not collected
+
+
 class UpstreamStream:
     """An open upstream event stream; ``aclose`` hangs up at once.
 
@@ -308,7 +311,7 @@ class UpstreamStream:
                 if batch:
                     yield batch
                 if finished:
-                    await self._drain(chunks)
+                    self._drain_soon(chunks)
                     break
                 if time.monotonic() > self._deadline:
                     raise exceptions.UpstreamTimeout("The answer took longer than allowed.")
@@ -325,15 +328,25 @@ class UpstreamStream:
                 "The model provider ended the answer early.", code="upstream_incomplete"
             )
 
-    async def _drain(self, chunks: AsyncIterator[bytes]) -> None:
+    def _drain_soon(self, chunks: AsyncIterator[bytes]) -> None:
         # Reading the body to its end after [DONE] hands the connection back to the
-        # pool; closing it half-read would cost a new connection per request.
+        # pool; closing it half-read would cost a new connection per request. It runs
+        # in the background: an upstream slow to end its body must not hold up the
+        # end of the answer. The stream counts as closed from here on.
+        self.closed = True
+        task = asyncio.get_running_loop().create_task(self._drain(chunks))
+        _draining.add(task)
+        task.add_done_callback(_draining.discard)
+
+    async def _drain(self, chunks: AsyncIterator[bytes]) -> None:
         try:
             async with asyncio.timeout(1.0):
                 async for _ in chunks:
                     pass
-        except TimeoutError:
+        except (TimeoutError, httpx.HTTPError):
             pass
+        finally:
+            await self._response.aclose()
 
     async def aclose(self) -> None:
         if not self.closed:
