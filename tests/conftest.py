@@ -97,6 +97,7 @@ class UpstreamBody(httpx.AsyncByteStream):
         self.error = error
         self.sent = 0
         self.closed = False
+        self.hung_up = asyncio.Event()  # set with ``closed``, to wait for a close
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         for chunk in self.chunks:
@@ -109,6 +110,7 @@ class UpstreamBody(httpx.AsyncByteStream):
 
     async def aclose(self) -> None:
         self.closed = True
+        self.hung_up.set()
 
 
 def sse_chunks(*frames: Any, done: bool = True) -> list[bytes]:

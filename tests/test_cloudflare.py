@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -14,6 +16,7 @@ from django.test import override_settings
 
 from copilotedge import cloudflare, exceptions
 from copilotedge.cloudflare import Delta, ToolCallDelta, Upstream, Usage
+from copilotedge.testing import EmulatorServer
 from tests.conftest import (
     OPENAI_URL,
     USAGE,
@@ -303,11 +306,35 @@ async def test_frames_split_across_chunks_anywhere(upstream: respx.MockRouter) -
     assert texts(await stream_deltas(QWEN)) == "h\u00e9llo w\u00f6rld \U0001f600"
 
 
-async def test_nothing_after_done_is_read(upstream: respx.MockRouter) -> None:
+async def test_nothing_after_done_is_parsed(upstream: respx.MockRouter) -> None:
     body = UpstreamBody(*sse_chunks(run_frame("a")), sse_body(run_frame("never"), done=False))
     upstream.post(run_url(QWEN)).mock(side_effect=respond_with(body))
     assert texts(await stream_deltas(QWEN)) == "a"
-    assert body.closed
+    # The rest of the body is read (so the connection can be reused), then closed.
+    await asyncio.wait_for(body.hung_up.wait(), 1.0)
+    assert body.sent == 3
+
+
+class LingeringBody(UpstreamBody):
+    """An upstream that sends [DONE] but ends its body only seconds later."""
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield sse_body(openai_chunk("a"))
+        self.sent = 1
+        await asyncio.sleep(5)
+        yield b": bye\n\n"
+
+
+async def test_an_upstream_slow_to_end_its_body_does_not_delay_the_answer(
+    upstream: respx.MockRouter,
+) -> None:
+    body = LingeringBody()
+    upstream.post(OPENAI_URL).mock(side_effect=respond_with(body))
+    started = time.monotonic()
+    assert texts(await stream_deltas()) == "a"
+    assert time.monotonic() - started < 0.5
+    # Given up on after a second: the connection is closed, not kept waiting.
+    await asyncio.wait_for(body.hung_up.wait(), 2.0)
 
 
 async def test_complete_openai_body(upstream: respx.MockRouter) -> None:
@@ -707,3 +734,18 @@ async def test_closing_the_delta_iterator_hangs_up_at_once(upstream: respx.MockR
     assert (await anext(deltas)).text == "t"
     await deltas.aclose()  # type: ignore[attr-defined]
     assert body.closed and stream.closed
+
+
+async def test_connections_are_reused_after_done(emulator: EmulatorServer) -> None:
+    # Against a real server: the body is read to its end after [DONE], in the background,
+    # and the connection goes back to the pool for the next answer.
+    await cloudflare.aclose_client()
+    with override_settings(
+        COPILOTEDGE_API_BASE_URL=emulator.api_base_url, COPILOTEDGE_ACCOUNT_ID="acc"
+    ):
+        for model in (META, QWEN, META):
+            assert texts(await stream_deltas(model))
+            await asyncio.gather(*cloudflare._draining)
+        pool = cloudflare.get_client()._transport._pool  # type: ignore[attr-defined]
+        assert len(pool.connections) == 1
+    await cloudflare.aclose_client()
