@@ -10,7 +10,9 @@ from typing import Any
 import httpx
 import pytest
 import respx
+from asgiref.sync import SyncToAsync
 from django.contrib.auth import get_user_model
+from django.db import connections
 
 from copilotedge import usage
 from copilotedge.models import ApiKey
@@ -166,3 +168,16 @@ def e2e_server(emulator: EmulatorServer, django_db_setup: None) -> Iterator[Daph
     finally:
         stderr = server.stop()
     assert "Traceback" not in stderr, stderr
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup: None) -> Iterator[None]:
+    """pytest-django's, plus: close the async ORM's connections before the test database
+    is dropped.
+
+    Async tests run their queries in asgiref's one sync thread; its connection stays
+    open, and PostgreSQL refuses to drop a database "being accessed by other users",
+    leaving a ``test_copilotedge_<pid>`` behind on the shared server after every run.
+    """
+    yield
+    SyncToAsync.single_thread_executor.submit(connections.close_all).result()
