@@ -131,6 +131,7 @@ async def test_streamed_ok(principal: Principal, upstream: respx.MockRouter) -> 
     assert record.token_source == "upstream"
     assert record.protocol == "openai"
     assert (record.model_requested, record.model_served) == (MODEL, MODEL)
+    assert principal.api_key is not None
     assert (record.user_id, record.api_key_id) == (principal.user.pk, principal.api_key.pk)
     assert record.cost == Decimal("0.00000889")  # 11 x 0.282 + 7 x 0.827 per million
     assert record.ttft_ms is not None and record.latency_ms >= record.ttft_ms
@@ -298,7 +299,7 @@ async def test_closing_the_delta_generator_cancels(
     turn = make_turn(principal)
     deltas = turn.deltas()
     assert (await anext(deltas)).text == "t"
-    await deltas.aclose()
+    await deltas.aclose()  # type: ignore[attr-defined]
     assert body.closed
     assert (await record_of(turn)).outcome == "cancelled"
 

@@ -44,7 +44,7 @@ def client(e2e_server: DaphneServer, api_key: tuple[ApiKey, str]) -> openai.Open
     )
 
 
-def ask(text: str) -> list[dict[str, Any]]:
+def ask(text: str) -> list[Any]:  # Any: the SDK wants its own TypedDicts
     return [{"role": "system", "content": "Be brief."}, {"role": "user", "content": text}]
 
 
@@ -86,7 +86,7 @@ def test_sdk_streaming_with_usage(
     expected = compose(messages)
     stream = client.chat.completions.create(
         model=model,
-        messages=messages,  # type: ignore[arg-type]
+        messages=messages,
         stream=True,
         stream_options={"include_usage": True},
     )
@@ -112,7 +112,7 @@ def test_sdk_non_streaming(client: openai.OpenAI, emulator: EmulatorServer) -> N
     tag = uuid.uuid4().hex
     messages = ask(f"whole {tag}")
     expected = compose(messages)
-    completion = client.chat.completions.create(model=MODEL, messages=messages)  # type: ignore[arg-type]
+    completion = client.chat.completions.create(model=MODEL, messages=messages)
     assert completion.object == "chat.completion"
     assert completion.choices[0].message.content == expected.text
     assert completion.choices[0].message.role == "assistant"
@@ -126,7 +126,7 @@ def test_sdk_max_tokens_reaches_upstream(client: openai.OpenAI, emulator: Emulat
     tag = uuid.uuid4().hex
     completion = client.chat.completions.create(
         model=MODEL,
-        messages=ask(f"short {tag}"),  # type: ignore[arg-type]
+        messages=ask(f"short {tag}"),
         max_tokens=3,
         temperature=0.3,
     )
@@ -144,14 +144,14 @@ def test_sdk_bad_key(e2e_server: DaphneServer, db: None) -> None:
         base_url=f"{e2e_server.url}/copilotedge/v1", api_key="ce_not-a-key", max_retries=0
     )
     with pytest.raises(openai.AuthenticationError) as caught:
-        client.chat.completions.create(model=MODEL, messages=ask("hi"))  # type: ignore[arg-type]
+        client.chat.completions.create(model=MODEL, messages=ask("hi"))
     assert caught.value.status_code == 401
     assert caught.value.code == "invalid_api_key"
 
 
 def test_sdk_unknown_model(client: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as caught:
-        client.chat.completions.create(model="@cf/nope/none", messages=ask("hi"))  # type: ignore[arg-type]
+        client.chat.completions.create(model="@cf/nope/none", messages=ask("hi"))
     assert (caught.value.status_code, caught.value.code) == (404, "model_not_found")
     assert caught.value.param == "model"
 
@@ -164,7 +164,7 @@ def test_sdk_upstream_capacity_error(
     with pytest.raises(openai.RateLimitError) as caught:
         client.chat.completions.create(
             model=MODEL,
-            messages=ask(f"{tag} [[fault:error:429:3040:5]]"),  # type: ignore[arg-type]
+            messages=ask(f"{tag} [[fault:error:429:3040:5]]"),
             stream=stream,
         )
     assert caught.value.status_code == 429
@@ -177,7 +177,7 @@ def test_sdk_mid_stream_drop(client: openai.OpenAI, emulator: EmulatorServer) ->
     tag = uuid.uuid4().hex
     stream = client.chat.completions.create(
         model=MODEL,
-        messages=ask(f"{tag} [[fault:drop:3]]"),  # type: ignore[arg-type]
+        messages=ask(f"{tag} [[fault:drop:3]]"),
         stream=True,
     )
     # The SDK raises on an in-band error frame; what came before it is the partial answer.

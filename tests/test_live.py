@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Any
 
 import pytest
 from django.test import AsyncClient, override_settings
@@ -44,7 +45,7 @@ async def test_stream_a_short_answer_from_workers_ai(api_key: tuple[ApiKey, str]
         COPILOTEDGE_API_TOKEN=API_TOKEN,
     ):
         try:
-            response = await AsyncClient().post(
+            response: Any = await AsyncClient().post(
                 "/copilotedge/v1/chat/completions",
                 json.dumps(body),
                 content_type="application/json",
