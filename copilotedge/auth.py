@@ -43,7 +43,9 @@ def client_ip(request: HttpRequest) -> str:
     if settings.TRUST_X_FORWARDED_FOR:
         forwarded = request.headers.get("X-Forwarded-For", "")
         if forwarded:
-            return forwarded.split(",")[0].strip()
+            # The last entry is the one our proxy appended; earlier ones are the client's
+            # own claim, which would let it pick a fresh IP (and rate limit) per request.
+            return forwarded.rsplit(",", 1)[-1].strip()
     return str(request.META.get("REMOTE_ADDR") or "")
 
 

@@ -49,26 +49,43 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
                     id="copilotedge.W002",
                 )
             )
-    routes = settings.ROUTES
-    bad_routes = sorted(glob for glob, route in routes.items() if route not in ("openai", "run"))
+    try:
+        routes = settings.ROUTES
+    except (TypeError, ValueError):  # not a mapping: reading it must not crash the check
+        errors.append(
+            Error(
+                "COPILOTEDGE_ROUTES must be a dict of model globs to routes.",
+                hint='For example {"@cf/meta/*": "openai", "*": "run"}.',
+                id="copilotedge.E003",
+            )
+        )
+        routes = {}
+    bad_routes = sorted(
+        repr(glob) if not isinstance(glob, str) else glob
+        for glob, route in routes.items()
+        if not isinstance(glob, str) or route not in ("openai", "run")
+    )
     if bad_routes:
         errors.append(
             Error(
                 f"COPILOTEDGE_ROUTES maps {', '.join(bad_routes)} to an unknown route.",
-                hint='Each value must be "openai" or "run".',
+                hint='Each key must be a glob string and each value "openai" or "run".',
                 id="copilotedge.E003",
             )
         )
     errors.extend(_positive_numbers())
     try:
-        settings.ON_CHUNK  # noqa: B018 - importing the dotted path is the check
+        on_chunk = settings.ON_CHUNK  # importing the dotted path is the check
     except ImportError as error:
         errors.append(
             Error(f"COPILOTEDGE_ON_CHUNK cannot be imported: {error}", id="copilotedge.E005")
         )
+    else:
+        if on_chunk is not None and not callable(on_chunk):
+            errors.append(Error("COPILOTEDGE_ON_CHUNK is not callable.", id="copilotedge.E005"))
     try:
         settings.PRICES  # noqa: B018
-    except (InvalidOperation, TypeError, ValueError):
+    except (AttributeError, InvalidOperation, TypeError, ValueError):
         errors.append(
             Error(
                 "COPILOTEDGE_PRICES must map model ids to (input, output) USD per million tokens.",

@@ -145,7 +145,8 @@ class Settings:
 
     @property
     def TRUST_X_FORWARDED_FOR(self) -> bool:
-        """Believe ``X-Forwarded-For`` (only behind a proxy that sets it)."""
+        """Take the caller's IP from the last ``X-Forwarded-For`` entry (the one the proxy
+        in front of the site added); only behind such a proxy."""
         return bool(_get("COPILOTEDGE_TRUST_X_FORWARDED_FOR", False))
 
     @property
