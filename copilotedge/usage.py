@@ -102,12 +102,13 @@ def _describe(record: UsageRecord) -> dict[str, Any]:
     return {f.attname: getattr(record, f.attname) for f in UsageRecord._meta.concrete_fields}
 
 
-def record_turn(turn: Turn) -> None:
+def record_turn(turn: Turn) -> UsageRecord:
     """Schedule the turn's usage record; the caller does not wait for the database."""
     record = build_record(turn)
     task = asyncio.get_running_loop().create_task(asave(record))
     _pending.add(task)
     task.add_done_callback(_pending.discard)
+    return record
 
 
 async def adrain() -> None:
