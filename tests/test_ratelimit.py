@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 from django.core.cache.backends.filebased import FileBasedCache
 from django.core.cache.backends.locmem import LocMemCache
+from django.core.management import call_command
+from django.core.management.base import SystemCheckError
 from django.test import override_settings
 from django.utils import timezone
 from django_redis.cache import RedisCache
@@ -20,6 +22,7 @@ from django_redis.cache import RedisCache
 from copilotedge import exceptions, ratelimit
 from copilotedge.auth import Principal
 from copilotedge.chat import ChatRequest
+from copilotedge.checks import check_settings
 from copilotedge.models import ApiKey, UsageRecord
 from copilotedge.ratelimit import (
     Limiter,
@@ -31,6 +34,7 @@ from copilotedge.ratelimit import (
 )
 from copilotedge.ratelimit_stores import CacheStore, RedisStore
 from copilotedge.usage import estimate_prompt_tokens
+from tests.conftest import redis_cache_settings
 from tests.servers import free_port
 
 T0 = 1_700_000_000.0  # a Tuesday in November 2023, mid-month
@@ -320,3 +324,45 @@ async def test_session_users_get_the_budget_setting(user: Any, clock: FakeClock)
     refused = await limits.areserve(Principal(user=user), 10)
     assert isinstance(refused.error, exceptions.BudgetExceeded)
     assert "$2.50" in refused.error.message
+
+
+# The limiter's system checks.
+
+
+def ids(messages: list[Any]) -> list[str]:
+    return [message.id for message in messages]
+
+
+def test_unparsable_limits_are_errors() -> None:
+    with override_settings(COPILOTEDGE_RATE_LIMIT="sixty a minute"):
+        assert "copilotedge.E010" in ids(check_settings())
+        with pytest.raises(SystemCheckError, match=r"copilotedge\.E010"):
+            call_command("check")
+    with override_settings(COPILOTEDGE_TOKEN_RATE_LIMIT="100000"):
+        assert "copilotedge.E010" in ids(check_settings())
+
+
+def test_bad_budget_and_unknown_cache_are_errors() -> None:
+    with override_settings(COPILOTEDGE_MONTHLY_BUDGET="lots"):
+        assert "copilotedge.E012" in ids(check_settings())
+    with override_settings(COPILOTEDGE_MONTHLY_BUDGET=-5):
+        assert "copilotedge.E012" in ids(check_settings())
+    with override_settings(COPILOTEDGE_MONTHLY_BUDGET="12.50"):
+        assert "copilotedge.E012" not in ids(check_settings())
+    with override_settings(COPILOTEDGE_CACHE_ALIAS="limits"):
+        assert "copilotedge.E011" in ids(check_settings())
+        with pytest.raises(SystemCheckError, match=r"copilotedge\.E011"):
+            call_command("check")
+
+
+def test_a_cache_not_shared_between_processes_is_a_warning(redis_server: Any) -> None:
+    local = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    dummy = {"default": {"BACKEND": "django.core.cache.backends.dummy.DummyCache"}}
+    with override_settings(CACHES=local):
+        (warning,) = [m for m in check_settings() if m.id == "copilotedge.W010"]
+        assert "LocMemCache" in warning.msg
+        assert "REDIS_URL" in (warning.hint or "")
+    with override_settings(CACHES=dummy):
+        assert "copilotedge.W011" in ids(check_settings())
+    with override_settings(CACHES=redis_cache_settings(redis_server.url, "checks")):
+        assert not {"copilotedge.W010", "copilotedge.W011"} & set(ids(check_settings()))
