@@ -366,3 +366,12 @@ def test_a_cache_not_shared_between_processes_is_a_warning(redis_server: Any) ->
         assert "copilotedge.W011" in ids(check_settings())
     with override_settings(CACHES=redis_cache_settings(redis_server.url, "checks")):
         assert not {"copilotedge.W010", "copilotedge.W011"} & set(ids(check_settings()))
+
+
+def test_the_benchmark_measures_allowed_checks(redis_server: Any) -> None:
+    from bench.ratelimit import run
+
+    result = run(redis_server.url, n=50)
+    assert result["n"] == result["allowed"] == 50
+    assert 0 < result["p50_ms"] <= result["p99_ms"]
+    assert result["redis_ping_p50_ms"] > 0
