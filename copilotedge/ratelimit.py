@@ -522,7 +522,8 @@ def settle(reservation: Reservation, used: int, cost: Decimal = Decimal(0)) -> N
     if used == reservation.tokens or not is_limited(principal):
         return
     coroutine = reservation.limiter.asettle(principal, reservation.tokens, used)
-    task = asyncio.get_running_loop().create_task(coroutine)
+    # A fresh context: the charge outlives the request (and must not use its thread).
+    task = asyncio.get_running_loop().create_task(coroutine, context=contextvars.Context())
     _pending.add(task)
     task.add_done_callback(_pending.discard)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import threading
 import uuid
@@ -129,7 +130,8 @@ async def test_over_the_limit_is_a_429_with_retry_after(auth: dict[str, str]) ->
     assert third["x-ratelimit-limit-requests"] == "2"
 
 
-@override_settings(COPILOTEDGE_TOKEN_RATE_LIMIT="1000/m")
+# Per day, so the bucket does not visibly refill while the test runs.
+@override_settings(COPILOTEDGE_TOKEN_RATE_LIMIT="1000/d")
 async def test_tokens_refused_up_front_and_debited_after(
     auth: dict[str, str], upstream: respx.MockRouter
 ) -> None:
@@ -145,7 +147,8 @@ async def test_tokens_refused_up_front_and_debited_after(
     assert refused.status_code == 429
     assert refused.json()["error"]["code"] == "rate_limit_exceeded"
     assert "tokens" in refused.json()["error"]["message"]
-    assert int(refused["Retry-After"]) >= 1
+    missing = estimate_prompt_tokens(HELLO) + 960 - 950  # one token every 86.4 s
+    assert int(refused["Retry-After"]) == math.ceil(missing * 86.4)
     assert refused["x-ratelimit-remaining-tokens"] == "950"
     assert route.call_count == 1  # the refused request never went upstream
     assert await UsageRecord.objects.acount() == 1
