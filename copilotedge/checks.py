@@ -32,7 +32,7 @@ def _positive_numbers() -> Iterable[CheckMessage]:
 
 
 def _rate_limits() -> Iterable[CheckMessage]:
-    from .ratelimit import parse_rate
+    from .ratelimit_gcra import parse_rate
     from .ratelimit_stores import is_redis
 
     for name in ("RATE_LIMIT", "TOKEN_RATE_LIMIT"):

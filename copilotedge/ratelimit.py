@@ -1,15 +1,16 @@
 """The rate limiter: requests and tokens per window, and a monthly budget, per caller.
 
 The core is pure: a :class:`Limiter` is given a store and a clock and knows nothing of
-HTTP. The algorithm is GCRA (a token bucket kept as one number, the *theoretical arrival
-time*): a limit of ``N/period`` lets a full bucket of ``N`` through at once and then one
-more every ``period / N``; unlike a fixed window it never lets ``2 N`` through around a
-window boundary. Each check is one atomic store operation over several buckets,
+HTTP. The algorithm is GCRA (:mod:`copilotedge.ratelimit_gcra`: a token bucket kept as
+one number): a limit of ``N/period`` lets a full bucket of ``N`` through at once and then
+one more every ``period / N``; unlike a fixed window it never lets ``2 N`` through around
+a window boundary. Each check is one atomic store operation over several buckets,
 all-or-nothing (:mod:`copilotedge.ratelimit_stores`: a Lua script on Redis, one round
 trip; a per-process lock on any other Django cache).
 
-Limits apply per API key, else per user, else per client IP (``Principal.identity``);
-an :class:`~copilotedge.models.ApiKey` overrides requests and tokens per minute and the
+Limits apply per API key, else per user, else per client IP (``Principal.identity``); an
+empty ``Principal()`` (the Python API's default: the site's own code) is not limited.
+An :class:`~copilotedge.models.ApiKey` overrides requests and tokens per minute and the
 monthly budget (``COPILOTEDGE_MONTHLY_BUDGET`` otherwise). Tokens are reserved up front
 (the prompt estimate plus ``max_tokens``, or :data:`DEFAULT_COMPLETION_TOKENS`) and
 settled with the real usage when the turn ends, so concurrent requests cannot overspend.
@@ -27,7 +28,8 @@ once per chat message::
     ratelimit.settle(reservation, used_tokens, cost)   # scheduled off the hot path
 
 :class:`~copilotedge.chat.Turn` already calls ``areserve`` in ``open()``/``complete()``
-and ``settle`` in ``finish()``, so no face calls those itself.
+and ``settle`` in ``finish()``, so no face calls those itself. A view the middleware
+must not count (health checks, metrics) is decorated with :func:`exempt`.
 
 Reset headers are durations as OpenAI writes them (``"250ms"``, ``"1s"``, ``"6m0s"``): the
 time until the bucket is full again. When the store is unreachable,
@@ -40,18 +42,25 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-import math
-import re
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import exceptions
 from .conf import settings
+from .ratelimit_gcra import (
+    Bucket,
+    Op,
+    Rate,
+    Store,
+    StoreUnavailable,
+    format_duration,
+    parse_rate,
+)
 
 if TYPE_CHECKING:
     from .auth import Principal
@@ -63,8 +72,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_COMPLETION_TOKENS = 256
 #: How long a caller's month-to-date spend is cached in the process (seconds).
 BUDGET_CACHE_SECONDS = 10.0
-#: Slack for float rounding in bucket arithmetic (seconds); far below any interval in use.
-EPSILON = 1e-6
 #: Every limiter key starts with this (after the cache's own prefix).
 KEY_NAMESPACE = "copilotedge:rl:"
 
@@ -74,122 +81,6 @@ RESET_REQUESTS = "x-ratelimit-reset-requests"
 LIMIT_TOKENS = "x-ratelimit-limit-tokens"
 REMAINING_TOKENS = "x-ratelimit-remaining-tokens"
 RESET_TOKENS = "x-ratelimit-reset-tokens"
-
-_UNITS = {"s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "hour": 3600.0}
-_UNITS |= {"d": 86400.0, "day": 86400.0}
-_RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*([a-z]+)\s*$")
-
-
-@dataclass(frozen=True)
-class Rate:
-    """``limit`` units per ``period`` seconds."""
-
-    limit: int
-    period: float
-
-    @property
-    def interval(self) -> float:
-        return self.period / self.limit
-
-    def __str__(self) -> str:
-        return f"{self.limit} per {format_duration(self.period)}"
-
-
-def parse_rate(text: str) -> Rate:
-    """``"60/m"``, ``"1000/h"``, ``"10/s"``, ``"5000/d"`` (also ``"100/5m"``, ``"9/min"``)."""
-    match = _RATE.match(str(text).lower())
-    if match is None or match.group(3) not in _UNITS:
-        raise ValueError(f"{text!r} is not a rate like '60/m' (units s, m, h, d)")
-    limit, multiple = int(match.group(1)), int(match.group(2) or 1)
-    if limit < 1 or multiple < 1:
-        raise ValueError(f"{text!r} must allow at least 1 per period")
-    return Rate(limit, multiple * _UNITS[match.group(3)])
-
-
-def format_duration(seconds: float) -> str:
-    """A duration as OpenAI writes its reset headers: ``"250ms"``, ``"1s"``, ``"6m0s"``."""
-    ms = math.ceil(seconds * 1000 - 1e-6)
-    if ms <= 0:
-        return "0s"
-    if ms < 1000:
-        return f"{ms}ms"
-    hours, rest = divmod(ms, 3_600_000)
-    minutes, rest = divmod(rest, 60_000)
-    secs = f"{rest / 1000:.3f}".rstrip("0").rstrip(".") + "s"
-    if hours:
-        return f"{hours}h{minutes}m{secs}"
-    return f"{minutes}m{secs}" if minutes else secs
-
-
-@dataclass(frozen=True)
-class Op:
-    """One bucket operation: take ``cost`` from ``key`` (``force``: even past the limit)."""
-
-    key: str
-    rate: Rate
-    cost: int
-    force: bool = False
-
-
-@dataclass(frozen=True)
-class Bucket:
-    """A bucket after an operation, as the headers report it."""
-
-    limit: int
-    remaining: int
-    reset: float  # seconds until the bucket is full again
-    retry_after: float = 0.0  # seconds until the refused cost would fit
-    allowed: bool = True
-
-
-def apply_gcra(
-    tats: Sequence[float | None], ops: Sequence[Op], now: float
-) -> tuple[list[float | None] | None, list[Bucket]]:
-    """The algorithm on stored arrival times; the Redis script mirrors it line by line.
-
-    Returns the arrival times to store (``None`` for a full bucket: delete it), or ``None``
-    when an op is refused (then nothing changes), and one :class:`Bucket` per op.
-    """
-    steps: list[tuple[Op, float, float, bool]] = []
-    for op, stored in zip(ops, tats, strict=True):
-        tat = max(stored if stored is not None else now, now)
-        new_tat = max(tat + op.cost * op.rate.interval, now)
-        ok = op.force or op.cost <= 0 or new_tat - now <= op.rate.period + EPSILON
-        steps.append((op, tat, new_tat, ok))
-    refused = not all(ok for *_, ok in steps)
-    buckets = []
-    for op, tat, new_tat, ok in steps:
-        after = tat if refused else new_tat
-        room = (op.rate.period + EPSILON - (after - now)) / op.rate.interval
-        buckets.append(
-            Bucket(
-                limit=op.rate.limit,
-                remaining=min(op.rate.limit, max(0, math.floor(room))),
-                reset=_micro(after - now),
-                retry_after=0.0 if ok else _micro(new_tat - op.rate.period - now),
-                allowed=ok,
-            )
-        )
-    if refused:
-        return None, buckets
-    return [new_tat if new_tat > now else None for _, _, new_tat, _ in steps], buckets
-
-
-def _micro(seconds: float) -> float:
-    # Both stores report whole microseconds, so their answers compare equal.
-    return max(0, math.ceil(seconds * 1_000_000 - 1e-3)) / 1_000_000
-
-
-class Store(Protocol):
-    """Applies a list of :class:`Op` atomically; raises :class:`StoreUnavailable`."""
-
-    def apply(self, ops: Sequence[Op], now: float) -> list[Bucket]: ...
-
-    async def aapply(self, ops: Sequence[Op], now: float) -> list[Bucket]: ...
-
-
-class StoreUnavailable(Exception):
-    """The store (Redis) could not be reached or answered with an error."""
 
 
 @dataclass

@@ -1,13 +1,13 @@
 """Where the limiter keeps its buckets: Redis (exact across processes) or any Django cache.
 
 :class:`RedisStore` runs :data:`GCRA_SCRIPT` with ``EVALSHA``, one round trip a check,
-atomic because Redis runs a script alone. It uses django-redis' own raw client
-(what ``get_redis_connection`` returns) for sync callers and, so the event loop never blocks, a
+atomic because Redis runs a script alone. Sync callers use django-redis' raw client (what
+``get_redis_connection`` returns); async callers, so the event loop never blocks, a
 ``redis.asyncio`` client built from the same cache settings, one per event loop.
 
-:class:`CacheStore` runs the same algorithm in Python over ``get_many``/``set_many`` of
+:class:`CacheStore` runs the same algorithm in Python over ``get_many`` and ``set`` of
 any other Django cache, under a lock: exact within one process only (Django's
-``incr``/``aincr`` are not atomic either), which a system check says.
+``incr``/``aincr`` are not atomic either), which system check ``copilotedge.W010`` says.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from django.core.cache import BaseCache, caches
 from django.core.cache.backends.locmem import LocMemCache
 
 from .conf import settings
-from .ratelimit import Bucket, Op, StoreUnavailable, apply_gcra
+from .ratelimit_gcra import Bucket, Op, StoreUnavailable, apply_gcra
 
 # KEYS: the buckets. ARGV[1]: now (epoch seconds); then per key: limit, period, cost, force.
 # Returns per key: allowed (0/1), remaining, reset and retry-after in microseconds.

@@ -128,3 +128,13 @@ def test_the_list_shows_use_and_this_months_usage(admin_client: Client, user: An
         assert stored not in page
     searched = admin_client.get(CHANGELIST, {"q": key.prefix}).content.decode()
     assert key.prefix in searched and expired.prefix not in searched
+
+
+def test_a_key_revoked_in_the_admin_stops_working_at_once(
+    admin_client: Client, api_key: tuple[ApiKey, str]
+) -> None:
+    key, raw = api_key
+    bearer = {"Authorization": f"Bearer {raw}"}
+    assert Client().get("/copilotedge/v1/models", headers=bearer).status_code == 200
+    admin_client.post(CHANGELIST, {"action": "revoke_selected", "_selected_action": [key.pk]})
+    assert Client().get("/copilotedge/v1/models", headers=bearer).status_code == 401

@@ -1,4 +1,4 @@
-"""The limiter core on a fake clock, on both stores: local memory and a real Redis."""
+"""The limiter (ratelimit, ratelimit_gcra, ratelimit_stores) on a fake clock, on both stores."""
 
 from __future__ import annotations
 
@@ -24,14 +24,8 @@ from copilotedge.auth import Principal
 from copilotedge.chat import ChatRequest
 from copilotedge.checks import check_settings
 from copilotedge.models import ApiKey, UsageRecord
-from copilotedge.ratelimit import (
-    Limiter,
-    Op,
-    Rate,
-    StoreUnavailable,
-    format_duration,
-    parse_rate,
-)
+from copilotedge.ratelimit import Limiter
+from copilotedge.ratelimit_gcra import Op, Rate, StoreUnavailable, format_duration, parse_rate
 from copilotedge.ratelimit_stores import CacheStore, RedisStore
 from copilotedge.usage import estimate_prompt_tokens
 from tests.conftest import redis_cache_settings
