@@ -19,6 +19,7 @@ import pytest
 import respx
 from django.http import HttpRequest, HttpResponse
 from django.test import AsyncClient, RequestFactory, override_settings
+from django.urls import include, path
 
 from copilotedge import ratelimit, usage
 from copilotedge.middleware import RateLimitMiddleware
@@ -268,6 +269,36 @@ async def test_async_mode_is_detected() -> None:
         return HttpResponse("ok")
 
     assert asyncio.iscoroutinefunction(RateLimitMiddleware(view))
+
+
+@ratelimit.exempt
+async def ping(request: HttpRequest) -> HttpResponse:
+    return HttpResponse("pong")
+
+
+async def counted(request: HttpRequest) -> HttpResponse:
+    return HttpResponse("counted")
+
+
+# A URLconf for the test below: an app view marked exempt next to one that is not.
+urlpatterns = [
+    path(
+        "copilotedge/",
+        include(
+            ([path("ping", ping), path("counted", counted)], "copilotedge"),
+        ),
+    )
+]
+
+
+@override_settings(ROOT_URLCONF=__name__, COPILOTEDGE_RATE_LIMIT="1/m")
+async def test_exempt_views_are_not_counted(auth: dict[str, str]) -> None:
+    client = AsyncClient()
+    exempt = [await client.get("/copilotedge/ping", headers=auth) for _ in range(3)]
+    assert [r.status_code for r in exempt] == [200, 200, 200]
+    assert "x-ratelimit-limit-requests" not in exempt[0]
+    counted = [await client.get("/copilotedge/counted", headers=auth) for _ in range(2)]
+    assert [r.status_code for r in counted] == [200, 429]
 
 
 # Redis outages, on a private redis-server this test stops.
