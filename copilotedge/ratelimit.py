@@ -288,8 +288,9 @@ class Limiter:
         )
 
 
-# Month-to-date spend per (identity, month) in this process: (expiry, amount).
-_spend_cache: dict[tuple[str, datetime], tuple[float, Decimal]] = {}
+# Month-to-date spend per identity in this process: (month start, expiry, amount).
+_spend_cache: dict[str, tuple[datetime, float, Decimal]] = {}
+_SPEND_CACHE_MAX = 10_000
 
 
 async def amonth_spend(principal: Principal, start: datetime) -> Decimal:
@@ -298,18 +299,20 @@ async def amonth_spend(principal: Principal, start: datetime) -> Decimal:
 
     from .models import UsageRecord
 
-    cache_key = (principal.identity, start)
-    cached = _spend_cache.get(cache_key)
-    if cached is not None and cached[0] > time.monotonic():
-        return cached[1]
+    identity = principal.identity
+    cached = _spend_cache.get(identity)
+    if cached is not None and cached[0] == start and cached[1] > time.monotonic():
+        return cached[2]
     records = UsageRecord.objects.filter(created_at__gte=start)
     if principal.api_key is not None:
         records = records.filter(api_key=principal.api_key)
     else:
         records = records.filter(user=principal.user)
-    total = (await records.aaggregate(total=Sum("cost")))["total"] or Decimal(0)
-    _spend_cache[cache_key] = (time.monotonic() + BUDGET_CACHE_SECONDS, total)
-    return Decimal(total)
+    total = Decimal((await records.aaggregate(total=Sum("cost")))["total"] or 0)
+    if len(_spend_cache) >= _SPEND_CACHE_MAX:
+        _spend_cache.clear()
+    _spend_cache[identity] = (start, time.monotonic() + BUDGET_CACHE_SECONDS, total)
+    return total
 
 
 def forget_spend() -> None:
@@ -319,9 +322,9 @@ def forget_spend() -> None:
 
 def _add_spend(principal: Principal, cost: Decimal) -> None:
     # Until the cache refreshes, count a finished turn so a burst cannot overspend.
-    for (identity, start), (expiry, amount) in list(_spend_cache.items()):
-        if identity == principal.identity:
-            _spend_cache[(identity, start)] = (expiry, amount + cost)
+    cached = _spend_cache.get(principal.identity)
+    if cached is not None:
+        _spend_cache[principal.identity] = (cached[0], cached[1], cached[2] + cost)
 
 
 # The module-level API: the configured store, the wall clock, the current request.

@@ -9,6 +9,7 @@ and no boundary ever lets two bursts through back to back.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Sequence
@@ -38,6 +39,7 @@ class Rate:
         return f"{self.limit} per {format_duration(self.period)}"
 
 
+@functools.lru_cache(maxsize=64)
 def parse_rate(text: str) -> Rate:
     """``"60/m"``, ``"1000/h"``, ``"10/s"``, ``"5000/d"`` (also ``"100/5m"``, ``"9/min"``)."""
     match = _RATE.match(str(text).lower())

@@ -369,3 +369,20 @@ def test_the_benchmark_measures_allowed_checks(redis_server: Any) -> None:
     assert result["n"] == result["allowed"] == 50
     assert 0 < result["p50_ms"] <= result["p99_ms"]
     assert result["redis_ping_p50_ms"] > 0
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_finished_turn_counts_against_the_budget_at_once(user: Any) -> None:
+    key = await ApiKey.objects.acreate(
+        user=user, prefix="ce_ledger4", hashed_key="4", monthly_budget=Decimal("1.00")
+    )
+    await spend_row(key, "0.90")
+    principal = Principal(user=user, api_key=key)
+    limits = Limiter(CacheStore(LocMemCache(f"rl-{uuid.uuid4()}", {})))
+    first = await limits.areserve(principal, 10)
+    assert first.allowed
+    # The ledger row is written later; the cached spend counts the turn meanwhile.
+    ratelimit.settle(ratelimit.Reservation(principal, 10, limits), 12, Decimal("0.10"))
+    await ratelimit.adrain()
+    refused = await limits.areserve(principal, 10)
+    assert isinstance(refused.error, exceptions.BudgetExceeded)
