@@ -158,6 +158,12 @@ class Settings:
         return str(_get("COPILOTEDGE_CACHE_ALIAS", "default"))
 
     @property
+    def MONTHLY_BUDGET(self) -> Decimal | None:
+        """USD a key (or a session user) may spend a calendar month; a key's own overrides."""
+        value = _get("COPILOTEDGE_MONTHLY_BUDGET", None)
+        return None if value is None else Decimal(str(value))
+
+    @property
     def PRICES(self) -> dict[str, tuple[Decimal, Decimal]]:
         table = _get("COPILOTEDGE_PRICES", DEFAULT_PRICES)
         return {model: (Decimal(i), Decimal(o)) for model, (i, o) in table.items()}

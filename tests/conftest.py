@@ -181,3 +181,62 @@ def django_db_setup(django_db_setup: None) -> Iterator[None]:
     """
     yield
     SyncToAsync.single_thread_executor.submit(connections.close_all).result()
+
+
+# --- API keys and rate limits (issue 3) ---------------------------------------------
+# Limiter buckets live in the cache and outlive a test (on Redis, even the process), and
+# primary keys repeat between tests on SQLite: every test starts with empty buckets.
+
+
+def reset_limits() -> None:
+    from django.core.cache import caches
+
+    from copilotedge import auth, ratelimit
+    from copilotedge.conf import settings
+    from copilotedge.ratelimit_stores import is_redis
+
+    cache = caches[settings.CACHE_ALIAS]
+    if is_redis(cache):
+        # Only this run's keys: the cache's KEY_PREFIX is per test process.
+        cache.delete_pattern(f"{ratelimit.KEY_NAMESPACE}*")  # type: ignore[attr-defined]
+    else:
+        cache.clear()
+    ratelimit.forget_spend()
+    auth.forget_touches()
+
+
+@pytest.fixture(autouse=True)
+async def _fresh_limits() -> AsyncIterator[None]:
+    from copilotedge import auth, ratelimit
+    from copilotedge.ratelimit_stores import RedisStore
+
+    reset_limits()
+    yield
+    await auth.adrain()
+    await ratelimit.adrain()
+    await RedisStore.aclose()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[Any]:
+    """A private redis-server for the whole run (needs the ``redis-server`` binary)."""
+    import shutil
+
+    from tests.servers import RedisServer
+
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    with RedisServer() as server:
+        yield server
+
+
+def redis_cache_settings(url: str, prefix: str) -> dict[str, Any]:
+    """A CACHES setting on django-redis at ``url``, failing fast when it is down."""
+    return {
+        "default": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": url,
+            "KEY_PREFIX": prefix,
+            "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 0.5, "SOCKET_TIMEOUT": 0.5},
+        }
+    }
