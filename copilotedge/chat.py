@@ -11,13 +11,14 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import iscoroutinefunction
 
-from . import cloudflare, exceptions, history, usage
+from . import cloudflare, exceptions, history, ratelimit, usage
+from .auth import check_model
 from .cloudflare import Delta, ToolCallDelta, Usage
 from .conf import settings
 
@@ -127,6 +128,7 @@ class Turn:
         self.first_token_at: float | None = None
         self.finished = False
         self._stream: cloudflare.UpstreamStream | None = None
+        self.reservation: ratelimit.Reservation | None = None
         # Conversation state (history.py): the stored answer, when there is one.
         self.prepared = False
         self.transcript: Transcript | None = None
@@ -136,13 +138,28 @@ class Turn:
         return self.request.messages
 
     async def prepare(self) -> None:
-        """Apply preferences and stored history, save the new turn (once; before upstream)."""
+        """Apply preferences and stored history, admit the turn, then save it (once).
+
+        History and preferences come first so admission sees the model and prompt that
+        go upstream; saving comes last so a refused turn leaves nothing stored.
+        """
         if not self.prepared:
             self.prepared = True
-            await history.aprepare(self)
+            await history.aprepare(self, self.admit)
+
+    async def admit(self) -> None:
+        """Refuse a model the key may not use (403), a spent budget or too many tokens (429).
+
+        Every face passes here first, so none of them checks these itself. A refused
+        turn never reached upstream and records no usage.
+        """
+        if self.reservation is None:
+            check_model(self.principal, self.request.model)
+            self.reservation = await ratelimit.areserve(self.principal, self.request)
 
     async def open(self) -> None:
         await self.prepare()
+        await self.admit()
         try:
             self.attempts += 1
             self._stream = await cloudflare.open_stream(
@@ -154,11 +171,16 @@ class Turn:
             raise
 
     async def deltas(self) -> AsyncIterator[Delta]:
-        async for batch in self.batches():
-            for delta in batch:
-                yield delta
+        batches = self.batches()
+        try:
+            async for batch in batches:
+                for delta in batch:
+                    yield delta
+        finally:
+            # Closing this generator must hang up now, not when the inner one is collected.
+            await batches.aclose()
 
-    async def batches(self) -> AsyncIterator[list[Delta]]:
+    async def batches(self) -> AsyncGenerator[list[Delta], None]:
         """The deltas of each upstream read together (faces write each batch at once)."""
         if self._stream is None:
             await self.open()
@@ -184,6 +206,7 @@ class Turn:
 
     async def complete(self) -> Answer:
         await self.prepare()
+        await self.admit()
         try:
             self.attempts += 1
             delta = await cloudflare.complete(
@@ -227,4 +250,7 @@ class Turn:
             return
         self.finished = True
         history.finish(self)
-        usage.record_turn(self)
+        record = usage.record_turn(self)
+        if self.reservation is not None:
+            # The window is charged what the turn really used, off the hot path like the write.
+            ratelimit.settle(self.reservation, record.total_tokens, record.cost)

@@ -17,7 +17,7 @@ from typing import Any
 
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
-from . import exceptions, history, wire
+from . import exceptions, history, ratelimit, wire
 from .auth import Principal, akey_for_token
 from .chat import ChatRequest, Turn
 from .conf import settings
@@ -228,7 +228,13 @@ class ChatConsumer(ResumeMixin, AsyncJsonWebsocketConsumer):  # type: ignore[mis
                 f"At most {settings.WS_MAX_CHATS} chats may run at once on one socket.",
                 code="too_many_chats",
             )
-        turn = Turn(parse_chat_message(content), self.principal, protocol="websocket")
+        request = parse_chat_message(content)
+        # The same request limit as HTTP (where the middleware counts it), once per chat;
+        # the Turn reserves and settles tokens itself.
+        decision = await ratelimit.acheck_request(self.principal)
+        if decision.error is not None:
+            raise decision.error
+        turn = Turn(request, self.principal, protocol="websocket")
         task = asyncio.get_running_loop().create_task(self._run_chat(chat_id, turn))
         _running.add(task)
         self.chats[chat_id] = task

@@ -16,10 +16,11 @@ the stored ones, only the rest is new.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import sync_to_async
@@ -30,7 +31,7 @@ from django.utils import timezone
 from . import exceptions
 from .conf import settings
 from .models import Conversation, Message, Preference
-from .transcript import Transcript, active, spawn
+from .transcript import Transcript, active, spawn, storable
 from .usage import estimate_prompt_tokens, estimate_tokens
 
 if TYPE_CHECKING:
@@ -188,6 +189,12 @@ def _store_turn(
     raise AssertionError("unreachable")
 
 
+def _storable_json(value: Any) -> Any:
+    if value is None:
+        return None
+    return json.loads(storable(json.dumps(value, ensure_ascii=False)))
+
+
 def _not_found() -> exceptions.NotFound:
     return exceptions.NotFound(
         "No conversation with this id.", param="conversation_id", code="conversation_not_found"
@@ -212,7 +219,7 @@ def _store_turn_once(
     if conversation is None:
         conversation = Conversation.objects.create(
             id=conversation_id or uuid.uuid4(), user=principal.user, api_key=principal.api_key,
-            model=model, title=derive_title(new), created_at=now, updated_at=now,
+            model=model, title=storable(derive_title(new)), created_at=now, updated_at=now,
         )  # fmt: skip
         sequence = 0
     else:
@@ -220,16 +227,16 @@ def _store_turn_once(
         sequence = 0 if last is None else last + 1
         conversation.updated_at = now
         conversation.model = model
-        conversation.title = conversation.title or derive_title(new)
+        conversation.title = conversation.title or storable(derive_title(new))
         conversation.save(update_fields=["updated_at", "model", "title"])
     rows = [
         Message(
             conversation=conversation,
             sequence=sequence + i,
             role=m["role"],
-            content=str(m.get("content") or ""),
-            tool_calls=m.get("tool_calls") or None,
-            tool_call_id=m.get("tool_call_id") or "",
+            content=storable(str(m.get("content") or "")),
+            tool_calls=_storable_json(m.get("tool_calls") or None),
+            tool_call_id=storable(str(m.get("tool_call_id") or "")),
             created_at=now,
             updated_at=now,
         )
@@ -276,8 +283,9 @@ def _close_abandoned(saving: asyncio.Future[tuple[Conversation, Message]]) -> No
     )
 
 
-async def aprepare(turn: Turn) -> None:
-    """Apply preferences and the stored conversation to ``turn`` and save its new turn."""
+async def aprepare(turn: Turn, admit: Callable[[], Awaitable[None]]) -> None:
+    """Apply preferences and the stored conversation to ``turn``, ``admit`` it (rate limits
+    see the prompt that goes upstream), then save its new turn."""
     request = turn.request
     principal = turn.principal
     preference = await apreference(principal)
@@ -305,6 +313,7 @@ async def aprepare(turn: Turn) -> None:
         max_messages=settings.HISTORY_MAX_MESSAGES,
         max_tokens=settings.HISTORY_MAX_TOKENS,
     )
+    await admit()
     store = (
         settings.STORE_CONVERSATIONS
         and principal.user is not None
@@ -338,7 +347,7 @@ async def _afinish(turn: Turn, transcript: Transcript) -> None:
     else:
         prompt = estimate_prompt_tokens(turn.messages) if turn.attempts else 0
         completion = estimate_tokens(answer.text)
-    tool_calls = [call.as_openai() for call in answer.tool_calls.values()] or None
+    tool_calls = _storable_json([call.as_openai() for call in answer.tool_calls.values()] or None)
     finish_reason = answer.final_finish_reason() if status == Message.Status.COMPLETE else ""
     try:
         await transcript.afinish(

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import uuid
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -38,6 +39,15 @@ LIVE_END = "copilotedge.live.end"
 #: Transcripts of the answers this process is generating, by message id.
 active: dict[uuid.UUID, Transcript] = {}
 _background: set[asyncio.Task[Any]] = set()
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def storable(text: str) -> str:
+    """``text`` as a UTF-8 database (and msgpack) takes it: a lone surrogate (which JSON
+    can carry) becomes U+FFFD, one character for one, so offsets still hold."""
+    return text if text.isascii() else _SURROGATE.sub("\ufffd", text)
 
 
 def group_name(message_id: uuid.UUID) -> str:
@@ -83,7 +93,7 @@ class Transcript:
     ) -> None:
         self.message_id = message_id
         self.conversation_id = conversation_id
-        self._text = text
+        self._answer_text = text
         #: Characters confirmed saved; live events start there.
         self.saved = 0
         self._unsaved_bytes = 0
@@ -101,6 +111,9 @@ class Transcript:
         self.stopped = False
         active[message_id] = self
 
+    def _text(self) -> str:
+        return storable(self._answer_text())
+
     def grow(self, piece: str) -> None:
         """Note new text; schedules a save and a publication, never waits for them."""
         if self.stopped:
@@ -111,7 +124,7 @@ class Transcript:
         # The task reading upstream now (a face may read each frame in a new task).
         self.task = asyncio.current_task()
         loop = asyncio.get_running_loop()
-        self._unsaved_bytes += len(piece.encode())
+        self._unsaved_bytes += len(piece.encode(errors="replace"))
         if self._unsaved_bytes >= settings.FLUSH_BYTES:
             self._start_flush()
         elif self._flush_timer is None and self._flushing is None:

@@ -483,3 +483,32 @@ async def test_a_socket_can_resume_and_stop_an_answer_streamed_over_http(ws, ups
     row = await Message.objects.aget(conversation_id=conversation_id, role="assistant")
     assert row.status == "cancelled" and FULL.startswith(row.content)
     assert text_of(messages, "r") == row.content
+
+
+# Rate limits --------------------------------------------------------------------------------
+
+
+@override_settings(COPILOTEDGE_RATE_LIMIT="2/m")
+async def test_chats_count_against_the_request_rate_limit(ws, upstream):
+    slow_upstream(upstream, SlowStream(["ok"], delay=0))
+    for chat_id in (1, 2):
+        await ws.send_json_to(chat(chat_id))
+        await receive_until(ws, "done", chat_id)
+    await ws.send_json_to(chat(3))
+    error = await ws.receive_json_from()
+    assert error["type"] == "error" and error["id"] == 3
+    assert error["error"]["code"] == "rate_limit_exceeded"
+    await ws.send_json_to({"type": "ping"})
+    assert await ws.receive_json_from() == {"type": "pong"}
+    await settle()
+    assert await Conversation.objects.acount() == 2
+
+
+@override_settings(COPILOTEDGE_TOKEN_RATE_LIMIT="10/m")
+async def test_a_turn_over_the_token_limit_is_refused_and_stores_nothing(ws, upstream):
+    route = slow_upstream(upstream, SlowStream(["ok"], delay=0))
+    await ws.send_json_to(chat("big", "word " * 200))
+    error = (await receive_until(ws, "error", "big"))[-1]
+    assert error["error"]["code"] == "rate_limit_exceeded"
+    assert not route.called
+    assert await Message.objects.acount() == 0

@@ -306,3 +306,13 @@ async def test_a_client_chosen_id_can_start_a_conversation(user, other_user, ups
     unknown = ChatRequest(MODEL, [msg("user", "x")], conversation_id=uuid.uuid4())
     with pytest.raises(NotFound):
         await Turn(unknown, principal, "openai").open()
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_lone_surrogates_are_stored_as_replacement_characters(user, upstream):
+    upstream.post(OPENAI_URL).mock(side_effect=lambda request: answer("b\ud83dc"))
+    turn = await run_turn(ChatRequest(MODEL, [msg("user", "a\ud83d")]), Principal(user=user))
+    assert turn.answer.text == "b\ud83dc"  # the client still gets what upstream sent
+    rows = [(m.role, m.content) async for m in Message.objects.order_by("sequence")]
+    assert rows == [("user", "a\ufffd"), ("assistant", "b\ufffdc")]
+    assert (await Conversation.objects.aget()).title == "a\ufffd"
