@@ -139,8 +139,15 @@ class ChatConsumer(ResumeMixin, AsyncJsonWebsocketConsumer):  # type: ignore[mis
 
     async def reply(self, content: dict[str, Any]) -> None:
         """Send to the client unless it is gone (a detached chat runs on silently)."""
-        if self.attached:
+        if not self.attached:
+            return
+        try:
             await self.send_json(content)
+        except Exception:
+            # The socket closed before its disconnect reached us (daphne raises then):
+            # the chats go on detached, as after the disconnect itself.
+            logger.debug("WebSocket send failed; the client is gone", exc_info=True)
+            self.attached = False
 
     async def reply_error(self, chat_id: ChatId | None, error: exceptions.CopilotEdgeError) -> None:
         body: dict[str, Any] = {"type": ERROR}

@@ -259,6 +259,34 @@ async def test_a_dropped_socket_does_not_stop_its_chat(session_cookie, upstream)
     assert stream.finished
 
 
+async def test_a_send_failing_on_a_closed_socket_leaves_the_chat_running(session_cookie, upstream):
+    # The server may notice the close before the consumer gets its disconnect (daphne
+    # then raises on send): the chat must go on detached, not fail.
+    closed = asyncio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        async def send_or_fail(message: dict[str, Any]) -> None:
+            if closed.is_set() and message["type"] == "websocket.send":
+                raise RuntimeError("Attempt to send on a closed protocol")
+            await send(message)
+
+        await application(scope, receive, send_or_fail)
+
+    stream = SlowStream(WORDS[:10], delay=0.03)
+    slow_upstream(upstream, stream)
+    socket = WebsocketCommunicator(app, WS_PATH, headers=[ORIGIN, (b"cookie", session_cookie)])
+    await socket.connect()
+    await socket.receive_json_from()
+    await socket.send_json_to(chat("gone"))
+    start = (await receive_until(socket, "delta", "gone"))[0]
+    closed.set()
+    await asyncio.sleep(0.1)
+    await socket.disconnect()
+    await settle()
+    row = await Message.objects.aget(pk=start["message_id"])
+    assert (row.status, row.content) == ("complete", "".join(WORDS[:10]))
+
+
 @override_settings(COPILOTEDGE_WS_CANCEL_ON_DISCONNECT=True)
 async def test_disconnect_can_cancel_instead(session_cookie, upstream):
     stream = SlowStream(WORDS, delay=0.05)
