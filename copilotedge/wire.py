@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -175,6 +176,12 @@ async def with_keepalive(frames: AsyncIterator[bytes], interval: float) -> Async
                 await queue.put(frame)
         except Exception as error:  # re-raised on the consumer's side
             await queue.put(error)
+        except asyncio.CancelledError as error:
+            # Cancelled from outside (an answer stopped from elsewhere): end the stream too.
+            # Never wait here: a full queue is noticed below once it drains.
+            with contextlib.suppress(asyncio.QueueFull):
+                queue.put_nowait(error)
+            raise
         else:
             await queue.put(None)
 
@@ -182,6 +189,8 @@ async def with_keepalive(frames: AsyncIterator[bytes], interval: float) -> Async
     try:
         while True:
             if queue.empty():
+                if producer.done():
+                    raise asyncio.CancelledError  # cancelled with its queue full
                 try:
                     async with asyncio.timeout(interval):
                         item = await queue.get()
