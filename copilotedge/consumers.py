@@ -271,6 +271,8 @@ class ChatConsumer(ResumeMixin, AsyncJsonWebsocketConsumer):  # type: ignore[mis
                 text = "".join(delta.text for delta in batch)
                 if text:
                     await self.reply({"type": DELTA, "id": chat_id, "content": text})
+            # Saved before the client hears the end, so what it fetches next is final.
+            await history.asaved(turn)
             await self.reply(
                 {
                     "type": DONE,
@@ -280,8 +282,10 @@ class ChatConsumer(ResumeMixin, AsyncJsonWebsocketConsumer):  # type: ignore[mis
                 }
             )
         except exceptions.CopilotEdgeError as error:
+            await history.asaved(turn)
             await self.reply_error(chat_id, error)
         except asyncio.CancelledError:
+            await history.asaved(turn)
             await self.reply({"type": CANCELLED, "id": chat_id})
             raise
         except Exception:

@@ -335,7 +335,15 @@ def finish(turn: Turn) -> None:
         return
     if transcript.deleted:
         turn.request.conversation_id = None  # the usage record must not point at it
-    spawn(_afinish(turn, transcript))
+    transcript.saving = spawn(_afinish(turn, transcript))
+
+
+async def asaved(turn: Turn) -> None:
+    """Wait until the turn's final answer is saved (a face may say "done" after it)."""
+    saving = turn.transcript.saving if turn.transcript is not None else None
+    if saving is not None:
+        # Shielded: a waiter being cancelled must not cancel the save.
+        await asyncio.shield(saving)
 
 
 async def _afinish(turn: Turn, transcript: Transcript) -> None:

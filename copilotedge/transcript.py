@@ -109,6 +109,8 @@ class Transcript:
         self.deleted = False
         #: Set by :meth:`stop`; the answer ends (cancelled) at its next piece at the latest.
         self.stopped = False
+        #: The final save, once the turn ended (``history.finish``).
+        self.saving: asyncio.Task[Any] | None = None
         active[message_id] = self
 
     def _text(self) -> str:

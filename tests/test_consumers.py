@@ -98,9 +98,10 @@ async def test_a_session_user_chats_and_the_answer_streams(ws, upstream, user):
     done = messages[-1]
     assert done["finish_reason"] == "stop"
     assert set(done["usage"]) == {"prompt_tokens", "completion_tokens", "total_tokens"}
-    await settle()
+    # Saved before "done" was sent: a client fetching the conversation now sees it final.
     row = await Message.objects.aget(pk=start["message_id"])
     assert (row.status, row.content) == ("complete", "".join(WORDS[:5]))
+    await settle()
     record = await UsageRecord.objects.aget()
     assert (record.protocol, record.outcome, record.conversation_id) == (
         "websocket", "ok", conversation.id,
@@ -231,11 +232,11 @@ async def test_cancel_stops_the_chat_and_its_upstream_request(ws, upstream):
     messages = await receive_until(ws, "delta", "c")
     await ws.send_json_to({"type": "cancel", "id": "c"})
     messages += await receive_until(ws, "cancelled", "c")
+    row = await Message.objects.aget(pk=messages[0]["message_id"])
+    assert row.status == "cancelled"  # saved before "cancelled" was sent
     await asyncio.wait_for(stream.closed.wait(), 2)
     assert not stream.finished and stream.sent < len(WORDS)
     await settle()
-    row = await Message.objects.aget(pk=messages[0]["message_id"])
-    assert row.status == "cancelled"
     assert row.content and FULL.startswith(row.content) and row.content != FULL
     assert text_of(messages, "c") == row.content[: len(text_of(messages, "c"))]
     assert (await UsageRecord.objects.aget()).outcome == "cancelled"
