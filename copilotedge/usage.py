@@ -51,12 +51,13 @@ def build_record(turn: Turn) -> UsageRecord:
     if upstream is not None and (upstream.prompt_tokens or upstream.completion_tokens):
         prompt, completion, source = upstream.prompt_tokens, upstream.completion_tokens, "upstream"
     else:
-        prompt = estimate_prompt_tokens(turn.messages) if turn.attempts else 0
+        prompt = estimate_prompt_tokens(turn.messages) if turn.attempts or turn.cache_hit else 0
         completion = estimate_tokens(answer.text)
         source = "estimated"
     error = turn.error
     now = time.monotonic()
     principal = turn.principal
+    cost = cost_of(turn.model_served, prompt, completion, upstream.neurons if upstream else None)
     return UsageRecord(
         request_id=turn.id,
         user_id=principal.user_id,
@@ -69,7 +70,10 @@ def build_record(turn: Turn) -> UsageRecord:
         completion_tokens=completion,
         total_tokens=prompt + completion,
         token_source=source,
-        cost=cost_of(turn.model_served, prompt, completion, upstream and upstream.neurons),
+        # A cache hit cost nothing upstream; what the call would have cost is saved.
+        cost=Decimal(0) if turn.cache_hit else cost,
+        cache_hit=turn.cache_hit,
+        cost_saved=cost if turn.cache_hit else Decimal(0),
         outcome=turn.outcome,
         status_code=error.status_code if error else (499 if turn.outcome == "cancelled" else 200),
         error_code=(error.code or "") if error else "",

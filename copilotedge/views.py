@@ -13,9 +13,10 @@ from typing import Any
 
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http.response import HttpResponseBase
 from django.views.decorators.csrf import csrf_exempt
 
-from . import sse, wire
+from . import cache, sse, wire
 from .auth import aauthenticate
 from .chat import Turn
 from .conf import settings
@@ -26,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 CONVERSATION_HEADER = "X-CopilotEdge-Conversation"
 
-View = Callable[..., Awaitable[HttpResponse]]
+View = Callable[..., Awaitable[HttpResponseBase]]
 
 
 def error_response(error: CopilotEdgeError, body: dict[str, Any] | None = None) -> JsonResponse:
@@ -45,7 +46,7 @@ def api_view(*methods: str) -> Callable[[View], View]:
 
     def decorator(view: View) -> View:
         @functools.wraps(view)
-        async def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        async def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
             if request.method not in methods:
                 error = InvalidRequest(f"Use {' or '.join(methods)}.", code="method_not_allowed")
                 response = error_response(error)
@@ -88,16 +89,21 @@ def event_stream(frames: AsyncIterator[bytes]) -> StreamingHttpResponse:
 
 
 @api_view("POST")
-async def chat_completions(request: HttpRequest) -> HttpResponse:
+async def chat_completions(request: HttpRequest) -> HttpResponseBase:
     principal = await aauthenticate(request)
     body = read_json(request)
     turn = Turn(parse_chat(body), principal, protocol="openai")
+    turn.request.cache = cache.parse_directive(request.headers)
+    response: HttpResponseBase
     if turn.request.stream:
         include_usage = parse_include_usage(body)
         await turn.open()
-        return event_stream(wire.openai_stream(turn, include_usage=include_usage))
-    await turn.complete()
-    return JsonResponse(wire.openai_completion(turn))
+        response = event_stream(wire.openai_stream(turn, include_usage=include_usage))
+    else:
+        await turn.complete()
+        response = JsonResponse(wire.openai_completion(turn))
+    response[cache.HEADER] = turn.cache_status
+    return response
 
 
 @api_view("GET")
@@ -111,15 +117,20 @@ async def models(request: HttpRequest) -> HttpResponse:
 
 
 @api_view("POST")
-async def ai_run(request: HttpRequest, model: str) -> HttpResponse:
+async def ai_run(request: HttpRequest, model: str) -> HttpResponseBase:
     try:
         principal = await aauthenticate(request)
         body = read_json(request)
         turn = Turn(parse_chat(body, model=parse_model(model)), principal, protocol="run")
+        turn.request.cache = cache.parse_directive(request.headers)
+        response: HttpResponseBase
         if turn.request.stream:
             await turn.open()
-            return event_stream(wire.run_stream(turn))
-        await turn.complete()
+            response = event_stream(wire.run_stream(turn))
+        else:
+            await turn.complete()
+            response = JsonResponse(wire.run_envelope(turn))
     except CopilotEdgeError as error:
         return error_response(error, wire.run_error(error))
-    return JsonResponse(wire.run_envelope(turn))
+    response[cache.HEADER] = turn.cache_status
+    return response
