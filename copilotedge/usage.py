@@ -37,7 +37,9 @@ def estimate_prompt_tokens(messages: list[dict[str, Any]]) -> int:
     return sum(estimate_tokens(str(m.get("content") or "")) + 4 for m in messages)
 
 
-def cost_of(model: str, prompt_tokens: int, completion_tokens: int, neurons: float | None) -> Decimal:
+def cost_of(
+    model: str, prompt_tokens: int, completion_tokens: int, neurons: float | None
+) -> Decimal:
     if neurons is not None:
         return (Decimal(str(neurons)) * settings.NEURON_PRICE / 1000).quantize(Decimal("1e-8"))
     price_in, price_out = settings.PRICES.get(model, (Decimal(0), Decimal(0)))

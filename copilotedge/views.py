@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 from django.core.exceptions import RequestDataTooBig
-from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http import HttpRequest, JsonResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from django.views.decorators.csrf import csrf_exempt
 
@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 CONVERSATION_HEADER = "X-CopilotEdge-Conversation"
 
-View = Callable[..., Awaitable[HttpResponseBase]]
+View = Callable[..., Coroutine[Any, Any, HttpResponseBase]]
 
 
 def error_response(error: CopilotEdgeError, body: dict[str, Any] | None = None) -> JsonResponse:
@@ -107,7 +107,7 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
 
 
 @api_view("GET")
-async def models(request: HttpRequest) -> HttpResponse:
+async def models(request: HttpRequest) -> HttpResponseBase:
     await aauthenticate(request)
     data = [
         {"id": model, "object": "model", "created": 0, "owned_by": "cloudflare"}
