@@ -242,6 +242,10 @@ class CircuitBreaker:
         if probe:
             await _run(self._store.delete, self._key("probe"))
 
+    def reset(self) -> None:
+        """Close the circuit and forget its failures (operators, tests)."""
+        self._store.delete(self._key("open_until"), self._key("failures"), self._key("probe"))
+
     async def _open(self) -> None:
         cooldown = settings.CIRCUIT_COOLDOWN
         # The key outlives the cool-down so that "past it" reads as half-open, not closed.

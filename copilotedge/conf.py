@@ -229,7 +229,7 @@ class Settings:
 
     @property
     def RESPONSE_CACHE(self) -> bool:
-        """Whether deterministic answers are cached at all (the header can still ask)."""
+        """The response cache's master switch (off: not even ``X-CopilotEdge-Cache: use``)."""
         return bool(_get("COPILOTEDGE_RESPONSE_CACHE", True))
 
     @property
