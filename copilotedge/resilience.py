@@ -164,7 +164,7 @@ async def _call(
 
 
 class TimedStream:
-    """An opened upstream stream whose first delta is already in hand.
+    """An opened upstream stream whose first meaningful delta is already in hand.
 
     Iterating enforces the between-token (``READ_TIMEOUT``) and overall
     (``TOTAL_TIMEOUT``) limits, and calls ``on_end`` once with how it ended.
@@ -174,21 +174,20 @@ class TimedStream:
         self,
         stream: cloudflare.UpstreamStream,
         iterator: AsyncIterator[Delta],
-        first: Delta | None,
+        head: list[Delta],
         deadline: float,
     ) -> None:
         self._stream = stream
         self._iterator = iterator
-        self._first = first
+        self._head = head
         self._deadline = deadline
         self.on_end: Callable[[BaseException | None], Awaitable[None]] | None = None
 
     async def __aiter__(self) -> AsyncIterator[Delta]:
         ended: BaseException | None = None
         try:
-            if self._first is not None:
-                yield self._first
-                self._first = None
+            while self._head:
+                yield self._head.pop(0)
             while True:
                 remaining = self._deadline - time.monotonic()
                 try:
@@ -226,10 +225,7 @@ async def _open_attempt(turn: Turn, candidate: Candidate, remaining: float) -> T
                 candidate.model, turn.messages, turn.request.params, candidate.upstream
             )
             iterator = aiter(stream)
-            try:
-                first: Delta | None = await anext(iterator)
-            except StopAsyncIteration:
-                first = None
+            head = await _first_deltas(iterator)
     except TimeoutError:
         if stream is not None:
             await stream.aclose()
@@ -240,7 +236,17 @@ async def _open_attempt(turn: Turn, candidate: Candidate, remaining: float) -> T
         if stream is not None:
             await stream.aclose()
         raise
-    return TimedStream(stream, iterator, first, turn.started + settings.TOTAL_TIMEOUT)
+    return TimedStream(stream, iterator, head, turn.started + settings.TOTAL_TIMEOUT)
+
+
+async def _first_deltas(iterator: AsyncIterator[Delta]) -> list[Delta]:
+    """Deltas up to the first that carries something: a role-only frame is not an answer."""
+    head: list[Delta] = []
+    async for delta in iterator:
+        head.append(delta)
+        if delta.text or delta.tool_calls or delta.finish_reason or delta.usage:
+            break
+    return head
 
 
 async def _complete_attempt(turn: Turn, candidate: Candidate, remaining: float) -> Delta:
