@@ -224,11 +224,13 @@ class ReplayStream:
         self._entry = entry
         self.closed = False
 
-    async def __aiter__(self) -> AsyncIterator[Delta]:
+    async def batches(self) -> AsyncIterator[list[Delta]]:
         whole = delta_from_entry(self._entry)
+        end = Delta(finish_reason=whole.finish_reason, usage=whole.usage)
         if whole.text or whole.tool_calls:
-            yield Delta(text=whole.text, tool_calls=whole.tool_calls)
-        yield Delta(finish_reason=whole.finish_reason, usage=whole.usage)
+            yield [Delta(text=whole.text, tool_calls=whole.tool_calls), end]
+        else:
+            yield [end]
 
     async def aclose(self) -> None:
         self.closed = True

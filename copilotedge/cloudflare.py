@@ -277,13 +277,20 @@ class UpstreamStream:
             chunks = self._response.aiter_bytes()
             async for chunk in chunks:
                 batch = []
+                broken: exceptions.UpstreamError | None = None
                 for event in parser.feed(chunk):
                     if event.data == sse.DONE:
                         finished = True
                         break
-                    batch.append(parse_payload(_load_frame(event.data)))
+                    try:
+                        batch.append(parse_payload(_load_frame(event.data)))
+                    except exceptions.UpstreamError as error:
+                        broken = error  # the deltas read before it still reach the client
+                        break
                 if batch:
                     yield batch
+                if broken is not None:
+                    raise broken
                 if finished:
                     await self._drain(chunks)
                     break

@@ -37,7 +37,9 @@ T = TypeVar("T")
 
 
 class DeltaStream(Protocol):
-    def __aiter__(self) -> AsyncIterator[Delta]: ...
+    """What a turn reads an answer from: an upstream stream or a cache replay."""
+
+    def batches(self) -> AsyncIterator[list[Delta]]: ...
 
     async def aclose(self) -> None: ...
 
@@ -166,15 +168,15 @@ async def _call(
 class TimedStream:
     """An opened upstream stream whose first meaningful delta is already in hand.
 
-    Iterating enforces the between-token (``READ_TIMEOUT``) and overall
+    ``batches()`` enforces the between-token (``READ_TIMEOUT``) and overall
     (``TOTAL_TIMEOUT``) limits, and calls ``on_end`` once with how it ended.
     """
 
     def __init__(
         self,
         stream: cloudflare.UpstreamStream,
-        iterator: AsyncIterator[Delta],
-        head: list[Delta],
+        iterator: AsyncIterator[list[Delta]],
+        head: list[list[Delta]],
         deadline: float,
     ) -> None:
         self._stream = stream
@@ -183,7 +185,7 @@ class TimedStream:
         self._deadline = deadline
         self.on_end: Callable[[BaseException | None], Awaitable[None]] | None = None
 
-    async def __aiter__(self) -> AsyncIterator[Delta]:
+    async def batches(self) -> AsyncIterator[list[Delta]]:
         ended: BaseException | None = None
         try:
             while self._head:
@@ -192,7 +194,7 @@ class TimedStream:
                 remaining = self._deadline - time.monotonic()
                 try:
                     async with asyncio.timeout(min(settings.READ_TIMEOUT, max(remaining, 0))):
-                        delta = await anext(self._iterator)
+                        batch = await anext(self._iterator)
                 except StopAsyncIteration:
                     break
                 except TimeoutError:
@@ -202,7 +204,7 @@ class TimedStream:
                         else "The model provider stalled mid-answer."
                     )
                     raise exceptions.UpstreamTimeout(message) from None
-                yield delta
+                yield batch
         except BaseException as error:
             ended = error
             raise
@@ -224,8 +226,8 @@ async def _open_attempt(turn: Turn, candidate: Candidate, remaining: float) -> T
             stream = await cloudflare.open_stream(
                 candidate.model, turn.messages, turn.request.params, candidate.upstream
             )
-            iterator = aiter(stream)
-            head = await _first_deltas(iterator)
+            iterator = stream.batches()
+            head = await _first_batches(iterator)
     except TimeoutError:
         if stream is not None:
             await stream.aclose()
@@ -239,12 +241,12 @@ async def _open_attempt(turn: Turn, candidate: Candidate, remaining: float) -> T
     return TimedStream(stream, iterator, head, turn.started + settings.TOTAL_TIMEOUT)
 
 
-async def _first_deltas(iterator: AsyncIterator[Delta]) -> list[Delta]:
-    """Deltas up to the first that carries something: a role-only frame is not an answer."""
-    head: list[Delta] = []
-    async for delta in iterator:
-        head.append(delta)
-        if delta.text or delta.tool_calls or delta.finish_reason or delta.usage:
+async def _first_batches(iterator: AsyncIterator[list[Delta]]) -> list[list[Delta]]:
+    """Batches up to the first delta that carries something (a role-only frame does not)."""
+    head: list[list[Delta]] = []
+    async for batch in iterator:
+        head.append(batch)
+        if any(d.text or d.tool_calls or d.finish_reason or d.usage for d in batch):
             break
     return head
 

@@ -113,3 +113,16 @@ def reset_circuits() -> None:
 
     for name in {*known_upstreams(), "workers-ai"}:
         CircuitBreaker(name).reset()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def close_async_orm_connections(django_db_setup: None) -> Iterator[None]:
+    """Close the connection the async ORM opened in asgiref's sync thread, at the end.
+
+    Left open, it keeps PostgreSQL from dropping the test database after the run.
+    """
+    yield
+    from asgiref.sync import SyncToAsync
+    from django.db import connections
+
+    SyncToAsync.single_thread_executor.submit(connections.close_all).result()

@@ -195,10 +195,10 @@ async def test_connection_refused_is_retried_then_a_502(
         started = time.monotonic()
         response = await http.post(site.url + PATH, json=body(stream=True), headers=auth)
         elapsed = time.monotonic() - started
+        [row] = await ledger()  # before the server stops: the ledger writes in batches
     assert response.status_code == 502
     assert response.json()["error"]["code"] == "upstream_unreachable"
     assert elapsed < 2.0
-    [row] = await ledger()
     assert (row.outcome, row.attempts, row.status_code) == ("error", 3, 502)
 
 
@@ -226,6 +226,8 @@ async def test_a_stall_before_the_first_token_is_retried_too(
     assert len(text_of(events).split()) == TOKENS
     log = await settled(emulator, 2)
     assert [e["outcome"] for e in log] == ["client_disconnected", "completed"]
+    [row] = await ledger()
+    assert (row.outcome, row.attempts) == ("ok", 2)
 
 
 # -- Faults after the first byte: in-band errors, never a hang, never a fake "stop" --
@@ -393,6 +395,7 @@ async def test_redis_killed_mid_run_requests_still_succeed(
         after = await ask()
         assert (after.status_code, after.headers["X-CopilotEdge-Cache"]) == (200, "MISS")
         assert (await ask()).headers["X-CopilotEdge-Cache"] == "HIT"
+        rows = await ledger(8)
     finally:
         errors = server.stop()
         redis.kill()
@@ -400,7 +403,6 @@ async def test_redis_killed_mid_run_requests_still_succeed(
     assert "Response cache 'default' unavailable (read); serving without it." in errors
     assert "Exception inside application" not in errors
     assert "Internal Server Error" not in errors
-    rows = await ledger(8)
     assert [r.cache_hit for r in rows] == [False, True, False, False, False, False, False, True]
     assert all(r.outcome == "ok" for r in rows)
     assert len(emulator.app.requests) == 6
@@ -438,7 +440,9 @@ async def test_an_open_circuit_is_shared_by_every_process_through_redis(
                 timings.append(time.monotonic() - started)
                 assert response.status_code == 503
                 assert 25 <= int(response.headers["Retry-After"]) <= 30
+            rows = await ledger(7)
         assert len(emulator.app.requests) == 2  # process two never called upstream
+        assert [(r.status_code, r.attempts) for r in rows] == [(502, 1)] * 2 + [(503, 0)] * 5
         # Failing fast costs a key lookup, not an upstream timeout (loaded CI: generous bound).
         assert sorted(timings)[2] < 0.1, timings
         print(f"fail-fast 503 from the other process: {[round(t * 1000) for t in timings]} ms")
@@ -457,10 +461,11 @@ async def test_a_failing_usage_write_never_reaches_the_client(
     for name, value in reliability(emulator.api_base_url).items():
         setattr(settings, name, value)
 
-    async def broken(self: UsageRecord, *args: Any, **kwargs: Any) -> None:
+    async def broken(self: Any, *args: Any, **kwargs: Any) -> None:
         raise OperationalError("disk I/O error")
 
-    monkeypatch.setattr(UsageRecord, "asave", broken)
+    # The ledger's only write: one bulk insert per batch of records.
+    monkeypatch.setattr(type(UsageRecord.objects), "abulk_create", broken)
     client = AsyncClient()
     whole = await client.post(PATH, body(), content_type="application/json", headers=auth)
     assert whole.status_code == 200
@@ -483,16 +488,17 @@ async def test_a_transient_usage_write_failure_is_retried(
 ) -> None:
     for name, value in reliability(emulator.api_base_url).items():
         setattr(settings, name, value)
-    real = UsageRecord.asave
+    manager = type(UsageRecord.objects)
+    real = manager.abulk_create
     failures = iter([OperationalError("database is locked")])
 
-    async def flaky(self: UsageRecord, *args: Any, **kwargs: Any) -> None:
+    async def flaky(self: Any, *args: Any, **kwargs: Any) -> Any:
         error = next(failures, None)
         if error is not None:
             raise error
-        await real(self, *args, **kwargs)
+        return await real(self, *args, **kwargs)
 
-    monkeypatch.setattr(UsageRecord, "asave", flaky)
+    monkeypatch.setattr(manager, "abulk_create", flaky)
     response = await AsyncClient().post(PATH, body(), content_type="application/json", headers=auth)
     assert response.status_code == 200
     await usage.adrain()
