@@ -16,7 +16,7 @@ from django.http import HttpRequest, JsonResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from django.views.decorators.csrf import csrf_exempt
 
-from . import cache, sse, wire
+from . import cache, openapi, sse, wire
 from .auth import aauthenticate
 from .chat import Turn
 from .conf import settings
@@ -134,3 +134,9 @@ async def ai_run(request: HttpRequest, model: str) -> HttpResponseBase:
         return error_response(error, wire.run_error(error))
     response[cache.HEADER] = turn.cache_status
     return response
+
+
+@api_view("GET")
+async def openapi_description(request: HttpRequest) -> HttpResponseBase:
+    """The OpenAPI 3.1 description of this API (public: it holds no secrets)."""
+    return JsonResponse(openapi.describe(), json_dumps_params={"indent": 1})
