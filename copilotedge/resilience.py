@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from . import cache, cloudflare, exceptions
-from .breaker import CircuitBreaker
+from .breaker import CircuitBreaker, acircuit_states, circuit_states
 from .cloudflare import Delta, Upstream
 from .conf import settings
 
@@ -34,6 +34,9 @@ if TYPE_CHECKING:
     from .chat import Turn
 
 T = TypeVar("T")
+
+# The breakers' states for /health and metrics: {upstream name: closed | open | half_open}.
+__all__ = ["acircuit_states", "circuit_states", "complete", "open_stream"]
 
 
 class DeltaStream(Protocol):

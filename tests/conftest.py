@@ -126,3 +126,10 @@ def close_async_orm_connections(django_db_setup: None) -> Iterator[None]:
     from django.db import connections
 
     SyncToAsync.single_thread_executor.submit(connections.close_all).result()
+
+
+@pytest.fixture(autouse=True)
+def closed_circuits() -> Iterator[None]:
+    """Every test starts with closed circuits: failures of one test must not open another's."""
+    reset_circuits()
+    yield

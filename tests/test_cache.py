@@ -29,6 +29,7 @@ COST = Decimal("0.001936")
 @pytest.fixture(autouse=True)
 def quick(settings: Any) -> Any:
     settings.COPILOTEDGE_RETRY_ATTEMPTS = 1
+    settings.COPILOTEDGE_RESPONSE_CACHE = True  # off for the rest of the suite
     reset_circuits()
     yield settings
     reset_circuits()

@@ -41,6 +41,7 @@ def reliability(api_base_url: str, **extra: Any) -> dict[str, Any]:
         "COPILOTEDGE_FIRST_TOKEN_TIMEOUT": FIRST_TOKEN_TIMEOUT,
         "COPILOTEDGE_READ_TIMEOUT": READ_TIMEOUT,
         "COPILOTEDGE_CIRCUIT_FAILURE_THRESHOLD": 1000,
+        "COPILOTEDGE_RESPONSE_CACHE": True,
         **extra,
     }
 

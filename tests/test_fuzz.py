@@ -213,6 +213,7 @@ async def check(response: Any) -> None:
 
 @pytest.fixture
 def mocked_upstream(settings: Any) -> Any:
+    settings.COPILOTEDGE_RESPONSE_CACHE = True
     settings.COPILOTEDGE_RESPONSE_CACHE_TTL = 60
     settings.COPILOTEDGE_RETRY_ATTEMPTS = 1
     reset_circuits()
