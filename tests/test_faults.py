@@ -219,6 +219,23 @@ async def test_a_hang_before_the_first_byte_is_cut_and_retried(
     assert (row.outcome, row.attempts) == ("ok", 2)
 
 
+async def test_a_whole_answer_that_hangs_is_cut_by_the_read_timeout_and_retried(
+    site: DaphneServer, emulator: EmulatorServer, http: httpx.AsyncClient, auth: dict[str, str]
+) -> None:
+    # Not streamed, the upstream says nothing until its answer is whole: a hang and a long
+    # generation look the same, so the read timeout (longest silence) bounds the attempt.
+    emulator.app.add_fault("hang:30")
+    started = time.monotonic()
+    response = await http.post(site.url + PATH, json=body(), headers=auth)
+    elapsed = time.monotonic() - started
+    assert response.status_code == 200
+    assert READ_TIMEOUT <= elapsed < READ_TIMEOUT + 1.5
+    log = await settled(emulator, 2)
+    assert [e["outcome"] for e in log] == ["client_disconnected", "completed"]
+    [row] = await ledger()
+    assert (row.outcome, row.attempts) == ("ok", 2)
+
+
 async def test_a_stall_before_the_first_token_is_retried_too(
     site: DaphneServer, emulator: EmulatorServer, http: httpx.AsyncClient, auth: dict[str, str]
 ) -> None:
