@@ -108,8 +108,9 @@ async def test_a_deterministic_answer_is_stored_and_replayed_streamed(
     assert {c["model"] for c in chunks} == {MODEL}
     assert route.call_count == 1
     miss, hit = await records()
-    assert (miss.cache_hit, miss.cost, miss.cost_saved, miss.attempts) == (False, COST, 0, 1)
-    assert (hit.cache_hit, hit.cost, hit.cost_saved, hit.attempts) == (True, 0, COST, 0)
+    zero = Decimal(0)
+    assert (miss.cache_hit, miss.cost, miss.cost_saved, miss.attempts) == (False, COST, zero, 1)
+    assert (hit.cache_hit, hit.cost, hit.cost_saved, hit.attempts) == (True, zero, COST, 0)
     assert (hit.prompt_tokens, hit.completion_tokens, hit.outcome) == (1000, 2000, "ok")
 
 

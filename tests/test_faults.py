@@ -487,7 +487,7 @@ async def test_a_failing_usage_write_never_reaches_the_client(
     client = AsyncClient()
     whole = await client.post(PATH, body(), content_type="application/json", headers=auth)
     assert whole.status_code == 200
-    streamed = await client.post(
+    streamed: Any = await client.post(
         PATH, body(stream=True), content_type="application/json", headers=auth
     )
     raw = b"".join([chunk async for chunk in streamed.streaming_content]).decode()

@@ -77,7 +77,8 @@ def from_schema(schema: dict[str, Any]) -> st.SearchStrategy[Any]:
             ]
         )
     if "anyOf" in schema or "oneOf" in schema:
-        return st.one_of([from_schema(part) for part in schema.get("anyOf", schema.get("oneOf"))])
+        parts = schema["anyOf"] if "anyOf" in schema else schema["oneOf"]
+        return st.one_of([from_schema(part) for part in parts])
     kind = schema.get("type", "object")
     if isinstance(kind, list):
         return st.one_of([from_schema({**schema, "type": k}) for k in kind])
