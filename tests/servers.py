@@ -112,9 +112,9 @@ class DaphneServer:
 
 
 class RedisServer:
-    """A test-owned ``redis-server`` on a free loopback port, to kill and restart at will.
+    """A private ``redis-server`` on a free loopback port, to stop and restart at will.
 
-    Never the machine's shared Redis: this one has no persistence and dies with the test.
+    Tests that kill Redis use this one, never the machine's shared server.
     """
 
     def __init__(self) -> None:
@@ -122,37 +122,51 @@ class RedisServer:
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.process: subprocess.Popen[bytes] | None = None
 
-    @staticmethod
-    def available() -> bool:
-        return shutil.which("redis-server") is not None
-
     def start(self) -> RedisServer:
         self.process = subprocess.Popen(
             [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
+                *("redis-server", "--port", str(self.port), "--bind", "127.0.0.1"),
+                *("--save", "", "--appendonly", "no"),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        wait_for_port(self.port)
+        try:
+            wait_for_port(self.port)
+        except RuntimeError:
+            self.stop()
+            raise
         return self
 
+    @staticmethod
+    def available() -> bool:
+        return shutil.which("redis-server") is not None
+
     def kill(self) -> None:
+        """Kill it as a crash would (SIGKILL: no clean shutdown); ``start()`` brings it back."""
         if self.process is not None:
             self.process.kill()
             self.process.wait()
             self.process = None
 
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
     def __enter__(self) -> RedisServer:
         return self.start()
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.kill()
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
