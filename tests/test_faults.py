@@ -482,8 +482,9 @@ async def test_a_failing_usage_write_never_reaches_the_client(
     async def broken(self: Any, *args: Any, **kwargs: Any) -> None:
         raise OperationalError("disk I/O error")
 
-    # The ledger's only write: one bulk insert per batch of records.
+    # The database is down: the batch insert fails, and so does each record on its own.
     monkeypatch.setattr(type(UsageRecord.objects), "abulk_create", broken)
+    monkeypatch.setattr(UsageRecord, "asave", broken)
     client = AsyncClient()
     whole = await client.post(PATH, body(), content_type="application/json", headers=auth)
     assert whole.status_code == 200

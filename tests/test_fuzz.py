@@ -216,6 +216,8 @@ async def check(response: Any) -> None:
 def mocked_upstream(settings: Any) -> Any:
     settings.COPILOTEDGE_RESPONSE_CACHE = True
     settings.COPILOTEDGE_RESPONSE_CACHE_TTL = 60
+    settings.COPILOTEDGE_RATE_LIMIT = "1000000/m"  # thousands of requests from one key
+    settings.COPILOTEDGE_TOKEN_RATE_LIMIT = "1000000000/m"
     settings.COPILOTEDGE_RETRY_ATTEMPTS = 1
     reset_circuits()
     with respx.mock(assert_all_called=False) as router:
@@ -273,13 +275,18 @@ def test_generated_requests_reached_the_views() -> None:
 async def test_described_requests_are_accepted(
     mocked_upstream: Any, drain_usage: None, auth: dict[str, str], body: dict[str, Any]
 ) -> None:
-    """A body valid by the description, for a listed model, is answered."""
+    """A body valid by the description, for a listed model, is answered (or refused by the
+    token rate limit, as documented, when it asks for more tokens than the limit)."""
     body.pop("conversation_id", None)  # names a stored conversation
     async with asyncio.timeout(REQUEST_TIMEOUT):
         response = await AsyncClient().post(
             "/copilotedge/v1/chat/completions", body, content_type="application/json", headers=auth
         )
     await check(response)
-    assert response.status_code == 200, response.json()
+    if response.status_code == 429:
+        # A valid max_tokens beyond the key's token limit: refused before reaching upstream.
+        assert response.json()["error"]["param"] == "max_tokens"
+    else:
+        assert response.status_code == 200, response.json()
     seen = STATUSES["described"]
     seen[response.status_code] = seen.get(response.status_code, 0) + 1
