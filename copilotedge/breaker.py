@@ -27,6 +27,7 @@ from django.core.cache import caches
 
 from .conf import settings
 from .exceptions import ServiceUnavailable
+from .fallbacks import configured_upstreams
 
 logger = logging.getLogger(__name__)
 
@@ -257,8 +258,6 @@ class CircuitBreaker:
 
 def known_upstreams() -> list[str]:
     """The names of the default upstream and of every fallback upstream in the settings."""
-    from .resilience import configured_upstreams
-
     return [upstream.name for upstream in configured_upstreams()]
 
 

@@ -22,13 +22,13 @@ import copy
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from . import cache, cloudflare, exceptions
 from .breaker import CircuitBreaker, acircuit_states, circuit_states
-from .cloudflare import Delta, Upstream
+from .cloudflare import Delta
 from .conf import settings
+from .fallbacks import Candidate, candidates_for
 
 if TYPE_CHECKING:
     from .chat import Turn
@@ -45,47 +45,6 @@ class DeltaStream(Protocol):
     def batches(self) -> AsyncIterator[list[Delta]]: ...
 
     async def aclose(self) -> None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class Candidate:
-    """One way to answer: a model on an upstream."""
-
-    model: str
-    upstream: Upstream
-
-
-def fallback_upstream(entry: dict[str, str]) -> Upstream:
-    base_url = entry.get("base_url")
-    if not base_url:
-        return Upstream.default()
-    base_url = base_url.rstrip("/")
-    return Upstream(
-        base_url,
-        entry.get("api_token", ""),
-        entry.get("account_id", ""),
-        name=entry.get("name") or base_url,
-    )
-
-
-def candidates_for(model: str) -> list[Candidate]:
-    """The request's model on the default upstream, then its fallbacks in order."""
-    chain = [Candidate(model, Upstream.default())]
-    for entry in settings.FALLBACKS.get(model, []):
-        chain.append(Candidate(entry["model"], fallback_upstream(entry)))
-    return chain
-
-
-def configured_upstreams() -> list[Upstream]:
-    """Every upstream the settings name (the default first), once each by name."""
-    seen: dict[str, Upstream] = {}
-    default = Upstream.default()
-    seen[default.name] = default
-    for entries in settings.FALLBACKS.values():
-        for entry in entries:
-            upstream = fallback_upstream(entry)
-            seen.setdefault(upstream.name, upstream)
-    return list(seen.values())
 
 
 def counts_against_upstream(error: exceptions.CopilotEdgeError) -> bool:
