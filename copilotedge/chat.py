@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import iscoroutinefunction
 
-from . import cloudflare, exceptions, history, ratelimit, usage
+from . import exceptions, history, ratelimit, resilience, usage
 from .auth import check_model
 from .cloudflare import Delta, ToolCallDelta, Usage
 from .conf import settings
@@ -42,6 +42,7 @@ class ChatRequest:
     model_given: bool = True
     #: Start a conversation with ``conversation_id`` if none has it (AG-UI threadIds).
     create_conversation: bool = False
+    cache: str = ""  # the client's X-CopilotEdge-Cache directive (see copilotedge.cache)
 
 
 @dataclass
@@ -127,7 +128,9 @@ class Turn:
         self.started = time.monotonic()
         self.first_token_at: float | None = None
         self.finished = False
-        self._stream: cloudflare.UpstreamStream | None = None
+        self.cache_status = "BYPASS"  # HIT, MISS or BYPASS (copilotedge.cache)
+        self.cache_hit = False
+        self._stream: resilience.DeltaStream | None = None
         self.reservation: ratelimit.Reservation | None = None
         # Conversation state (history.py): the stored answer, when there is one.
         self.prepared = False
@@ -161,10 +164,8 @@ class Turn:
         await self.prepare()
         await self.admit()
         try:
-            self.attempts += 1
-            self._stream = await cloudflare.open_stream(
-                self.request.model, self.messages, self.request.params
-            )
+            # Cache, retries, circuit breakers and fallbacks; counts self.attempts.
+            self._stream = await resilience.open_stream(self)
         except BaseException as error:
             self._fail(error)
             self.finish()
@@ -208,10 +209,7 @@ class Turn:
         await self.prepare()
         await self.admit()
         try:
-            self.attempts += 1
-            delta = await cloudflare.complete(
-                self.request.model, self.messages, self.request.params
-            )
+            delta = await resilience.complete(self)
             self.first_token_at = time.monotonic()
             self.answer.add(delta)
             on_chunk = _chunk_callback()

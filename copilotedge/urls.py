@@ -20,4 +20,5 @@ urlpatterns = [
         name="conversation",
     ),
     path("preferences/", conversation_views.preferences, name="preferences"),
+    path("openapi.json", views.openapi_description, name="openapi"),
 ]

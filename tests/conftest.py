@@ -249,7 +249,7 @@ WS_PATH = "/ws/copilotedge/chat/"
 ORIGIN = (b"origin", b"http://testserver")
 
 
-class SlowStream(httpx.AsyncByteStream):
+class WordStream(httpx.AsyncByteStream):
     """An upstream event stream that sends ``pieces`` ``delay`` s apart and notes its closing.
 
     ``closed`` is set when the client hangs up (or the stream ends), ``sent`` counts pieces.
@@ -275,7 +275,7 @@ class SlowStream(httpx.AsyncByteStream):
         self.closed.set()
 
 
-def stream_response(stream: SlowStream) -> httpx.Response:
+def stream_response(stream: WordStream) -> httpx.Response:
     return httpx.Response(200, stream=stream, headers={"content-type": "text/event-stream"})
 
 
@@ -296,3 +296,49 @@ async def drain_chats() -> AsyncIterator[None]:
     await consumers.adrain()
     await transcript.adrain()
     await usage.adrain()
+
+
+# -- Reliability (issue 7): upstream behaviours for retries, breakers and the cache. --
+
+
+class SlowStream(httpx.AsyncByteStream):
+    """An upstream body sent in parts; a float part is a pause of that many seconds.
+
+    ``closed`` tells whether the app hung up (httpx closes the stream on ``aclose``).
+    """
+
+    def __init__(self, *parts: bytes | float) -> None:
+        self.parts = parts
+        self.closed = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for part in self.parts:
+            if isinstance(part, bytes):
+                yield part
+            else:
+                await asyncio.sleep(part)
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+def capacity_error(code: int, retry_after: str | None = None) -> httpx.Response:
+    """Workers AI's 429: 3040 is out of capacity (retryable), 3036 the daily quota."""
+    headers = {"Retry-After": retry_after} if retry_after else {}
+    body = {"success": False, "errors": [{"code": code, "message": "limited"}], "result": None}
+    return httpx.Response(429, json=body, headers=headers)
+
+
+def reset_circuits() -> None:
+    """Close every configured upstream's circuit (state may live in a shared Redis)."""
+    from copilotedge.breaker import CircuitBreaker, known_upstreams
+
+    for name in {*known_upstreams(), "workers-ai"}:
+        CircuitBreaker(name).reset()
+
+
+@pytest.fixture(autouse=True)
+def closed_circuits() -> Iterator[None]:
+    """Every test starts with closed circuits: failures of one test must not open another's."""
+    reset_circuits()
+    yield

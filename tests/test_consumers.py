@@ -15,7 +15,7 @@ from copilotedge import consumers, transcript, usage
 from copilotedge.models import Conversation, Message, UsageRecord
 from tests.asgi import application
 
-from .conftest import OPENAI_URL, ORIGIN, WS_PATH, SlowStream, stream_response
+from .conftest import OPENAI_URL, ORIGIN, WS_PATH, WordStream, stream_response
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("drain_chats")]
 
@@ -38,7 +38,7 @@ async def ws(session_cookie: bytes) -> AsyncIterator[WebsocketCommunicator]:
     await socket.disconnect()
 
 
-def slow_upstream(upstream: Any, *streams: SlowStream) -> Any:
+def slow_upstream(upstream: Any, *streams: WordStream) -> Any:
     """Answer each upstream request with the next stream (the last one repeats)."""
     queue = list(streams)
 
@@ -87,7 +87,7 @@ async def test_a_session_user_is_ready_at_connect(session_cookie, user):
 
 
 async def test_a_session_user_chats_and_the_answer_streams(ws, upstream, user):
-    slow_upstream(upstream, SlowStream(WORDS[:5], delay=0))
+    slow_upstream(upstream, WordStream(WORDS[:5], delay=0))
     await ws.send_json_to(chat("a", "Count to five"))
     messages = await receive_until(ws, "done", "a")
     start = messages[0]
@@ -110,7 +110,7 @@ async def test_a_session_user_chats_and_the_answer_streams(ws, upstream, user):
 
 async def test_an_api_key_client_is_ready_after_the_auth_message(api_key, upstream, user):
     key, raw = api_key
-    slow_upstream(upstream, SlowStream(["Hi!"], delay=0))
+    slow_upstream(upstream, WordStream(["Hi!"], delay=0))
     socket = communicator()
     connected, _ = await socket.connect()
     assert connected
@@ -164,7 +164,7 @@ async def test_a_foreign_or_missing_origin_is_refused(session_cookie, origin):
 
 async def test_several_chats_run_at_once_on_one_socket(ws, upstream):
     slow_upstream(
-        upstream, SlowStream(["a1 ", "a2 ", "a3 "], 0.05), SlowStream(["b1 ", "b2 "], 0.05)
+        upstream, WordStream(["a1 ", "a2 ", "a3 "], 0.05), WordStream(["b1 ", "b2 "], 0.05)
     )
     await ws.send_json_to(chat("A", "first"))
     await ws.send_json_to(chat("B", "second"))
@@ -181,7 +181,7 @@ async def test_several_chats_run_at_once_on_one_socket(ws, upstream):
 
 @override_settings(COPILOTEDGE_WS_MAX_CHATS=1)
 async def test_a_socket_runs_at_most_max_chats_at_once(ws, upstream):
-    slow_upstream(upstream, SlowStream(WORDS[:4], 0.05))
+    slow_upstream(upstream, WordStream(WORDS[:4], 0.05))
     await ws.send_json_to(chat("one"))
     await ws.send_json_to(chat("two"))
     messages = await receive_until(ws, "error", "two")
@@ -193,7 +193,7 @@ async def test_a_socket_runs_at_most_max_chats_at_once(ws, upstream):
 
 
 async def test_a_chat_continues_its_conversation(ws, upstream):
-    route = slow_upstream(upstream, SlowStream(["Paris."], 0), SlowStream(["Lyon."], 0))
+    route = slow_upstream(upstream, WordStream(["Paris."], 0), WordStream(["Lyon."], 0))
     await ws.send_json_to(chat(1, "Capital?"))
     conversation_id = (await receive_until(ws, "done", 1))[0]["conversation_id"]
     await ws.send_json_to(chat(2, "Second city?", conversation_id=conversation_id))
@@ -204,7 +204,7 @@ async def test_a_chat_continues_its_conversation(ws, upstream):
 
 
 async def test_a_chat_in_another_users_conversation_is_an_error(ws, upstream, other_user):
-    route = slow_upstream(upstream, SlowStream(["x"], 0))
+    route = slow_upstream(upstream, WordStream(["x"], 0))
     theirs = await Conversation.objects.acreate(user=other_user)
     await ws.send_json_to(chat(7, conversation_id=str(theirs.id)))
     error = (await receive_until(ws, "error", 7))[-1]
@@ -226,7 +226,7 @@ async def test_an_upstream_failure_is_an_error_for_that_chat(ws, upstream):
 
 
 async def test_cancel_stops_the_chat_and_its_upstream_request(ws, upstream):
-    stream = SlowStream(WORDS, delay=0.05)
+    stream = WordStream(WORDS, delay=0.05)
     slow_upstream(upstream, stream)
     await ws.send_json_to(chat("c"))
     messages = await receive_until(ws, "delta", "c")
@@ -246,7 +246,7 @@ async def test_cancel_stops_the_chat_and_its_upstream_request(ws, upstream):
 
 
 async def test_a_dropped_socket_does_not_stop_its_chat(session_cookie, upstream):
-    stream = SlowStream(WORDS[:10], delay=0.03)
+    stream = WordStream(WORDS[:10], delay=0.03)
     slow_upstream(upstream, stream)
     socket = communicator((b"cookie", session_cookie))
     await socket.connect()
@@ -273,7 +273,7 @@ async def test_a_send_failing_on_a_closed_socket_leaves_the_chat_running(session
 
         await application(scope, receive, send_or_fail)
 
-    stream = SlowStream(WORDS[:10], delay=0.03)
+    stream = WordStream(WORDS[:10], delay=0.03)
     slow_upstream(upstream, stream)
     socket = WebsocketCommunicator(app, WS_PATH, headers=[ORIGIN, (b"cookie", session_cookie)])
     await socket.connect()
@@ -290,7 +290,7 @@ async def test_a_send_failing_on_a_closed_socket_leaves_the_chat_running(session
 
 @override_settings(COPILOTEDGE_WS_CANCEL_ON_DISCONNECT=True)
 async def test_disconnect_can_cancel_instead(session_cookie, upstream):
-    stream = SlowStream(WORDS, delay=0.05)
+    stream = WordStream(WORDS, delay=0.05)
     slow_upstream(upstream, stream)
     socket = communicator((b"cookie", session_cookie))
     await socket.connect()
@@ -306,7 +306,7 @@ async def test_disconnect_can_cancel_instead(session_cookie, upstream):
 
 @override_settings(COPILOTEDGE_WS_DETACHED_TIMEOUT=0.2)
 async def test_a_detached_chat_runs_at_most_the_detached_timeout(session_cookie, upstream):
-    stream = SlowStream(WORDS, delay=0.05)
+    stream = WordStream(WORDS, delay=0.05)
     slow_upstream(upstream, stream)
     socket = communicator((b"cookie", session_cookie))
     await socket.connect()
@@ -321,7 +321,7 @@ async def test_a_detached_chat_runs_at_most_the_detached_timeout(session_cookie,
 
 @override_settings(COPILOTEDGE_FLUSH_INTERVAL=0.05)
 async def test_deleting_the_conversation_stops_its_answer(ws, upstream, user):
-    stream = SlowStream(WORDS, delay=0.05)
+    stream = WordStream(WORDS, delay=0.05)
     slow_upstream(upstream, stream)
     await ws.send_json_to(chat("del"))
     start = (await receive_until(ws, "delta", "del"))[0]
@@ -342,7 +342,7 @@ async def test_deleting_the_conversation_stops_its_answer(ws, upstream, user):
 
 
 async def test_resume_mid_stream_gets_the_rest_exactly_once(session_cookie, upstream):
-    slow_upstream(upstream, SlowStream(WORDS, delay=0.03))
+    slow_upstream(upstream, WordStream(WORDS, delay=0.03))
     first = communicator((b"cookie", session_cookie))
     await first.connect()
     await first.receive_json_from()
@@ -374,7 +374,7 @@ async def test_resume_mid_stream_gets_the_rest_exactly_once(session_cookie, upst
 
 
 async def test_resume_of_a_finished_answer_replays_it_after_the_offset(ws, upstream):
-    slow_upstream(upstream, SlowStream(WORDS[:3], delay=0))
+    slow_upstream(upstream, WordStream(WORDS[:3], delay=0))
     await ws.send_json_to(chat(1))
     conversation_id = (await receive_until(ws, "done", 1))[0]["conversation_id"]
     await settle()
@@ -388,7 +388,7 @@ async def test_resume_of_a_finished_answer_replays_it_after_the_offset(ws, upstr
 
 
 async def test_a_resume_without_an_id_is_answered_under_the_conversation_id(ws, upstream):
-    slow_upstream(upstream, SlowStream(WORDS[:2], delay=0))
+    slow_upstream(upstream, WordStream(WORDS[:2], delay=0))
     await ws.send_json_to(chat(1))
     conversation_id = (await receive_until(ws, "done", 1))[0]["conversation_id"]
     await settle()
@@ -408,7 +408,7 @@ async def test_resume_of_another_users_conversation_is_not_found(ws, other_user)
 
 
 async def test_cancel_of_a_resumed_answer_stops_it_where_it_runs(session_cookie, upstream):
-    stream = SlowStream(WORDS, delay=0.05)
+    stream = WordStream(WORDS, delay=0.05)
     slow_upstream(upstream, stream)
     first = communicator((b"cookie", session_cookie))
     await first.connect()
@@ -485,7 +485,7 @@ async def test_an_error_echoes_the_clients_id_and_names_the_field(ws):
 
 
 async def test_a_socket_can_resume_and_stop_an_answer_streamed_over_http(ws, upstream, auth):
-    stream = SlowStream(WORDS, delay=0.05)
+    stream = WordStream(WORDS, delay=0.05)
     slow_upstream(upstream, stream)
     body = {"messages": [{"role": "user", "content": "hi"}], "stream": True}
     response = await AsyncClient().post(
@@ -520,7 +520,7 @@ async def test_a_socket_can_resume_and_stop_an_answer_streamed_over_http(ws, ups
 
 @override_settings(COPILOTEDGE_RATE_LIMIT="2/m")
 async def test_chats_count_against_the_request_rate_limit(ws, upstream):
-    slow_upstream(upstream, SlowStream(["ok"], delay=0))
+    slow_upstream(upstream, WordStream(["ok"], delay=0))
     for chat_id in (1, 2):
         await ws.send_json_to(chat(chat_id))
         await receive_until(ws, "done", chat_id)
@@ -536,7 +536,7 @@ async def test_chats_count_against_the_request_rate_limit(ws, upstream):
 
 @override_settings(COPILOTEDGE_TOKEN_RATE_LIMIT="10/m")
 async def test_a_turn_over_the_token_limit_is_refused_and_stores_nothing(ws, upstream):
-    route = slow_upstream(upstream, SlowStream(["ok"], delay=0))
+    route = slow_upstream(upstream, WordStream(["ok"], delay=0))
     await ws.send_json_to(chat("big", "word " * 200))
     error = (await receive_until(ws, "error", "big"))[-1]
     assert error["error"]["code"] == "rate_limit_exceeded"

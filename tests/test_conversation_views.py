@@ -15,7 +15,7 @@ from django.utils import timezone
 from copilotedge import transcript, usage
 from copilotedge.models import ApiKey, Conversation, Message, Preference
 
-from .conftest import OPENAI_URL, SlowStream, stream_response
+from .conftest import OPENAI_URL, WordStream, stream_response
 
 CONVERSATION_HEADER = "X-CopilotEdge-Conversation"
 BASE = "/copilotedge"
@@ -30,7 +30,7 @@ class Answers:
     def __call__(self, request: httpx.Request) -> httpx.Response:
         text = self.texts.pop(0) if len(self.texts) > 1 else self.texts[0]
         if json.loads(request.content).get("stream"):
-            return stream_response(SlowStream([text], delay=0))
+            return stream_response(WordStream([text], delay=0))
         message = {"role": "assistant", "content": text}
         return httpx.Response(
             200, json={"choices": [{"index": 0, "message": message, "finish_reason": "stop"}]}

@@ -17,7 +17,7 @@ from copilotedge.exceptions import NotFound
 from copilotedge.history import derive_title, fit_history, split_new
 from copilotedge.models import Conversation, Message, Preference, UsageRecord
 
-from .conftest import OPENAI_URL, SlowStream, stream_response
+from .conftest import OPENAI_URL, WordStream, stream_response
 
 MODEL = "@cf/meta/llama-3.1-8b-instruct"
 
@@ -80,7 +80,7 @@ def test_title_is_the_first_user_message_on_one_line_cut_at_a_word():
 
 
 def answer(text: str) -> Any:
-    return stream_response(SlowStream([text], delay=0))
+    return stream_response(WordStream([text], delay=0))
 
 
 def sent_messages(route: Any, call: int = -1) -> list[dict[str, Any]]:
@@ -209,7 +209,7 @@ async def test_anonymous_callers_store_nothing(upstream):
 @pytest.mark.django_db(transaction=True)
 @override_settings(COPILOTEDGE_FLUSH_INTERVAL=0.05, COPILOTEDGE_FLUSH_BYTES=10_000)
 async def test_a_growing_answer_is_saved_as_streaming_while_it_grows(user, upstream):
-    stream = SlowStream([f"w{i} " for i in range(20)], delay=0.02)
+    stream = WordStream([f"w{i} " for i in range(20)], delay=0.02)
     upstream.post(OPENAI_URL).mock(return_value=stream_response(stream))
     turn = Turn(ChatRequest(MODEL, [msg("user", "count")]), Principal(user=user), "openai")
     await turn.open()
@@ -232,7 +232,7 @@ async def test_a_growing_answer_is_saved_as_streaming_while_it_grows(user, upstr
 @pytest.mark.django_db(transaction=True)
 @override_settings(COPILOTEDGE_FLUSH_INTERVAL=60, COPILOTEDGE_FLUSH_BYTES=64)
 async def test_a_growing_answer_is_saved_every_flush_bytes(user, upstream):
-    stream = SlowStream(["x" * 40] * 6, delay=0.02)
+    stream = WordStream(["x" * 40] * 6, delay=0.02)
     upstream.post(OPENAI_URL).mock(return_value=stream_response(stream))
     turn = Turn(ChatRequest(MODEL, [msg("user", "go")]), Principal(user=user), "openai")
     await turn.open()
@@ -248,7 +248,7 @@ async def test_a_growing_answer_is_saved_every_flush_bytes(user, upstream):
 @pytest.mark.django_db(transaction=True)
 async def test_an_upstream_failure_is_stored_with_its_status(user, upstream):
     upstream.post(OPENAI_URL).mock(
-        return_value=stream_response(SlowStream(["partial "], delay=0, done=False))
+        return_value=stream_response(WordStream(["partial "], delay=0, done=False))
     )
     turn = Turn(ChatRequest(MODEL, [msg("user", "hi")]), Principal(user=user), "openai")
     await turn.open()
