@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import uuid
 from typing import Any
 
 import pytest
@@ -13,6 +15,13 @@ from copilotedge import openapi, urls
 pytestmark = pytest.mark.django_db(transaction=True)
 
 METHODS = {"get", "post", "put", "patch", "delete"}
+
+
+def concrete(path: str) -> str:
+    """A described path with its parameters filled in."""
+    return path.replace("{model}", "@cf/meta/llama-3.1-8b-instruct").replace(
+        "{conversation_id}", str(uuid.uuid4())
+    )
 
 
 async def served() -> dict[str, Any]:
@@ -53,12 +62,12 @@ async def test_every_route_of_the_app_is_described_and_nothing_else() -> None:
     document = await served()
     described = set(document["paths"])
     mounted = {
-        "/copilotedge/" + str(p.pattern).replace("<path:model>", "{model}")
+        "/copilotedge/" + re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", str(p.pattern))
         for p in urls.urlpatterns
         if isinstance(p, URLPattern)
     }
     assert described == mounted
-    assert all(get_resolver().resolve(path.replace("{model}", "x")) for path in described)
+    assert all(get_resolver().resolve(concrete(path)) for path in described)
     for path, operations in document["paths"].items():
         assert set(operations) <= METHODS, path
         for operation in operations.values():
@@ -69,7 +78,7 @@ async def test_the_described_methods_are_the_allowed_ones(auth: dict[str, str]) 
     document = await served()
     client = AsyncClient()
     for path, operations in document["paths"].items():
-        url = path.replace("{model}", "@cf/meta/llama-3.1-8b-instruct")
+        url = concrete(path)
         for method in METHODS - set(operations):
             response = await getattr(client, method)(url, headers=auth)
             assert response.status_code == 405, (method, path)
