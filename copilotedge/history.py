@@ -16,7 +16,6 @@ the stored ones, only the rest is new.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 import uuid
@@ -190,9 +189,14 @@ def _store_turn(
 
 
 def _storable_json(value: Any) -> Any:
-    if value is None:
-        return None
-    return json.loads(storable(json.dumps(value, ensure_ascii=False)))
+    """``value`` with :func:`storable` strings (jsonb refuses ``\\u0000`` too)."""
+    if isinstance(value, str):
+        return storable(value)
+    if isinstance(value, list):
+        return [_storable_json(item) for item in value]
+    if isinstance(value, dict):
+        return {storable(str(key)): _storable_json(item) for key, item in value.items()}
+    return value
 
 
 def _not_found() -> exceptions.NotFound:

@@ -41,13 +41,16 @@ active: dict[uuid.UUID, Transcript] = {}
 _background: set[asyncio.Task[Any]] = set()
 
 
-_SURROGATE = re.compile("[\ud800-\udfff]")
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
 def storable(text: str) -> str:
-    """``text`` as a UTF-8 database (and msgpack) takes it: a lone surrogate (which JSON
-    can carry) becomes U+FFFD, one character for one, so offsets still hold."""
-    return text if text.isascii() else _SURROGATE.sub("\ufffd", text)
+    """``text`` as every database (and msgpack) takes it: NUL (PostgreSQL refuses it) and
+    lone surrogates (UTF-8 cannot hold them; JSON can carry both) become U+FFFD, one
+    character for one, so offsets still hold."""
+    if text.isascii() and "\x00" not in text:
+        return text
+    return _UNSTORABLE.sub("\ufffd", text)
 
 
 def group_name(message_id: uuid.UUID) -> str:

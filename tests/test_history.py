@@ -309,10 +309,20 @@ async def test_a_client_chosen_id_can_start_a_conversation(user, other_user, ups
 
 
 @pytest.mark.django_db(transaction=True)
-async def test_lone_surrogates_are_stored_as_replacement_characters(user, upstream):
-    upstream.post(OPENAI_URL).mock(side_effect=lambda request: answer("b\ud83dc"))
-    turn = await run_turn(ChatRequest(MODEL, [msg("user", "a\ud83d")]), Principal(user=user))
-    assert turn.answer.text == "b\ud83dc"  # the client still gets what upstream sent
-    rows = [(m.role, m.content) async for m in Message.objects.order_by("sequence")]
-    assert rows == [("user", "a\ufffd"), ("assistant", "b\ufffdc")]
-    assert (await Conversation.objects.aget()).title == "a\ufffd"
+async def test_nul_and_lone_surrogates_are_stored_as_replacement_characters(user, upstream):
+    upstream.post(OPENAI_URL).mock(side_effect=lambda request: answer("b\ud83dc\x00"))
+    call = {"role": "assistant", "content": "", "tool_calls": [{"id": "\x00", "f": ["\ud800"]}]}
+    result = {"role": "tool", "content": "r", "tool_call_id": "\x00"}
+    messages = [msg("user", "a\ud83d\x00"), call, result]
+    turn = await run_turn(ChatRequest(MODEL, messages), Principal(user=user))
+    assert turn.answer.text == "b\ud83dc\x00"  # the client still gets what upstream sent
+    rows = [m async for m in Message.objects.order_by("sequence")]
+    assert [(m.role, m.content) for m in rows] == [
+        ("user", "a\ufffd\ufffd"),
+        ("assistant", ""),
+        ("tool", "r"),
+        ("assistant", "b\ufffdc\ufffd"),
+    ]
+    assert rows[1].tool_calls == [{"id": "\ufffd", "f": ["\ufffd"]}]
+    assert rows[2].tool_call_id == "\ufffd"
+    assert (await Conversation.objects.aget()).title == "a\ufffd\ufffd"
