@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import iscoroutinefunction
 
-from . import cloudflare, exceptions, usage
+from . import cloudflare, exceptions, metrics, usage
 from .cloudflare import Delta, ToolCallDelta, Usage
 from .conf import settings
 
@@ -120,6 +120,8 @@ class Turn:
         self.attempts = 0
         self.started = time.monotonic()
         self.first_token_at: float | None = None
+        # Set by the response cache: metrics.CACHE_HIT, CACHE_MISS or CACHE_BYPASS.
+        self.cache_status: str | None = None
         self.finished = False
         self._stream: cloudflare.UpstreamStream | None = None
 
@@ -144,13 +146,14 @@ class Turn:
         assert self._stream is not None
         on_chunk = _chunk_callback()
         try:
-            async for delta in self._stream:
-                if self.first_token_at is None:
-                    self.first_token_at = time.monotonic()
-                self.answer.add(delta)
-                if delta.text and on_chunk is not None:
-                    await self._call(on_chunk, delta.text)
-                yield delta
+            with metrics.track_stream(self.protocol):
+                async for delta in self._stream:
+                    if self.first_token_at is None:
+                        self.first_token_at = time.monotonic()
+                    self.answer.add(delta)
+                    if delta.text and on_chunk is not None:
+                        await self._call(on_chunk, delta.text)
+                    yield delta
         except BaseException as error:
             self._fail(error)
             raise

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from . import views
+from . import monitoring, views
 
 app_name = "copilotedge"
 
@@ -12,4 +12,6 @@ urlpatterns = [
     path("v1/chat/completions", views.chat_completions, name="chat-completions"),
     path("v1/models", views.models, name="models"),
     path("ai/run/<path:model>", views.ai_run, name="ai-run"),
+    path("health", monitoring.health, name="health"),
+    path("metrics", monitoring.metrics_view, name="metrics"),
 ]

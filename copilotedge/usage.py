@@ -1,61 +1,139 @@
-"""The token-usage ledger: what a turn cost, written off the stream's hot path."""
+"""The token-usage ledger: what a turn cost, written off the stream's hot path.
+
+Every turn, however it ends (answered, failed, cancelled, served from the cache), becomes
+one :class:`~copilotedge.models.UsageRecord`. :func:`record_turn` builds it synchronously
+(cheap, no I/O), updates the Prometheus metrics from it, and saves it in a background task
+so the response never waits for the database; :func:`adrain` waits for those tasks.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import logging
-import math
 import time
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from django.db import IntegrityError
 from django.dispatch import Signal
 
+from . import metrics
 from .conf import settings
+from .exceptions import UpstreamError
 from .models import UsageRecord
+from .tokens import estimate_completion_tokens, estimate_prompt_tokens
 
 if TYPE_CHECKING:
     from .chat import Turn
 
 logger = logging.getLogger(__name__)
 
-#: Sent after a usage record is saved; ``record`` is the :class:`UsageRecord`.
+#: Sent once per turn, after its record is written (``saved=True``) or after every attempt
+#: to write it failed (``saved=False``: the record has no primary key, but billing still
+#: learns what was spent). Arguments: ``record`` (the :class:`UsageRecord`) and ``saved``.
+#: Receivers may be sync or async; one that raises is logged and does not stop the others.
 usage_recorded = Signal()
 
 _MILLION = Decimal(1_000_000)
-_pending: set[asyncio.Task[None]] = set()
+_COST_PLACES = Decimal("1e-8")
 _WRITE_ATTEMPTS = 3
+_RETRY_DELAY = 0.05  # seconds, doubled after each failed attempt
+_CANCELLED_STATUS = 499  # the client closed the connection (nginx's convention)
+_pending: set[asyncio.Task[None]] = set()
+_unpriced_warned: set[str] = set()
 
 
-def estimate_tokens(text: str) -> int:
-    """An offline estimate (about four characters a token), for upstreams that send no usage."""
-    return math.ceil(len(text) / 4) if text else 0
+@dataclass(frozen=True, slots=True)
+class TokenCount:
+    """A turn's token counts and where they came from (``upstream`` or ``estimated``)."""
+
+    prompt: int
+    completion: int
+    source: str
+    neurons: float | None = None
+
+    @property
+    def total(self) -> int:
+        return self.prompt + self.completion
+
+    def as_openai(self) -> dict[str, int]:
+        return {
+            "prompt_tokens": self.prompt,
+            "completion_tokens": self.completion,
+            "total_tokens": self.total,
+        }
 
 
-def estimate_prompt_tokens(messages: list[dict[str, Any]]) -> int:
-    # Each message costs a few tokens of framing besides its content.
-    return sum(estimate_tokens(str(m.get("content") or "")) + 4 for m in messages)
+def count_tokens(turn: Turn) -> TokenCount:
+    """Upstream's counts when it sent them, else an offline estimate.
 
-
-def cost_of(model: str, prompt_tokens: int, completion_tokens: int, neurons: float | None) -> Decimal:
-    if neurons is not None:
-        return (Decimal(str(neurons)) * settings.NEURON_PRICE / 1000).quantize(Decimal("1e-8"))
-    price_in, price_out = settings.PRICES.get(model, (Decimal(0), Decimal(0)))
-    cost = (prompt_tokens * price_in + completion_tokens * price_out) / _MILLION
-    return cost.quantize(Decimal("1e-8"))
-
-
-def build_record(turn: Turn) -> UsageRecord:
+    The estimate charges the prompt whenever upstream may have processed it: always,
+    unless the turn failed without a byte of answer (upstream refused or was unreachable,
+    and refused requests are not billed). A partial answer is counted as far as it got.
+    """
     answer = turn.answer
     upstream = answer.usage
     if upstream is not None and (upstream.prompt_tokens or upstream.completion_tokens):
-        prompt, completion, source = upstream.prompt_tokens, upstream.completion_tokens, "upstream"
-    else:
-        prompt = estimate_prompt_tokens(turn.messages) if turn.attempts else 0
-        completion = estimate_tokens(answer.text)
-        source = "estimated"
-    error = turn.error
-    now = time.monotonic()
+        return TokenCount(
+            upstream.prompt_tokens, upstream.completion_tokens, "upstream", upstream.neurons
+        )
+    calls = [(call.name, call.arguments) for call in answer.tool_calls.values()]
+    completion = estimate_completion_tokens(answer.text, calls)
+    charged = turn.attempts > 0 and (turn.outcome != UsageRecord.Outcome.ERROR or completion)
+    prompt = estimate_prompt_tokens(turn.messages, turn.request.params) if charged else 0
+    return TokenCount(prompt, completion, "estimated", upstream.neurons if upstream else None)
+
+
+def price_of(model: str) -> tuple[Decimal, Decimal]:
+    """(input, output) USD per million tokens: the exact entry in ``COPILOTEDGE_PRICES``,
+    else its first glob pattern that matches, else ``COPILOTEDGE_DEFAULT_PRICE``, else the
+    table's highest prices (an unknown model is never free)."""
+    table = settings.PRICES
+    if model in table:
+        return table[model]
+    for pattern, price in table.items():
+        if any(c in pattern for c in "*?[") and fnmatch.fnmatchcase(model, pattern):
+            return price
+    fallback = settings.DEFAULT_PRICE
+    if fallback is None:
+        fallback = (
+            max((p[0] for p in table.values()), default=Decimal(0)),
+            max((p[1] for p in table.values()), default=Decimal(0)),
+        )
+    if model not in _unpriced_warned:
+        _unpriced_warned.add(model)
+        logger.warning(
+            "No price for model %s in COPILOTEDGE_PRICES; charging %s/%s USD per million "
+            "input/output tokens.",
+            model,
+            *fallback,
+        )
+    return fallback
+
+
+def cost_of(model: str, prompt_tokens: int, completion_tokens: int, neurons: float | None) -> Decimal:
+    """USD, from neurons when upstream reported them (Workers AI bills neurons), else tokens."""
+    if neurons is not None:
+        return (Decimal(str(neurons)) * settings.NEURON_PRICE / 1000).quantize(_COST_PLACES)
+    price_in, price_out = price_of(model)
+    cost = (prompt_tokens * price_in + completion_tokens * price_out) / _MILLION
+    return cost.quantize(_COST_PLACES)
+
+
+def _status_code(turn: Turn) -> int:
+    if turn.error is not None:
+        return turn.error.status_code
+    return _CANCELLED_STATUS if turn.outcome == UsageRecord.Outcome.CANCELLED else 200
+
+
+def build_record(turn: Turn) -> UsageRecord:
+    """The turn's record, built in memory (no I/O)."""
+    tokens = count_tokens(turn)
+    cost = cost_of(turn.model_served, tokens.prompt, tokens.completion, tokens.neurons)
+    cache_hit = turn.cache_status == metrics.CACHE_HIT
+    started, first = turn.started, turn.first_token_at
     principal = turn.principal
     return UsageRecord(
         request_id=turn.id,
@@ -65,51 +143,84 @@ def build_record(turn: Turn) -> UsageRecord:
         protocol=turn.protocol,
         model_requested=turn.request.model,
         model_served=turn.model_served,
-        prompt_tokens=prompt,
-        completion_tokens=completion,
-        total_tokens=prompt + completion,
-        token_source=source,
-        cost=cost_of(turn.model_served, prompt, completion, upstream and upstream.neurons),
+        prompt_tokens=tokens.prompt,
+        completion_tokens=tokens.completion,
+        total_tokens=tokens.total,
+        token_source=tokens.source,
+        # A cache hit cost nothing upstream; what it would have cost is what it saved.
+        cost=Decimal(0) if cache_hit else cost,
+        cost_saved=cost if cache_hit else Decimal(0),
+        cache_hit=cache_hit,
         outcome=turn.outcome,
-        status_code=error.status_code if error else (499 if turn.outcome == "cancelled" else 200),
-        error_code=(error.code or "") if error else "",
-        latency_ms=round((now - turn.started) * 1000),
-        ttft_ms=(
-            round((turn.first_token_at - turn.started) * 1000) if turn.first_token_at else None
-        ),
+        status_code=_status_code(turn),
+        error_code=(turn.error.code or "") if turn.error else "",
+        latency_ms=round((time.monotonic() - started) * 1000),
+        ttft_ms=round((first - started) * 1000) if first is not None else None,
         attempts=turn.attempts,
     )
 
 
-async def asave(record: UsageRecord) -> None:
-    """Save with a few retries; a record that cannot be saved is logged whole, never raised."""
-    for attempt in range(1, _WRITE_ATTEMPTS + 1):
-        try:
-            await record.asave(force_insert=True)
-        except Exception:
-            if attempt == _WRITE_ATTEMPTS:
-                logger.exception("Could not save usage record %s", _describe(record))
-                return
-            await asyncio.sleep(0.05 * 2**attempt)
-        else:
-            await usage_recorded.asend(sender=UsageRecord, record=record)
-            return
-
-
-def _describe(record: UsageRecord) -> dict[str, Any]:
+def describe(record: UsageRecord) -> dict[str, Any]:
+    """Every column of ``record``, for a log line that lets an operator re-insert it."""
     return {f.attname: getattr(record, f.attname) for f in UsageRecord._meta.concrete_fields}
 
 
-def record_turn(turn: Turn) -> None:
-    """Schedule the turn's usage record; the caller does not wait for the database."""
+async def _insert(record: UsageRecord) -> bool:
+    """Insert ``record``, retrying with backoff; ``False`` (and a log) if it never lands."""
+    for attempt in range(1, _WRITE_ATTEMPTS + 1):
+        try:
+            await record.asave(force_insert=True)
+            return True
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            # A retry after a write that did commit (the connection broke on the reply)
+            # hits the unique request id: the row is there, so the write succeeded.
+            if (
+                attempt > 1
+                and isinstance(error, IntegrityError)
+                and await UsageRecord.objects.filter(request_id=record.request_id).aexists()
+            ):
+                return True
+            if attempt == _WRITE_ATTEMPTS:
+                logger.exception(
+                    "Could not save usage record after %d attempts: %r", attempt, describe(record)
+                )
+                return False
+            logger.warning("Saving usage record %s failed (attempt %d); retrying.",
+                           record.request_id, attempt)
+            record.pk = None
+            await asyncio.sleep(_RETRY_DELAY * 2 ** (attempt - 1))
+    return False  # pragma: no cover - the loop always returns
+
+
+async def asave(record: UsageRecord) -> None:
+    """Write ``record`` and tell ``usage_recorded`` receivers; never raises."""
+    saved = await _insert(record)
+    responses = await usage_recorded.asend_robust(sender=UsageRecord, record=record, saved=saved)
+    for receiver, response in responses:
+        if isinstance(response, Exception):
+            logger.error(
+                "usage_recorded receiver %r raised", receiver, exc_info=response
+            )
+
+
+def record_turn(turn: Turn) -> UsageRecord:
+    """Build the turn's record, count it in the metrics, and schedule its write.
+
+    The caller does not wait for the database; :func:`adrain` does.
+    """
     record = build_record(turn)
+    upstream_error = turn.error.code if isinstance(turn.error, UpstreamError) else None
+    metrics.observe_record(record, cache_status=turn.cache_status, upstream_error=upstream_error)
     task = asyncio.get_running_loop().create_task(asave(record))
     _pending.add(task)
     task.add_done_callback(_pending.discard)
+    return record
 
 
 async def adrain() -> None:
-    """Wait for every scheduled write (tests and shutdown)."""
+    """Wait for every scheduled write of this event loop (tests and shutdown)."""
     loop = asyncio.get_running_loop()
     while mine := [task for task in _pending if task.get_loop() is loop]:
         await asyncio.gather(*mine, return_exceptions=True)
