@@ -26,14 +26,12 @@ def _positive_numbers() -> Iterable[CheckMessage]:
         except (TypeError, ValueError):
             value = None
         if value is None or value <= 0:
-            yield Error(
-                f"COPILOTEDGE_{name} must be a positive number.", id="copilotedge.E004"
-            )
+            yield Error(f"COPILOTEDGE_{name} must be a positive number.", id="copilotedge.E004")
 
 
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     errors: list[CheckMessage] = []
-    if settings.API_BASE_URL == DEFAULT_BASE_URL.rstrip("/"):
+    if DEFAULT_BASE_URL.rstrip("/") == settings.API_BASE_URL:
         if not settings.ACCOUNT_ID:
             errors.append(
                 Warning(

@@ -212,7 +212,8 @@ def _tool_calls(raw: Any) -> list[ToolCallDelta]:
     for position, call in enumerate(raw if isinstance(raw, list) else []):
         if not isinstance(call, dict):
             continue
-        function = call.get("function") if isinstance(call.get("function"), dict) else call
+        nested = call.get("function")
+        function: dict[str, Any] = nested if isinstance(nested, dict) else call
         arguments = function.get("arguments", "")
         if not isinstance(arguments, str):  # /ai/run gives an object, OpenAI a JSON string
             arguments = json.dumps(arguments)
@@ -301,7 +302,11 @@ class UpstreamStream:
 
 
 async def _send(
-    upstream: Upstream, model: str, messages: list[dict[str, Any]], params: dict[str, Any], *,
+    upstream: Upstream,
+    model: str,
+    messages: list[dict[str, Any]],
+    params: dict[str, Any],
+    *,
     stream: bool,
 ) -> httpx.Response:
     route = route_for(model) if upstream.account_id else "openai"

@@ -186,11 +186,12 @@ class UsageRecord(models.Model):
     """One upstream-facing request: who, what model, how many tokens, what it cost."""
 
     class Protocol(models.TextChoices):
-        OPENAI = "openai"
-        RUN = "run"
-        AGUI = "agui"
-        GRAPHQL = "graphql"
-        WEBSOCKET = "websocket"
+        OPENAI = "openai", "OpenAI"
+        RUN = "run", "Workers AI /ai/run"
+        AGUI = "agui", "AG-UI"
+        GRAPHQL = "graphql", "GraphQL"
+        WEBSOCKET = "websocket", "WebSocket"
+        PYTHON = "python", "Python API"
 
     class Outcome(models.TextChoices):
         OK = "ok"

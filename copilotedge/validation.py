@@ -51,9 +51,13 @@ def _content(value: Any, param: str, role: str) -> str | None:
         texts = []
         for i, part in enumerate(value):
             if not isinstance(part, dict) or part.get("type") != "text":
-                raise InvalidRequest("Only text content parts are supported.", param=f"{param}[{i}]")
+                raise InvalidRequest(
+                    "Only text content parts are supported.", param=f"{param}[{i}]"
+                )
             if not isinstance(part.get("text"), str):
-                raise InvalidRequest("A text part needs a string 'text'.", param=f"{param}[{i}].text")
+                raise InvalidRequest(
+                    "A text part needs a string 'text'.", param=f"{param}[{i}].text"
+                )
             texts.append(part["text"])
         return "".join(texts)
     raise InvalidRequest("Content must be a string or a list of text parts.", param=param)
@@ -85,7 +89,9 @@ def parse_messages(value: Any, param: str = "messages") -> list[dict[str, Any]]:
             message["tool_calls"] = tool_calls
         if role == "tool":
             if not isinstance(raw.get("tool_call_id"), str):
-                raise InvalidRequest("A tool message needs 'tool_call_id'.", param=f"{where}.tool_call_id")
+                raise InvalidRequest(
+                    "A tool message needs 'tool_call_id'.", param=f"{where}.tool_call_id"
+                )
             message["tool_call_id"] = raw["tool_call_id"]
         if message["content"] is None:
             message["content"] = ""
@@ -99,7 +105,9 @@ def parse_model(value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise InvalidRequest("'model' must be a string.", param="model")
     if value not in settings.MODELS:
-        raise NotFound(f"The model {value!r} is not available.", param="model", code="model_not_found")
+        raise NotFound(
+            f"The model {value!r} is not available.", param="model", code="model_not_found"
+        )
     return value
 
 
@@ -136,7 +144,9 @@ def parse_params(body: dict[str, Any]) -> dict[str, Any]:
     tool_choice = body.get("tool_choice")
     if tool_choice is not None:
         if not isinstance(tool_choice, str | dict):
-            raise InvalidRequest("'tool_choice' must be a string or an object.", param="tool_choice")
+            raise InvalidRequest(
+                "'tool_choice' must be a string or an object.", param="tool_choice"
+            )
         params["tool_choice"] = tool_choice
     response_format = body.get("response_format")
     if response_format is not None:

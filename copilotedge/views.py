@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 from django.core.exceptions import RequestDataTooBig
-from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http import HttpRequest, JsonResponse, StreamingHttpResponse
+from django.http.response import HttpResponseBase
 from django.views.decorators.csrf import csrf_exempt
 
 from . import sse, wire
@@ -26,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 CONVERSATION_HEADER = "X-CopilotEdge-Conversation"
 
-View = Callable[..., Awaitable[HttpResponse]]
+View = Callable[..., Coroutine[Any, Any, HttpResponseBase]]
 
 
 def error_response(error: CopilotEdgeError, body: dict[str, Any] | None = None) -> JsonResponse:
@@ -45,7 +46,7 @@ def api_view(*methods: str) -> Callable[[View], View]:
 
     def decorator(view: View) -> View:
         @functools.wraps(view)
-        async def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        async def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
             if request.method not in methods:
                 error = InvalidRequest(f"Use {' or '.join(methods)}.", code="method_not_allowed")
                 response = error_response(error)
@@ -88,7 +89,7 @@ def event_stream(frames: AsyncIterator[bytes]) -> StreamingHttpResponse:
 
 
 @api_view("POST")
-async def chat_completions(request: HttpRequest) -> HttpResponse:
+async def chat_completions(request: HttpRequest) -> HttpResponseBase:
     principal = await aauthenticate(request)
     body = read_json(request)
     turn = Turn(parse_chat(body), principal, protocol="openai")
@@ -101,7 +102,7 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
 
 
 @api_view("GET")
-async def models(request: HttpRequest) -> HttpResponse:
+async def models(request: HttpRequest) -> HttpResponseBase:
     await aauthenticate(request)
     data = [
         {"id": model, "object": "model", "created": 0, "owned_by": "cloudflare"}
@@ -111,7 +112,7 @@ async def models(request: HttpRequest) -> HttpResponse:
 
 
 @api_view("POST")
-async def ai_run(request: HttpRequest, model: str) -> HttpResponse:
+async def ai_run(request: HttpRequest, model: str) -> HttpResponseBase:
     try:
         principal = await aauthenticate(request)
         body = read_json(request)

@@ -61,7 +61,10 @@ def _delta_body(delta: Delta, turn: Turn) -> dict[str, Any] | None:
     if delta.tool_calls:
         calls = []
         for piece in delta.tool_calls:
-            call: dict[str, Any] = {"index": piece.index, "function": {"arguments": piece.arguments}}
+            call: dict[str, Any] = {
+                "index": piece.index,
+                "function": {"arguments": piece.arguments},
+            }
             if piece.name:
                 # The first piece of a call carries its id (ours if upstream gave none).
                 call["id"] = turn.answer.tool_calls[piece.index].id

@@ -29,7 +29,9 @@ def sse_body(*frames: Any, done: bool = True) -> bytes:
     return "".join(parts).encode()
 
 
-def openai_chunk(content: str | None = None, finish_reason: str | None = None, **extra: Any) -> dict[str, Any]:
+def openai_chunk(
+    content: str | None = None, finish_reason: str | None = None, **extra: Any
+) -> dict[str, Any]:
     delta = {} if content is None else {"content": content}
     return {
         "id": "chatcmpl-up",

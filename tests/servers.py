@@ -41,14 +41,16 @@ class DaphneServer:
     ``overrides`` are settings (JSON-serialisable) applied in the server process.
     """
 
-    def __init__(self, overrides: dict[str, Any] | None = None, *, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, overrides: dict[str, Any] | None = None, *, env: dict[str, str] | None = None
+    ) -> None:
         self.overrides = overrides or {}
         self.env = env or {}
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
         # A file, not a pipe: a pipe nobody reads would block a chatty server.
-        self._stderr = tempfile.TemporaryFile()
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the server
 
     def start(self) -> DaphneServer:
         env = {
@@ -60,8 +62,16 @@ class DaphneServer:
             "PYTHONPATH": str(ROOT),
         }
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port),
-             "tests.asgi:application"],
+            [
+                sys.executable,
+                "-m",
+                "daphne",
+                "-b",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "tests.asgi:application",
+            ],
             cwd=ROOT,
             env=env,
             stdout=subprocess.DEVNULL,
@@ -92,6 +102,9 @@ class DaphneServer:
         return self.start()
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.stop()

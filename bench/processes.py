@@ -1,0 +1,106 @@
+"""Start the servers a benchmark measures: the emulator and the demo site under daphne."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port}")
+
+
+@contextmanager
+def running(args: list[str], port: int, env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
+    process = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
+    try:
+        wait_for_port(port)
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def emulator_args(port: int, *, tokens: int, token_delay: float) -> list[str]:
+    return [
+        PYTHON,
+        "manage.py",
+        "copilotedge_emulator",
+        "--port",
+        str(port),
+        "--tokens",
+        str(tokens),
+        "--token-delay",
+        str(token_delay),
+    ]
+
+
+def daphne_args(port: int) -> list[str]:
+    return [PYTHON, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "project.asgi:application"]
+
+
+def site_env(emulator_port: int, database_url: str, redis_url: str = "") -> dict[str, str]:
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "project.settings",
+        "DJANGO_DEBUG": "false",
+        "DJANGO_SECRET_KEY": "bench-only",
+        "DATABASE_URL": database_url,
+        "CLOUDFLARE_API_BASE_URL": f"http://127.0.0.1:{emulator_port}/client/v4",
+        "CLOUDFLARE_ACCOUNT_ID": "bench",
+        "CLOUDFLARE_API_TOKEN": "bench",
+        # The benchmark measures the proxy, not the limiter's refusals.
+        "COPILOTEDGE_RATE_LIMIT": "100000000/m",
+        "COPILOTEDGE_TOKEN_RATE_LIMIT": "100000000000/m",
+    }
+    if redis_url:
+        env["REDIS_URL"] = redis_url
+    else:
+        env.pop("REDIS_URL", None)
+    return env
+
+
+def prepare_database(env: dict[str, str]) -> str:
+    """Migrate the bench database and return a fresh API key for the bench user."""
+    subprocess.run(
+        [PYTHON, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, env=env, check=True
+    )
+    out = subprocess.run(
+        [PYTHON, "-c", _CREATE_KEY], cwd=ROOT, env=env, check=True, capture_output=True, text=True
+    )
+    return out.stdout.strip().splitlines()[-1]
+
+
+_CREATE_KEY = """
+import django
+django.setup()
+from django.contrib.auth import get_user_model
+from copilotedge.models import ApiKey
+user, _ = get_user_model().objects.get_or_create(username="bench")
+print(ApiKey.create_key(user, name="bench")[1])
+"""
