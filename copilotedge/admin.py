@@ -8,6 +8,7 @@ from django.contrib import admin
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
+from django.http.response import HttpResponseBase
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path
 
@@ -21,12 +22,37 @@ from .models import UsageRecord, UsageReport
 class UsageRecordAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     """The ledger, read-only, with totals for whatever the filters select."""
 
-    list_display = ("created_at", "protocol", "model_served", "user", "api_key", "outcome",
-                    "total_tokens", "token_source", "cost", "cache_hit", "latency_ms", "ttft_ms")
-    list_filter = ("model_served", "outcome", "protocol", "cache_hit", "token_source", "user",
-                   "api_key")
-    search_fields = ("request_id", "user__username", "api_key__prefix", "api_key__name",
-                     "model_served", "error_code")
+    list_display = (
+        "created_at",
+        "protocol",
+        "model_served",
+        "user",
+        "api_key",
+        "outcome",
+        "total_tokens",
+        "token_source",
+        "cost",
+        "cache_hit",
+        "latency_ms",
+        "ttft_ms",
+    )
+    list_filter = (
+        "model_served",
+        "outcome",
+        "protocol",
+        "cache_hit",
+        "token_source",
+        "user",
+        "api_key",
+    )
+    search_fields = (
+        "request_id",
+        "user__username",
+        "api_key__prefix",
+        "api_key__name",
+        "model_served",
+        "error_code",
+    )
     date_hierarchy = "created_at"
     list_select_related = ("user", "api_key")
     list_per_page = 100
@@ -70,7 +96,7 @@ class UsageRecordAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
             response.context_data["export_query"] = request.GET.urlencode()  # type: ignore[index]
         return response
 
-    def export_view(self, request: HttpRequest) -> HttpResponse:
+    def export_view(self, request: HttpRequest) -> HttpResponseBase:
         if not self.has_view_permission(request):
             raise PermissionDenied
         return dashboard.export_rows_response(self.filtered_queryset(request))
@@ -99,8 +125,11 @@ class UsageReportAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         view = self.admin_site.admin_view
         return [
             path("", view(self.changelist_view), name="copilotedge_usagereport_changelist"),
-            path("export/<str:table>.csv", view(self.export_view),
-                 name="copilotedge_usagereport_export"),
+            path(
+                "export/<str:table>.csv",
+                view(self.export_view),
+                name="copilotedge_usagereport_export",
+            ),
         ]
 
     def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> HttpResponse:

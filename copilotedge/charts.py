@@ -24,8 +24,9 @@ def _plain(value: Number) -> str:
     return f"{value:,}" if isinstance(value, int) else f"{float(value):,.2f}"
 
 
-def _bar(x: float, y: float, width: float, height: float, label: str, shown: str,
-         value: Number) -> str:
+def _bar(
+    x: float, y: float, width: float, height: float, label: str, shown: str, value: Number
+) -> str:
     title = escape(f"{label}: {shown}")
     return (
         f'<rect class="ce-bar" x="{x:.1f}" y="{y:.1f}" width="{width:.1f}" '
@@ -36,15 +37,22 @@ def _bar(x: float, y: float, width: float, height: float, label: str, shown: str
 
 def _svg(title: str, width: int, height: int, body: list[str]) -> SafeString:
     name = escape(title)
-    return mark_safe(  # noqa: S308 - every interpolated text above went through escape()
+    # Safe: every interpolated text went through escape() above.
+    return mark_safe(
         f'<svg class="ce-chart" xmlns="http://www.w3.org/2000/svg" role="img" '
         f'aria-label="{name}" width="{width}" height="{height}" '
         f'viewBox="0 0 {width} {height}"><title>{name}</title>{"".join(body)}</svg>'
     )
 
 
-def column_chart(points: Sequence[tuple[str, Number]], *, title: str,
-                 fmt: Formatter = _plain, width: int = 640, height: int = 180) -> SafeString:
+def column_chart(
+    points: Sequence[tuple[str, Number]],
+    *,
+    title: str,
+    fmt: Formatter = _plain,
+    width: int = 640,
+    height: int = 180,
+) -> SafeString:
     """Vertical bars, one per point (e.g. per day), with the peak value on the y axis."""
     left, bottom, top = 64, 22, 10
     plot_w, plot_h = width - left - 8, height - bottom - top
@@ -69,8 +77,14 @@ def column_chart(points: Sequence[tuple[str, Number]], *, title: str,
     return _svg(title, width, height, body)
 
 
-def bar_chart(points: Sequence[tuple[str, Number]], *, title: str, fmt: Formatter = _plain,
-              width: int = 640, row_height: int = 22) -> SafeString:
+def bar_chart(
+    points: Sequence[tuple[str, Number]],
+    *,
+    title: str,
+    fmt: Formatter = _plain,
+    width: int = 640,
+    row_height: int = 22,
+) -> SafeString:
     """Horizontal bars, largest first as given (e.g. cost by model, top users)."""
     label_w, value_w = 220, 90
     plot_w = width - label_w - value_w

@@ -23,19 +23,42 @@ from django.utils import timezone
 from . import charts, report
 from .models import UsageRecord
 
-PERIODS = {"24h": "Last 24 hours", "7d": "Last 7 days", "30d": "Last 30 days",
-           "90d": "Last 90 days", "365d": "Last 365 days"}
+PERIODS = {
+    "24h": "Last 24 hours",
+    "7d": "Last 7 days",
+    "30d": "Last 30 days",
+    "90d": "Last 90 days",
+    "365d": "Last 365 days",
+}
 DEFAULT_PERIOD = "7d"
 TOP = 10
 TABLES = ("totals", report.BY_DAY, report.BY_MODEL, report.BY_USER, report.BY_KEY)
 VIEW_PERMISSION = "copilotedge.view_usagerecord"
 
 # Columns of the rows export, in order (foreign keys as ids: one flat, fast query).
-ROW_COLUMNS = ("request_id", "created_at", "user_id", "api_key_id", "conversation_id",
-               "protocol", "model_requested", "model_served", "prompt_tokens",
-               "completion_tokens", "total_tokens", "token_source", "cost", "cache_hit",
-               "cost_saved", "outcome", "status_code", "error_code", "latency_ms", "ttft_ms",
-               "attempts")
+ROW_COLUMNS = (
+    "request_id",
+    "created_at",
+    "user_id",
+    "api_key_id",
+    "conversation_id",
+    "protocol",
+    "model_requested",
+    "model_served",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "token_source",
+    "cost",
+    "cache_hit",
+    "cost_saved",
+    "outcome",
+    "status_code",
+    "error_code",
+    "latency_ms",
+    "ttft_ms",
+    "attempts",
+)
 _ROWS_PER_CHUNK = 2000
 
 
@@ -50,7 +73,7 @@ def percent(value: float) -> str:
 
 
 def millis(value: float | None) -> str:
-    return "–" if value is None else f"{value:,.0f} ms"
+    return "-" if value is None else f"{value:,.0f} ms"
 
 
 def selected_period(request: HttpRequest) -> tuple[str, report.Period]:
@@ -67,14 +90,18 @@ def _charts(data: report.Report) -> dict[str, Any]:
     return {
         "requests": charts.column_chart(points(data.daily, "requests"), title="Requests per day"),
         "tokens": charts.column_chart(points(data.daily, "total_tokens"), title="Tokens per day"),
-        "cost": charts.column_chart(points(data.daily, "cost"), title="Cost per day (USD)",
-                                    fmt=usd),
-        "models": charts.bar_chart(points(data.models, "cost"), title="Cost by model (USD)",
-                                   fmt=usd),
-        "users": charts.bar_chart(points(data.users, "cost"), title="Top users by cost (USD)",
-                                  fmt=usd),
-        "keys": charts.bar_chart(points(data.keys, "cost"), title="Top API keys by cost (USD)",
-                                 fmt=usd),
+        "cost": charts.column_chart(
+            points(data.daily, "cost"), title="Cost per day (USD)", fmt=usd
+        ),
+        "models": charts.bar_chart(
+            points(data.models, "cost"), title="Cost by model (USD)", fmt=usd
+        ),
+        "users": charts.bar_chart(
+            points(data.users, "cost"), title="Top users by cost (USD)", fmt=usd
+        ),
+        "keys": charts.bar_chart(
+            points(data.keys, "cost"), title="Top API keys by cost (USD)", fmt=usd
+        ),
     }
 
 
@@ -131,19 +158,27 @@ def table_lines(data: report.Report, table: str) -> list[list[Any]]:
     if table == "totals":
         values = data.totals.as_dict()
         return [list(values), list(values.values())]
-    rows = {report.BY_DAY: data.daily, report.BY_MODEL: data.models, report.BY_USER: data.users,
-            report.BY_KEY: data.keys}[table]
+    rows = {
+        report.BY_DAY: data.daily,
+        report.BY_MODEL: data.models,
+        report.BY_USER: data.users,
+        report.BY_KEY: data.keys,
+    }[table]
     return [[table, *report.Row.COLUMNS], *[list(row.as_dict(table).values()) for row in rows]]
 
 
-def export_table_view(model_admin: ModelAdmin[Any], request: HttpRequest,
-                      table: str) -> HttpResponse:
+def export_table_view(
+    model_admin: ModelAdmin[Any], request: HttpRequest, table: str
+) -> HttpResponse:
     """One report table as CSV; the user and key tables in full, not just the top."""
     if table not in TABLES:
         raise Http404("No such table.")
     choice, period = selected_period(request)
-    data = report.build(period, top=0) if table != "totals" else report.Report(
-        period, report.totals(period.records()), [], [], [], [])
+    data = (
+        report.build(period, top=0)
+        if table != "totals"
+        else report.Report(period, report.totals(period.records()), [], [], [], [])
+    )
     response = HttpResponse(_csv(table_lines(data, table)), content_type="text/csv")
     response["Content-Disposition"] = f'attachment; filename="usage-{table}-{choice}.csv"'
     return response
@@ -163,7 +198,8 @@ async def _row_chunks(queryset: QuerySet[UsageRecord]) -> AsyncIterator[str]:
 
 def export_rows_response(queryset: QuerySet[UsageRecord]) -> StreamingHttpResponse:
     """The rows as CSV, streamed from a server-side cursor (any number of rows)."""
-    response = StreamingHttpResponse(_row_chunks(queryset.order_by("-created_at")),
-                                     content_type="text/csv")
+    response = StreamingHttpResponse(
+        _row_chunks(queryset.order_by("-created_at")), content_type="text/csv"
+    )
     response["Content-Disposition"] = 'attachment; filename="usage-rows.csv"'
     return response

@@ -155,7 +155,7 @@ def exposition() -> bytes:
     try:
         registry = CollectorRegistry()
         # Raises ValueError unless prometheus_client found PROMETHEUS_MULTIPROC_DIR.
-        multiprocess.MultiProcessCollector(registry)
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     except ValueError:
         registry = REGISTRY
     return generate_latest(registry)

@@ -33,8 +33,12 @@ ANONYMOUS = "(anonymous)"
 NO_KEY = "(session)"
 
 _DURATION = re.compile(r"^\s*(\d+)\s*([mhdw])\s*$")
-_UNITS = {"m": timedelta(minutes=1), "h": timedelta(hours=1), "d": timedelta(days=1),
-          "w": timedelta(weeks=1)}
+_UNITS = {
+    "m": timedelta(minutes=1),
+    "h": timedelta(hours=1),
+    "d": timedelta(days=1),
+    "w": timedelta(weeks=1),
+}
 _FAILED = Q(outcome__in=[UsageRecord.Outcome.ERROR, UsageRecord.Outcome.INCOMPLETE])
 _ZERO = Decimal(0)
 
@@ -98,7 +102,9 @@ class PercentileCont(Aggregate):
         super().__init__(expression, fraction=repr(float(fraction)), **extra)
 
 
-def percentiles(queryset: QuerySet[UsageRecord], column: str, fractions: tuple[float, ...]) -> list[float | None]:
+def percentiles(
+    queryset: QuerySet[UsageRecord], column: str, fractions: tuple[float, ...]
+) -> list[float | None]:
     """Continuous percentiles of ``column`` (nulls ignored), as ``percentile_cont`` defines them.
 
     PostgreSQL computes them in one query; other databases get the two neighbouring
@@ -200,37 +206,57 @@ class Row:
     cache_hits: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
-    COLUMNS = ("requests", "prompt_tokens", "completion_tokens", "total_tokens", "cost",
-               "cost_saved", "errors", "cache_hits")
+    COLUMNS = (
+        "requests",
+        "prompt_tokens",
+        "completion_tokens",
+        "total_tokens",
+        "cost",
+        "cost_saved",
+        "errors",
+        "cache_hits",
+    )
 
     def as_dict(self, by: str) -> dict[str, Any]:
         return {by: self.label, **{name: getattr(self, name) for name in self.COLUMNS}}
 
 
-def breakdown(queryset: QuerySet[UsageRecord], by: str, *, limit: int | None = None,
-              days: list[date] | None = None) -> list[Row]:
+def breakdown(
+    queryset: QuerySet[UsageRecord],
+    by: str,
+    *,
+    limit: int | None = None,
+    days: list[date] | None = None,
+) -> list[Row]:
     """The rows grouped ``by`` day (every day of ``days``, zeros included, oldest first),
     model, user or key (costliest first, at most ``limit``)."""
+    group: Any
     if by == BY_DAY:
-        grouped = queryset.annotate(group=TruncDate("created_at")).values("group")
+        group = TruncDate("created_at")
     elif by == BY_MODEL:
-        grouped = queryset.values(group=F("model_served"))
+        group = F("model_served")
     elif by == BY_USER:
-        grouped = queryset.values(group=F("user_id"))
+        group = F("user_id")
     elif by == BY_KEY:
-        grouped = queryset.values(group=F("api_key_id"))
+        group = F("api_key_id")
     else:
         raise ValueError(f"Unknown grouping {by!r}; use one of {', '.join(GROUPINGS)}.")
-    rows = grouped.annotate(**_sums()).order_by()
+    # Typed loosely: the stubs cannot follow annotations passed as **kwargs.
+    grouped: Any = queryset.values(group=group).annotate(**_sums())
     if by == BY_DAY:
-        found = {row.pop("group"): row for row in rows}
+        found: dict[Any, dict[str, Any]] = {}
+        for row in grouped.order_by():
+            found[row.pop("group")] = row
         return [Row(label=day.isoformat(), **found.get(day, {})) for day in days or sorted(found)]
-    ordered = rows.order_by("-cost", "-requests", "group")
-    found_rows = list(ordered[:limit] if limit else ordered)
+    ordered = grouped.order_by("-cost", "-requests", "group")
+    found_rows: list[dict[str, Any]] = list(ordered[:limit] if limit else ordered)
     labels = _labels(by, [row["group"] for row in found_rows])
     return [
-        Row(label=labels[row["group"]], extra={"id": row["group"]},
-            **{k: v for k, v in row.items() if k != "group"})
+        Row(
+            label=labels[row["group"]],
+            extra={"id": row["group"]},
+            **{k: v for k, v in row.items() if k != "group"},
+        )
         for row in found_rows
     ]
 

@@ -62,9 +62,7 @@ def content_text(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return "".join(
-            str(part.get("text") or "") for part in content if isinstance(part, Mapping)
-        )
+        return "".join(str(part.get("text") or "") for part in content if isinstance(part, Mapping))
     return "" if content is None else str(content)
 
 
@@ -72,7 +70,9 @@ def _tool_calls_text(tool_calls: Any) -> Iterable[str]:
     for call in tool_calls if isinstance(tool_calls, list) else []:
         if not isinstance(call, Mapping):
             continue
-        function = call.get("function") if isinstance(call.get("function"), Mapping) else call
+        function = call.get("function")
+        if not isinstance(function, Mapping):
+            function = call
         yield str(function.get("name") or "")
         arguments = function.get("arguments", "")
         yield arguments if isinstance(arguments, str) else json.dumps(arguments)

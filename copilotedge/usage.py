@@ -86,16 +86,30 @@ def count_tokens(turn: Turn) -> TokenCount:
     return TokenCount(prompt, completion, "estimated", upstream.neurons if upstream else None)
 
 
-def price_of(model: str) -> tuple[Decimal, Decimal]:
-    """(input, output) USD per million tokens: the exact entry in ``COPILOTEDGE_PRICES``,
-    else its first glob pattern that matches, else ``COPILOTEDGE_DEFAULT_PRICE``, else the
-    table's highest prices (an unknown model is never free)."""
-    table = settings.PRICES
+def _listed_price(
+    model: str, table: dict[str, tuple[Decimal, Decimal]]
+) -> tuple[Decimal, Decimal] | None:
     if model in table:
         return table[model]
     for pattern, price in table.items():
         if any(c in pattern for c in "*?[") and fnmatch.fnmatchcase(model, pattern):
             return price
+    return None
+
+
+def has_price(model: str) -> bool:
+    """Whether ``COPILOTEDGE_PRICES`` prices ``model`` (exactly or by a glob pattern)."""
+    return _listed_price(model, settings.PRICES) is not None
+
+
+def price_of(model: str) -> tuple[Decimal, Decimal]:
+    """(input, output) USD per million tokens: the exact entry in ``COPILOTEDGE_PRICES``,
+    else its first glob pattern that matches, else ``COPILOTEDGE_DEFAULT_PRICE``, else the
+    table's highest prices (an unknown model is never free)."""
+    table = settings.PRICES
+    listed = _listed_price(model, table)
+    if listed is not None:
+        return listed
     fallback = settings.DEFAULT_PRICE
     if fallback is None:
         fallback = (
@@ -113,7 +127,9 @@ def price_of(model: str) -> tuple[Decimal, Decimal]:
     return fallback
 
 
-def cost_of(model: str, prompt_tokens: int, completion_tokens: int, neurons: float | None) -> Decimal:
+def cost_of(
+    model: str, prompt_tokens: int, completion_tokens: int, neurons: float | None
+) -> Decimal:
     """USD, from neurons when upstream reported them (Workers AI bills neurons), else tokens."""
     if neurons is not None:
         return (Decimal(str(neurons)) * settings.NEURON_PRICE / 1000).quantize(_COST_PLACES)
@@ -187,8 +203,9 @@ async def _insert(record: UsageRecord) -> bool:
                     "Could not save usage record after %d attempts: %r", attempt, describe(record)
                 )
                 return False
-            logger.warning("Saving usage record %s failed (attempt %d); retrying.",
-                           record.request_id, attempt)
+            logger.warning(
+                "Saving usage record %s failed (attempt %d); retrying.", record.request_id, attempt
+            )
             record.pk = None
             await asyncio.sleep(_RETRY_DELAY * 2 ** (attempt - 1))
     return False  # pragma: no cover - the loop always returns
@@ -200,9 +217,7 @@ async def asave(record: UsageRecord) -> None:
     responses = await usage_recorded.asend_robust(sender=UsageRecord, record=record, saved=saved)
     for receiver, response in responses:
         if isinstance(response, Exception):
-            logger.error(
-                "usage_recorded receiver %r raised", receiver, exc_info=response
-            )
+            logger.error("usage_recorded receiver %r raised", receiver, exc_info=response)
 
 
 def record_turn(turn: Turn) -> UsageRecord:

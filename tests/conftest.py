@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -11,7 +11,7 @@ import respx
 from django.contrib.auth import get_user_model
 
 from copilotedge import usage
-from copilotedge.models import ApiKey
+from copilotedge.models import ApiKey, UsageRecord
 
 UPSTREAM = "https://upstream.test/client/v4/accounts/test-account/ai"
 OPENAI_URL = f"{UPSTREAM}/v1/chat/completions"
@@ -72,3 +72,63 @@ def upstream() -> Iterator[respx.MockRouter]:
 async def drain_usage() -> AsyncIterator[None]:
     yield
     await usage.adrain()
+
+
+# --- Usage ledger: assert the row a request left (issue 4) --------------------------------
+#
+#     async def test_something(usage_row, ...):
+#         ...make one request...
+#         row = await usage_row(protocol="websocket", outcome="ok", token_source="upstream",
+#                               completion_tokens=lambda n: n > 0)
+#
+# Each keyword is a column: a value to compare, or a predicate on the column's value. The
+# helper first waits for the ledger's background writes, then requires exactly one row and
+# checks the invariants every row must hold, whatever the path.
+
+UsageRowCheck = Callable[..., Awaitable[UsageRecord]]
+
+
+def check_usage_invariants(row: UsageRecord) -> None:
+    """What holds for every ledger row, whichever face and outcome produced it."""
+    assert row.protocol in UsageRecord.Protocol.values, row.protocol
+    assert row.outcome in UsageRecord.Outcome.values, row.outcome
+    assert row.token_source in UsageRecord.TokenSource.values, row.token_source
+    assert row.total_tokens == row.prompt_tokens + row.completion_tokens
+    assert row.model_requested and row.model_served
+    if row.cache_hit:
+        assert row.cost == 0, "a cache hit costs nothing upstream"
+    else:
+        assert row.cost_saved == 0, "only a cache hit saves anything"
+    if row.ttft_ms is not None:
+        assert 0 <= row.ttft_ms <= row.latency_ms
+    if row.outcome == UsageRecord.Outcome.OK:
+        assert row.status_code == 200 and row.error_code == ""
+    if row.outcome in (UsageRecord.Outcome.ERROR, UsageRecord.Outcome.INCOMPLETE):
+        assert row.status_code >= 400 and row.error_code, (row.status_code, row.error_code)
+    if row.outcome == UsageRecord.Outcome.INCOMPLETE:
+        assert row.completion_tokens > 0, "incomplete means part of an answer was sent"
+
+
+def assert_columns(row: UsageRecord, expected: dict[str, Any]) -> None:
+    wrong = {}
+    for column, want in expected.items():
+        have = getattr(row, column)
+        ok = want(have) if callable(want) else have == want
+        if not ok:
+            wrong[column] = {"have": have, "want": getattr(want, "__name__", want)}
+    assert not wrong, f"usage row {row.request_id}: {wrong}"
+
+
+@pytest.fixture
+def usage_row() -> UsageRowCheck:
+    """Wait for ledger writes, require exactly one usage row, check it (see above)."""
+
+    async def check(**expected: Any) -> UsageRecord:
+        await usage.adrain()
+        rows = [row async for row in UsageRecord.objects.all()]
+        assert len(rows) == 1, f"expected one usage row, found {len(rows)}: {rows}"
+        check_usage_invariants(rows[0])
+        assert_columns(rows[0], expected)
+        return rows[0]
+
+    return check

@@ -23,9 +23,9 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
-            "--since", default="7d",
-            help="Period: 7d (whole days ending today), 24h, 2w, 90m or an ISO date. "
-                 "Default: 7d.",
+            "--since",
+            default="7d",
+            help="Period: 7d (whole days ending today), 24h, 2w, 90m or an ISO date. Default: 7d.",
         )
         parser.add_argument("--by", choices=report.GROUPINGS, default=report.BY_DAY)
         parser.add_argument("--format", choices=FORMATS, default="table", dest="output")
