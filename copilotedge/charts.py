@@ -31,7 +31,8 @@ def _bar(
     return (
         f'<rect class="ce-bar" x="{x:.1f}" y="{y:.1f}" width="{width:.1f}" '
         f'height="{height:.1f}" fill="{_BAR_COLOR}" data-label="{escape(label)}" '
-        f'data-value="{escape(str(value))}"><title>{title}</title></rect>'
+        f'data-value="{escape(format(value, "f") if isinstance(value, Decimal) else value)}">'
+        f"<title>{title}</title></rect>"
     )
 
 

@@ -149,7 +149,7 @@ def report_view(model_admin: ModelAdmin[Any], request: HttpRequest) -> HttpRespo
 
 def _csv(lines: Iterable[Sequence[Any]]) -> str:
     buffer = io.StringIO()
-    csv.writer(buffer).writerows(lines)
+    csv.writer(buffer).writerows([report.plain(value) for value in line] for line in lines)
     return buffer.getvalue()
 
 
@@ -186,9 +186,12 @@ def export_table_view(
 
 async def _row_chunks(queryset: QuerySet[UsageRecord]) -> AsyncIterator[str]:
     yield _csv([ROW_COLUMNS])
-    batch: list[tuple[Any, ...]] = []
-    async for row in queryset.values_list(*ROW_COLUMNS).aiterator(chunk_size=_ROWS_PER_CHUNK):
-        batch.append(row)
+    batch: list[list[Any]] = []
+    # values(), not values_list(): Django 5.2's values_list().aiterator() runs its query
+    # on the event loop's thread (its __iter__ is not a generator) and is refused.
+    rows = queryset.values(*ROW_COLUMNS).aiterator(chunk_size=_ROWS_PER_CHUNK)
+    async for row in rows:
+        batch.append([row[column] for column in ROW_COLUMNS])
         if len(batch) == _ROWS_PER_CHUNK:
             yield _csv(batch)
             batch = []

@@ -17,7 +17,17 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.db import connection
-from django.db.models import Aggregate, Count, F, FloatField, Q, QuerySet, Sum
+from django.db.models import (
+    Aggregate,
+    Count,
+    DecimalField,
+    F,
+    FloatField,
+    Q,
+    QuerySet,
+    Sum,
+    Value,
+)
 from django.db.models.functions import Coalesce, TruncDate
 from django.utils import timezone
 
@@ -30,7 +40,7 @@ BY_KEY = "key"
 GROUPINGS = (BY_DAY, BY_MODEL, BY_USER, BY_KEY)
 
 ANONYMOUS = "(anonymous)"
-NO_KEY = "(session)"
+NO_KEY = "(no key)"  # a session, or a key since deleted
 
 _DURATION = re.compile(r"^\s*(\d+)\s*([mhdw])\s*$")
 _UNITS = {
@@ -41,6 +51,9 @@ _UNITS = {
 }
 _FAILED = Q(outcome__in=[UsageRecord.Outcome.ERROR, UsageRecord.Outcome.INCOMPLETE])
 _ZERO = Decimal(0)
+# Sums of the ledger's 8-decimal amounts, kept at 8 decimals on every database.
+_MONEY = DecimalField(max_digits=20, decimal_places=8)
+_CENT_MILLIONTHS = Decimal("1e-8")
 
 
 @dataclass(frozen=True)
@@ -137,11 +150,21 @@ def _sums() -> dict[str, Any]:
         "prompt_tokens": Coalesce(Sum("prompt_tokens"), 0),
         "completion_tokens": Coalesce(Sum("completion_tokens"), 0),
         "total_tokens": Coalesce(Sum("total_tokens"), 0),
-        "cost": Coalesce(Sum("cost"), _ZERO),
-        "cost_saved": Coalesce(Sum("cost_saved"), _ZERO),
+        "cost": Coalesce(Sum("cost"), Value(_ZERO), output_field=_MONEY),
+        "cost_saved": Coalesce(Sum("cost_saved"), Value(_ZERO), output_field=_MONEY),
         "errors": Count("id", filter=_FAILED),
         "cache_hits": Count("id", filter=Q(cache_hit=True)),
     }
+
+
+def plain(value: Any) -> Any:
+    """``value`` for CSV, JSON and tables: decimals in positional notation (never ``0E-8``)."""
+    return format(value, "f") if isinstance(value, Decimal) else value
+
+
+def _money(value: Decimal) -> Decimal:
+    # SQLite returns sums of decimals with float noise; the ledger keeps 8 decimals.
+    return Decimal(value).quantize(_CENT_MILLIONTHS)
 
 
 def _rate(part: int, whole: int) -> float:
@@ -164,6 +187,9 @@ class Totals:
     latency_p95_ms: float | None = None
     ttft_p50_ms: float | None = None
     ttft_p95_ms: float | None = None
+
+    def __post_init__(self) -> None:
+        self.cost, self.cost_saved = _money(self.cost), _money(self.cost_saved)
 
     @property
     def error_rate(self) -> float:
@@ -216,6 +242,9 @@ class Row:
         "errors",
         "cache_hits",
     )
+
+    def __post_init__(self) -> None:
+        self.cost, self.cost_saved = _money(self.cost), _money(self.cost_saved)
 
     def as_dict(self, by: str) -> dict[str, Any]:
         return {by: self.label, **{name: getattr(self, name) for name in self.COLUMNS}}

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import pytest
 import respx
 from django.contrib.auth import get_user_model
+from django.utils import timezone
 
 from copilotedge import usage
 from copilotedge.models import ApiKey, UsageRecord
@@ -132,3 +135,84 @@ def usage_row() -> UsageRowCheck:
         return rows[0]
 
     return check
+
+
+class SampleLedger:
+    """Five usage rows over three days with numbers worked out by hand (see ``sample_ledger``)."""
+
+    MODEL_A = "@cf/meta/llama-3.1-8b-instruct"
+    MODEL_B = "@cf/qwen/qwq-32b"
+    requests = 5
+    prompt_tokens = 3 * 100 + 40
+    completion_tokens = 3 * 50 + 20
+    cost = Decimal("0.00300000")  # three answered rows at 0.001
+    cost_saved = Decimal("0.00200000")  # the cache hit
+    errors = 1
+    cache_hits = 1
+    # Latencies 10, 100, 200, 300, 400 ms: percentile_cont gives p50 200, p95 380.
+    latency_p50_ms, latency_p95_ms = 200.0, 380.0
+    # Times to first token 5, 50, 60, 70 ms (the error has none): p50 55, p95 68.5.
+    ttft_p50_ms, ttft_p95_ms = 55.0, 68.5
+
+    def __init__(self, alice: Any, bob: Any, key: ApiKey, now: datetime) -> None:
+        self.alice, self.bob, self.key, self.now = alice, bob, key, now
+        self.today = now - timedelta(minutes=1)
+        self.yesterday = now - timedelta(days=1)
+        self.two_days_ago = now - timedelta(days=2)
+
+    def rows(self) -> list[UsageRecord]:
+        ok = {
+            "protocol": "openai",
+            "model_requested": self.MODEL_A,
+            "model_served": self.MODEL_A,
+            "user": self.alice,
+            "api_key": self.key,
+            "prompt_tokens": 100,
+            "completion_tokens": 50,
+            "total_tokens": 150,
+            "cost": Decimal("0.001"),
+            "outcome": "ok",
+        }
+        return [
+            UsageRecord(**ok, created_at=self.today, latency_ms=100, ttft_ms=50),
+            UsageRecord(**ok, created_at=self.today, latency_ms=200, ttft_ms=60),
+            UsageRecord(**ok, created_at=self.today, latency_ms=300, ttft_ms=70),
+            UsageRecord(
+                protocol="run",
+                model_requested=self.MODEL_B,
+                model_served=self.MODEL_B,
+                user=self.bob,
+                created_at=self.yesterday,
+                outcome="error",
+                status_code=502,
+                error_code="upstream_error",
+                latency_ms=400,
+                ttft_ms=None,
+            ),
+            UsageRecord(
+                protocol="websocket",
+                model_requested=self.MODEL_A,
+                model_served=self.MODEL_A,
+                user=self.alice,
+                api_key=self.key,
+                created_at=self.two_days_ago,
+                prompt_tokens=40,
+                completion_tokens=20,
+                total_tokens=60,
+                cache_hit=True,
+                cost=Decimal(0),
+                cost_saved=Decimal("0.002"),
+                outcome="ok",
+                latency_ms=10,
+                ttft_ms=5,
+                attempts=0,
+            ),
+        ]
+
+
+@pytest.fixture
+def sample_ledger(user: Any, other_user: Any, api_key: tuple[ApiKey, str]) -> SampleLedger:
+    """Alice (with her key) and Bob's usage over the last three days, saved."""
+    ledger = SampleLedger(user, other_user, api_key[0], timezone.now())
+    UsageRecord.objects.bulk_create(ledger.rows())
+    return ledger

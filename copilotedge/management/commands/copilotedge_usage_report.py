@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-from decimal import Decimal
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -12,10 +11,6 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from ... import report
 
 FORMATS = ("table", "csv", "json")
-
-
-def _jsonable(value: Any) -> Any:
-    return str(value) if isinstance(value, Decimal) else value
 
 
 class Command(BaseCommand):
@@ -43,22 +38,22 @@ class Command(BaseCommand):
                 "since": period.since.isoformat(),
                 "until": period.until.isoformat(),
                 "by": by,
-                "rows": [{k: _jsonable(v) for k, v in row.items()} for row in rows],
-                "totals": {k: _jsonable(v) for k, v in totals.items()},
+                "rows": [{k: report.plain(v) for k, v in row.items()} for row in rows],
+                "totals": {k: report.plain(v) for k, v in totals.items()},
             }
             self.stdout.write(json.dumps(document, indent=2))
         elif output == "csv":
             writer = csv.writer(self.stdout, lineterminator="\n")
             writer.writerow([by, *report.Row.COLUMNS])
-            writer.writerows(row.values() for row in rows)
+            writer.writerows([report.plain(v) for v in row.values()] for row in rows)
         else:
             self._table(by, rows, totals)
 
     def _table(self, by: str, rows: list[dict[str, Any]], totals: dict[str, Any]) -> None:
         header = [by, *report.Row.COLUMNS]
         total_line = ["TOTAL", *(totals[column] for column in report.Row.COLUMNS)]
-        lines = [header, *([str(v) for v in row.values()] for row in rows), total_line]
-        cells = [[str(cell) for cell in line] for line in lines]
+        lines = [header, *(list(row.values()) for row in rows), total_line]
+        cells = [[str(report.plain(cell)) for cell in line] for line in lines]
         widths = [max(len(line[i]) for line in cells) for i in range(len(header))]
 
         def render(line: list[str]) -> str:
