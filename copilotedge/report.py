@@ -1,14 +1,12 @@
-"""Usage-report numbers, aggregated in the database.
+"""Usage-report numbers, aggregated in the database (see :mod:`copilotedge.aggregates`).
 
-The admin's usage report and ``copilotedge_usage_report`` both compute through these
-functions, so they always agree. Every figure is one aggregate query over the period's
-rows (PostgreSQL computes percentiles itself with ``percentile_cont``); Python only
-formats the handful of grouped rows that come back.
+The admin's usage report, its CSV exports and ``copilotedge_usage_report`` all compute
+through :func:`build`, so they always agree. Python only labels and adds up the few
+dozen grouped rows that come back, never the ledger's rows.
 """
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
@@ -16,21 +14,11 @@ from decimal import Decimal
 from typing import Any
 
 from django.contrib.auth import get_user_model
-from django.db import connection
-from django.db.models import (
-    Aggregate,
-    Count,
-    DecimalField,
-    F,
-    FloatField,
-    Q,
-    QuerySet,
-    Sum,
-    Value,
-)
-from django.db.models.functions import Coalesce, TruncDate
+from django.db.models import F, QuerySet
+from django.db.models.functions import TruncDate
 from django.utils import timezone
 
+from . import aggregates
 from .models import ApiKey, UsageRecord
 
 BY_DAY = "day"
@@ -49,10 +37,7 @@ _UNITS = {
     "d": timedelta(days=1),
     "w": timedelta(weeks=1),
 }
-_FAILED = Q(outcome__in=[UsageRecord.Outcome.ERROR, UsageRecord.Outcome.INCOMPLETE])
 _ZERO = Decimal(0)
-# Sums of the ledger's 8-decimal amounts, kept at 8 decimals on every database.
-_MONEY = DecimalField(max_digits=20, decimal_places=8)
 _CENT_MILLIONTHS = Decimal("1e-8")
 
 
@@ -100,61 +85,6 @@ class Period:
 
 def _midnight(day: date) -> datetime:
     return timezone.make_aware(datetime.combine(day, time.min))
-
-
-class PercentileCont(Aggregate):
-    """PostgreSQL's ``percentile_cont(p) WITHIN GROUP (ORDER BY expr)`` (nulls ignored)."""
-
-    function = "PERCENTILE_CONT"
-    template = "%(function)s(%(fraction)s) WITHIN GROUP (ORDER BY %(expressions)s)"
-    output_field = FloatField()
-
-    def __init__(self, expression: str, fraction: float, **extra: Any) -> None:
-        if not 0 <= fraction <= 1:
-            raise ValueError("A percentile is a fraction from 0 to 1.")
-        super().__init__(expression, fraction=repr(float(fraction)), **extra)
-
-
-def percentiles(
-    queryset: QuerySet[UsageRecord], column: str, fractions: tuple[float, ...]
-) -> list[float | None]:
-    """Continuous percentiles of ``column`` (nulls ignored), as ``percentile_cont`` defines them.
-
-    PostgreSQL computes them in one query; other databases get the two neighbouring
-    values of each rank by ``ORDER BY … OFFSET`` and interpolate between them.
-    """
-    if connection.vendor == "postgresql":
-        aggregates = {f"p{i}": PercentileCont(column, f) for i, f in enumerate(fractions)}
-        values = queryset.aggregate(**aggregates)
-        return [values[f"p{i}"] for i in range(len(fractions))]
-    present = queryset.filter(**{f"{column}__isnull": False})
-    count = present.count()
-    if not count:
-        return [None for _ in fractions]
-    ordered = present.order_by(column).values_list(column, flat=True)
-    results: list[float | None] = []
-    for fraction in fractions:
-        rank = fraction * (count - 1)
-        low = math.floor(rank)
-        pair = list(ordered[low : low + 2])
-        value = float(pair[0])
-        if len(pair) == 2:
-            value += (float(pair[1]) - value) * (rank - low)
-        results.append(value)
-    return results
-
-
-def _sums() -> dict[str, Any]:
-    return {
-        "requests": Count("id"),
-        "prompt_tokens": Coalesce(Sum("prompt_tokens"), 0),
-        "completion_tokens": Coalesce(Sum("completion_tokens"), 0),
-        "total_tokens": Coalesce(Sum("total_tokens"), 0),
-        "cost": Coalesce(Sum("cost"), Value(_ZERO), output_field=_MONEY),
-        "cost_saved": Coalesce(Sum("cost_saved"), Value(_ZERO), output_field=_MONEY),
-        "errors": Count("id", filter=_FAILED),
-        "cache_hits": Count("id", filter=Q(cache_hit=True)),
-    }
 
 
 def plain(value: Any) -> Any:
@@ -207,14 +137,20 @@ class Totals:
         }
 
 
-def totals(queryset: QuerySet[UsageRecord], *, with_percentiles: bool = True) -> Totals:
-    result = Totals(**queryset.aggregate(**_sums()))
-    if with_percentiles:
-        latency = percentiles(queryset, "latency_ms", (0.5, 0.95))
-        ttft = percentiles(queryset, "ttft_ms", (0.5, 0.95))
-        result.latency_p50_ms, result.latency_p95_ms = latency
-        result.ttft_p50_ms, result.ttft_p95_ms = ttft
+_PERCENTILES = {"latency_ms": (0.5, 0.95), "ttft_ms": (0.5, 0.95)}
+
+
+def _add_percentiles(result: Totals, queryset: QuerySet[UsageRecord]) -> Totals:
+    found = aggregates.percentiles(queryset, _PERCENTILES)
+    result.latency_p50_ms, result.latency_p95_ms = found["latency_ms"]
+    result.ttft_p50_ms, result.ttft_p95_ms = found["ttft_ms"]
     return result
+
+
+def totals(queryset: QuerySet[UsageRecord], *, with_percentiles: bool = True) -> Totals:
+    """The headline numbers of any set of rows (the changelist's filtered set, say)."""
+    result = Totals(**queryset.aggregate(**aggregates.sums()))
+    return _add_percentiles(result, queryset) if with_percentiles else result
 
 
 @dataclass
@@ -250,6 +186,22 @@ class Row:
         return {by: self.label, **{name: getattr(self, name) for name in self.COLUMNS}}
 
 
+def _group_expression(by: str) -> Any:
+    if by not in GROUPINGS:
+        raise ValueError(f"Unknown grouping {by!r}; use one of {', '.join(GROUPINGS)}.")
+    return TruncDate("created_at") if by == BY_DAY else F(aggregates.GROUP_COLUMNS[by])
+
+
+def _grouped(queryset: QuerySet[UsageRecord], by: str, limit: int | None) -> list[dict[str, Any]]:
+    """One portable ORM query: the sums of each group, costliest first (days unordered)."""
+    # Typed loosely: the stubs cannot follow annotations passed as **kwargs.
+    grouped: Any = queryset.values(group=_group_expression(by)).annotate(**aggregates.sums())
+    if by == BY_DAY:
+        return list(grouped.order_by())
+    ordered = grouped.order_by("-cost", "-requests", "group")
+    return list(ordered[:limit] if limit else ordered)
+
+
 def breakdown(
     queryset: QuerySet[UsageRecord],
     by: str,
@@ -257,37 +209,28 @@ def breakdown(
     limit: int | None = None,
     days: list[date] | None = None,
 ) -> list[Row]:
-    """The rows grouped ``by`` day (every day of ``days``, zeros included, oldest first),
-    model, user or key (costliest first, at most ``limit``)."""
-    group: Any
+    """Any set of rows grouped ``by`` day, model, user or key, on any database."""
+    return _rows(by, _grouped(queryset, by, limit), days=days)
+
+
+def _rows(by: str, found: list[dict[str, Any]], *, days: list[date] | None = None) -> list[Row]:
+    """Grouped sums as rows: every day of ``days`` (zeros included, oldest first), or the
+    groups in the order found, labelled."""
     if by == BY_DAY:
-        group = TruncDate("created_at")
-    elif by == BY_MODEL:
-        group = F("model_served")
-    elif by == BY_USER:
-        group = F("user_id")
-    elif by == BY_KEY:
-        group = F("api_key_id")
-    else:
-        raise ValueError(f"Unknown grouping {by!r}; use one of {', '.join(GROUPINGS)}.")
-    # Typed loosely: the stubs cannot follow annotations passed as **kwargs.
-    grouped: Any = queryset.values(group=group).annotate(**_sums())
-    if by == BY_DAY:
-        found: dict[Any, dict[str, Any]] = {}
-        for row in grouped.order_by():
-            found[row.pop("group")] = row
-        return [Row(label=day.isoformat(), **found.get(day, {})) for day in days or sorted(found)]
-    ordered = grouped.order_by("-cost", "-requests", "group")
-    found_rows: list[dict[str, Any]] = list(ordered[:limit] if limit else ordered)
-    labels = _labels(by, [row["group"] for row in found_rows])
+        per_day = {row["group"]: row for row in found}
+        return [
+            Row(label=day.isoformat(), **_sums_of(per_day.get(day, {})))
+            for day in days or sorted(per_day)
+        ]
+    labels = _labels(by, [row["group"] for row in found])
     return [
-        Row(
-            label=labels[row["group"]],
-            extra={"id": row["group"]},
-            **{k: v for k, v in row.items() if k != "group"},
-        )
-        for row in found_rows
+        Row(label=labels[row["group"]], extra={"id": row["group"]}, **_sums_of(row))
+        for row in found
     ]
+
+
+def _sums_of(row: dict[str, Any]) -> dict[str, Any]:
+    return {column: row[column] for column in aggregates.SUM_COLUMNS if column in row}
 
 
 def _labels(by: str, ids: list[Any]) -> dict[Any, str]:
@@ -319,12 +262,27 @@ class Report:
 
 
 def build(period: Period, *, top: int = 10) -> Report:
-    rows = period.records()
+    """The whole report for ``period``; ``top`` users and keys (0: all of them).
+
+    The admin page, its CSV exports and ``copilotedge_usage_report`` all come through here.
+    """
+    records = period.records()
+    limit = top or None
+    if aggregates.is_postgresql(records):
+        found = aggregates.grouped_sums(records, limit)
+    else:
+        found = {
+            by: _grouped(records, by, limit if by in (BY_USER, BY_KEY) else None)
+            for by in GROUPINGS
+        }
+    daily = _rows(BY_DAY, found[BY_DAY], days=period.days())
+    # Every row of the period falls on one of its days: the totals are the days' sums.
+    summed = {column: sum(getattr(row, column) for row in daily) for column in Row.COLUMNS}
     return Report(
         period=period,
-        totals=totals(rows),
-        daily=breakdown(rows, BY_DAY, days=period.days()),
-        models=breakdown(rows, BY_MODEL),
-        users=breakdown(rows, BY_USER, limit=top),
-        keys=breakdown(rows, BY_KEY, limit=top),
+        totals=_add_percentiles(Totals(**summed), records),
+        daily=daily,
+        models=_rows(BY_MODEL, found[BY_MODEL]),
+        users=_rows(BY_USER, found[BY_USER]),
+        keys=_rows(BY_KEY, found[BY_KEY]),
     )

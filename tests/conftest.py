@@ -10,7 +10,9 @@ from typing import Any
 
 import pytest
 import respx
+from asgiref.sync import SyncToAsync
 from django.contrib.auth import get_user_model
+from django.db import connections
 from django.utils import timezone
 
 from copilotedge import usage
@@ -89,6 +91,20 @@ async def drain_usage() -> AsyncIterator[None]:
 # checks the invariants every row must hold, whatever the path.
 
 UsageRowCheck = Callable[..., Awaitable[UsageRecord]]
+
+
+@pytest.fixture(autouse=True)
+def close_async_db_connections(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After a transactional test, close the connection asgiref's sync thread opened.
+
+    Async views and the async ORM run queries in that one long-lived thread; its
+    connection would outlive the test and keep PostgreSQL from dropping the test
+    database at the end of the run.
+    """
+    yield
+    marker = request.node.get_closest_marker("django_db")
+    if marker is not None and marker.kwargs.get("transaction"):
+        SyncToAsync.single_thread_executor.submit(connections.close_all).result()
 
 
 def check_usage_invariants(row: UsageRecord) -> None:

@@ -30,9 +30,15 @@ class Command(BaseCommand):
             period = report.Period.parse(since)
         except ValueError as error:
             raise CommandError(str(error)) from None
-        records = period.records()
-        rows = [row.as_dict(by) for row in report.breakdown(records, by, days=period.days())]
-        totals = report.totals(records).as_dict()
+        data = report.build(period, top=0)
+        table = {
+            report.BY_DAY: data.daily,
+            report.BY_MODEL: data.models,
+            report.BY_USER: data.users,
+            report.BY_KEY: data.keys,
+        }[by]
+        rows = [row.as_dict(by) for row in table]
+        totals = data.totals.as_dict()
         if output == "json":
             document = {
                 "since": period.since.isoformat(),
