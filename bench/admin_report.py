@@ -33,7 +33,8 @@ USERS = 200
 KEYS_PER_USER = 2
 SPAN_DAYS = 45  # rows spread over 45 days, so the 30-day period filters some out
 
-# Generated server-side: a time in the last SPAN_DAYS days, a key (and its owner), a model,
+# Generated server-side and inserted oldest first, as a ledger fills up: a time in the last
+# SPAN_DAYS days, a key (and its owner), a model,
 # a protocol, an outcome (95 % ok), 10 % cache hits, token counts and latencies.
 _GENERATE = """
 INSERT INTO copilotedge_usagerecord (
@@ -42,7 +43,7 @@ INSERT INTO copilotedge_usagerecord (
     cache_hit, cost_saved, outcome, status_code, error_code, latency_ms, ttft_ms, attempts)
 SELECT
     gen_random_uuid(),
-    now() - random() * interval '{span} days',
+    at,
     keys.user_id, keys.id, NULL, protocols[1 + floor(random() * 5)::int], model, model,
     prompt, completion, prompt + completion,
     CASE WHEN random() < 0.1 THEN 'estimated' ELSE 'upstream' END,
@@ -57,6 +58,7 @@ SELECT
     CASE WHEN hit THEN 0 ELSE 1 END
 FROM (
     SELECT g,
+           now() - random() * interval '{span} days' AS at,
            1 + floor(random() * {keys})::int AS key_index,
            (ARRAY[{models}])[1 + floor(random() * {model_count})::int] AS model,
            ARRAY['openai', 'run', 'agui', 'graphql', 'websocket'] AS protocols,
@@ -70,6 +72,16 @@ FROM (
 ) AS generated
 JOIN (SELECT id, user_id, row_number() OVER (ORDER BY id) AS key_index
       FROM copilotedge_apikey) AS keys USING (key_index)
+ORDER BY at
+"""
+_UNIQUE_CONSTRAINTS = """
+SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint
+WHERE conrelid = 'copilotedge_usagerecord'::regclass AND contype = 'u'
+"""
+_PLAIN_INDEXES = """
+SELECT indexname, indexdef FROM pg_indexes
+WHERE tablename = 'copilotedge_usagerecord' AND indexname NOT LIKE '%%_pkey'
+  AND indexname NOT IN (SELECT conname FROM pg_constraint)
 """
 
 
@@ -103,8 +115,11 @@ def run(database_url: str, rows: int = 1_000_000) -> dict[str, Any]:
         child = subprocess.run(
             [sys.executable, "-m", "bench.admin_report", "--worker", "--rows", str(rows)],
             cwd=ROOT,
-            env={**os.environ, "DATABASE_URL": _with_database(database_url, name),
-                 "PYTHONPATH": str(ROOT)},
+            env={
+                **os.environ,
+                "DATABASE_URL": _with_database(database_url, name),
+                "PYTHONPATH": str(ROOT),
+            },
             capture_output=True,
             text=True,
             check=False,
@@ -128,11 +143,16 @@ def _configure_django(database_url: str) -> None:
         SECRET_KEY="bench-only",
         ALLOWED_HOSTS=["testserver"],
         USE_TZ=True,
+        TIME_ZONE="UTC",
         ROOT_URLCONF="project.urls",
         DEFAULT_AUTO_FIELD="django.db.models.BigAutoField",
         INSTALLED_APPS=[
-            "django.contrib.admin", "django.contrib.auth", "django.contrib.contenttypes",
-            "django.contrib.sessions", "django.contrib.messages", "django.contrib.staticfiles",
+            "django.contrib.admin",
+            "django.contrib.auth",
+            "django.contrib.contenttypes",
+            "django.contrib.sessions",
+            "django.contrib.messages",
+            "django.contrib.staticfiles",
             "copilotedge",
         ],
         MIDDLEWARE=[
@@ -142,23 +162,29 @@ def _configure_django(database_url: str) -> None:
             "django.contrib.auth.middleware.AuthenticationMiddleware",
             "django.contrib.messages.middleware.MessageMiddleware",
         ],
-        TEMPLATES=[{
-            "BACKEND": "django.template.backends.django.DjangoTemplates",
-            "APP_DIRS": True,
-            "OPTIONS": {"context_processors": [
-                "django.template.context_processors.request",
-                "django.contrib.auth.context_processors.auth",
-                "django.contrib.messages.context_processors.messages",
-            ]},
-        }],
-        DATABASES={"default": {
-            "ENGINE": "django.db.backends.postgresql",
-            "NAME": parts.path.lstrip("/"),
-            "USER": parts.username or "postgres",
-            "PASSWORD": parts.password or "",
-            "HOST": parts.hostname or "127.0.0.1",
-            "PORT": str(parts.port or 5432),
-        }},
+        TEMPLATES=[
+            {
+                "BACKEND": "django.template.backends.django.DjangoTemplates",
+                "APP_DIRS": True,
+                "OPTIONS": {
+                    "context_processors": [
+                        "django.template.context_processors.request",
+                        "django.contrib.auth.context_processors.auth",
+                        "django.contrib.messages.context_processors.messages",
+                    ]
+                },
+            }
+        ],
+        DATABASES={
+            "default": {
+                "ENGINE": "django.db.backends.postgresql",
+                "NAME": parts.path.lstrip("/"),
+                "USER": parts.username or "postgres",
+                "PASSWORD": parts.password or "",
+                "HOST": parts.hostname or "127.0.0.1",
+                "PORT": str(parts.port or 5432),
+            }
+        },
         STATIC_URL="static/",
         PASSWORD_HASHERS=["django.contrib.auth.hashers.MD5PasswordHasher"],
     )
@@ -182,13 +208,33 @@ def _generate(rows: int) -> tuple[float, int]:
     )
     models = list(DEFAULT_PRICES)
     sql = _GENERATE.format(
-        span=SPAN_DAYS, keys=USERS * KEYS_PER_USER, rows=rows, model_count=len(models),
+        span=SPAN_DAYS,
+        keys=USERS * KEYS_PER_USER,
+        rows=rows,
+        model_count=len(models),
         models=", ".join(f"'{model}'" for model in models),
     )
     started = time.perf_counter()
     with connection.cursor() as cursor:
+        # Building the migrations' indexes once after the load beats updating them per
+        # row; each is recreated from its own definition.
+        cursor.execute(_UNIQUE_CONSTRAINTS)
+        constraints = cursor.fetchall()
+        cursor.execute(_PLAIN_INDEXES)
+        indexes = cursor.fetchall()
+        for name, _ in constraints:
+            cursor.execute(f'ALTER TABLE copilotedge_usagerecord DROP CONSTRAINT "{name}"')
+        for name, _ in indexes:
+            cursor.execute(f'DROP INDEX "{name}"')
         cursor.execute(sql)
-        cursor.execute("ANALYZE copilotedge_usagerecord")
+        cursor.execute("SET maintenance_work_mem = '256MB'")
+        for name, definition in constraints:
+            cursor.execute(
+                f'ALTER TABLE copilotedge_usagerecord ADD CONSTRAINT "{name}" {definition}'
+            )
+        for _, definition in indexes:
+            cursor.execute(definition)
+        cursor.execute("VACUUM ANALYZE copilotedge_usagerecord")
         cursor.execute("SELECT count(*) FROM copilotedge_usagerecord")
         count = cursor.fetchone()[0]
     return time.perf_counter() - started, count

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from decimal import Decimal
 from typing import Any
@@ -42,10 +43,8 @@ SUM_COLUMNS = (
 )
 # Sums of the ledger's 8-decimal amounts, kept at 8 decimals.
 _MONEY = DecimalField(max_digits=20, decimal_places=8)
-# The grouping column of each breakdown in the grouping-sets query, and the GROUPING()
-# bitmask PostgreSQL gives its rows (a bit is set for each column *not* grouped).
+# The column each breakdown groups by.
 GROUP_COLUMNS = {"day": "day", "model": "model_served", "user": "user_id", "key": "api_key_id"}
-_GROUPING_BITS = {"day": 0b0111, "model": 0b1011, "user": 0b1101, "key": 0b1110}
 
 
 def sums() -> dict[str, Any]:
@@ -70,16 +69,61 @@ def is_postgresql(queryset: QuerySet[Any]) -> bool:
 def _report_session(queryset: QuerySet[Any]) -> Iterator[Any]:
     """A cursor in a transaction tuned for one big aggregation (settings end with it).
 
-    The planner guesses one day per row when grouping by a day computed from
-    ``created_at`` (it inherits the column's distinct count), so it would sort the whole
-    period instead of hashing into a few dozen groups: sorting is disabled for this
-    transaction (hash aggregation spills to disk if ever needed). The percentile sorts
-    get enough memory to stay in memory for a million rows.
+    JIT compilation is off: these queries' costs always pass its threshold, and compiling
+    took longer (0.2-0.3 s) than it saved. The percentile sorts get enough memory to stay
+    in memory for about a million rows instead of spilling to disk.
     """
     with transaction.atomic(using=queryset.db), connections[queryset.db].cursor() as cursor:
-        cursor.execute("SET LOCAL enable_sort = off")
+        cursor.execute("SET LOCAL jit = off")
         cursor.execute("SET LOCAL work_mem = '64MB'")
         yield cursor
+
+
+# First-level sums, per grouping set, as SQL over the period's rows.
+_ROW_SUMS = """
+    COUNT(*) AS requests,
+    COALESCE(SUM(prompt_tokens), 0) AS prompt_tokens,
+    COALESCE(SUM(completion_tokens), 0) AS completion_tokens,
+    COALESCE(SUM(cost), 0) AS cost,
+    COALESCE(SUM(cost_saved), 0) AS cost_saved,
+    COUNT(*) FILTER (WHERE outcome IN (%s, %s)) AS errors,
+    COUNT(*) FILTER (WHERE cache_hit) AS cache_hits"""
+# Second-level sums of first-level groups (a few hundred or thousand rows); PostgreSQL
+# sums integers into numerics, so the counts are cast back.
+_GROUP_SUMS = ", ".join(
+    [
+        f"SUM({c})::bigint AS {c}"
+        for c in ("requests", "prompt_tokens", "completion_tokens", "errors", "cache_hits")
+    ]
+    + [f"SUM({c}) AS {c}" for c in ("cost", "cost_saved")]
+)
+# GROUPING(day, model_served, user_id, api_key_id) of the two first-level sets (a bit is
+# set for each column *not* grouped).
+_DAY_MODEL, _USER_KEY = 0b0011, 0b1100
+_NULL_KEYS = {
+    "day": "NULL::date",
+    "model": "NULL::text",
+    "user": "NULL::bigint",
+    "key": "NULL::bigint",
+}
+
+
+def _second_level(name: str, source: str, *, limited: bool) -> str:
+    """One breakdown summed from first-level groups, ranked costliest first (and cut at
+    ``top`` when ``limited``), with the other breakdowns' key columns left NULL."""
+    group = GROUP_COLUMNS[name]
+    keys = ", ".join(
+        GROUP_COLUMNS[key] if key == name else f"{null} AS {GROUP_COLUMNS[key]}"
+        for key, null in _NULL_KEYS.items()
+    )
+    select = (
+        f"SELECT '{name}' AS breakdown, {keys}, {_GROUP_SUMS}, ROW_NUMBER() OVER "
+        f"(ORDER BY SUM(cost) DESC, SUM(requests) DESC, {group}) AS position "
+        f"FROM {source} GROUP BY {group}"
+    )
+    if not limited:
+        return select
+    return f"SELECT * FROM ({select}) AS ranked_{name} WHERE %s::integer IS NULL OR position <= %s"
 
 
 def grouped_sums(
@@ -87,6 +131,8 @@ def grouped_sums(
 ) -> dict[str, list[dict[str, Any]]]:
     """PostgreSQL: each breakdown's rows, in one scan of ``queryset``.
 
+    The scan hashes every row into two grouping sets, (day, model) and (user, key); the
+    four breakdowns are then summed from those few groups, not from the rows again.
     Days and models come whole; users and keys costliest first, at most ``top`` of each.
     """
     base = (
@@ -94,10 +140,11 @@ def grouped_sums(
         .annotate(day=TruncDate("created_at"))
         .values(
             "day",
-            *[c for c in GROUP_COLUMNS.values() if c != "day"],
+            "model_served",
+            "user_id",
+            "api_key_id",
             "prompt_tokens",
             "completion_tokens",
-            "total_tokens",
             "cost",
             "cost_saved",
             "outcome",
@@ -105,49 +152,62 @@ def grouped_sums(
         )
     )
     inner, params = base.query.sql_with_params()
-    grouping = "GROUPING(day, model_served, user_id, api_key_id)"
+    # OFFSET 0 keeps the subquery from being flattened, which hides the day expression's
+    # origin from the planner: otherwise it inherits created_at's distinct count (one day
+    # per row), expects a million groups and sorts the whole period instead of hashing
+    # into a few dozen.
     sql = f"""
-        SELECT * FROM (
-            SELECT {grouping} AS grouping_bits, day, model_served, user_id, api_key_id,
-                COUNT(*) AS requests,
-                COALESCE(SUM(prompt_tokens), 0) AS prompt_tokens,
-                COALESCE(SUM(completion_tokens), 0) AS completion_tokens,
-                COALESCE(SUM(total_tokens), 0) AS total_tokens,
-                COALESCE(SUM(cost), 0) AS cost,
-                COALESCE(SUM(cost_saved), 0) AS cost_saved,
-                COUNT(*) FILTER (WHERE outcome IN (%s, %s)) AS errors,
-                COUNT(*) FILTER (WHERE cache_hit) AS cache_hits,
-                ROW_NUMBER() OVER (
-                    PARTITION BY {grouping}
-                    ORDER BY COALESCE(SUM(cost), 0) DESC, COUNT(*) DESC,
-                             model_served, user_id, api_key_id
-                ) AS position
-            FROM ({inner}) AS rows
-            GROUP BY GROUPING SETS ((day), (model_served), (user_id), (api_key_id))
-        ) AS grouped
-        WHERE grouping_bits IN (%s, %s) OR %s::integer IS NULL OR position <= %s
-        ORDER BY grouping_bits, position
+        WITH first_level AS MATERIALIZED (
+            SELECT GROUPING(day, model_served, user_id, api_key_id) AS sets,
+                   day, model_served, user_id, api_key_id, {_ROW_SUMS}
+            FROM ({inner} OFFSET 0) AS period_rows
+            GROUP BY GROUPING SETS ((day, model_served), (user_id, api_key_id))
+        ),
+        day_model AS (SELECT * FROM first_level WHERE sets = {_DAY_MODEL}),
+        user_key AS (SELECT * FROM first_level WHERE sets = {_USER_KEY})
+        {_second_level("day", "day_model", limited=False)}
+        UNION ALL {_second_level("model", "day_model", limited=False)}
+        UNION ALL {_second_level("user", "user_key", limited=True)}
+        UNION ALL {_second_level("key", "user_key", limited=True)}
+        ORDER BY breakdown, position
     """
-    arguments = [
-        *FAILED_OUTCOMES,
-        *params,
-        _GROUPING_BITS["day"],
-        _GROUPING_BITS["model"],
-        top,
-        top,
-    ]
-    by_bits = {bits: name for name, bits in _GROUPING_BITS.items()}
+    arguments = [*FAILED_OUTCOMES, *params, top, top, top, top]
     result: dict[str, list[dict[str, Any]]] = {name: [] for name in GROUP_COLUMNS}
     with _report_session(queryset) as cursor:
         cursor.execute(sql, arguments)
         names = [column.name for column in cursor.description]
         for values in cursor.fetchall():
             row = dict(zip(names, values, strict=True))
-            name = by_bits[row["grouping_bits"]]
-            result[name].append(
-                {"group": row[GROUP_COLUMNS[name]], **{c: row[c] for c in SUM_COLUMNS}}
-            )
+            name = row["breakdown"]
+            sums = {c: row[c] for c in SUM_COLUMNS if c != "total_tokens"}
+            sums["total_tokens"] = sums["prompt_tokens"] + sums["completion_tokens"]
+            result[name].append({"group": row[GROUP_COLUMNS[name]], **sums})
     return result
+
+
+def grouped_sums_and_percentiles(
+    queryset: QuerySet[UsageRecord], top: int | None, wanted: Mapping[str, tuple[float, ...]]
+) -> tuple[dict[str, list[dict[str, Any]]], dict[str, list[float | None]]]:
+    """PostgreSQL: :func:`grouped_sums` and :func:`percentiles` of ``queryset``.
+
+    Each is one scan of the period, and neither needs the other: outside a transaction
+    they run at the same time, the percentiles on a second connection (closed after).
+    Inside one (a test, a caller's ``atomic``) another connection might not see its
+    rows, so they run one after the other.
+    """
+    if connections[queryset.db].in_atomic_block:
+        return grouped_sums(queryset, top), percentiles(queryset, wanted)
+
+    def on_own_connection() -> dict[str, list[float | None]]:
+        try:
+            return percentiles(queryset, wanted)
+        finally:
+            connections[queryset.db].close()
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        found_percentiles = pool.submit(on_own_connection)
+        sums = grouped_sums(queryset, top)
+        return sums, found_percentiles.result()
 
 
 class PercentileCont(Aggregate):

@@ -269,18 +269,24 @@ def build(period: Period, *, top: int = 10) -> Report:
     records = period.records()
     limit = top or None
     if aggregates.is_postgresql(records):
-        found = aggregates.grouped_sums(records, limit)
+        found, found_percentiles = aggregates.grouped_sums_and_percentiles(
+            records, limit, _PERCENTILES
+        )
     else:
         found = {
             by: _grouped(records, by, limit if by in (BY_USER, BY_KEY) else None)
             for by in GROUPINGS
         }
+        found_percentiles = aggregates.percentiles(records, _PERCENTILES)
     daily = _rows(BY_DAY, found[BY_DAY], days=period.days())
     # Every row of the period falls on one of its days: the totals are the days' sums.
     summed = {column: sum(getattr(row, column) for row in daily) for column in Row.COLUMNS}
+    totals = Totals(**summed)
+    totals.latency_p50_ms, totals.latency_p95_ms = found_percentiles["latency_ms"]
+    totals.ttft_p50_ms, totals.ttft_p95_ms = found_percentiles["ttft_ms"]
     return Report(
         period=period,
-        totals=_add_percentiles(Totals(**summed), records),
+        totals=totals,
         daily=daily,
         models=_rows(BY_MODEL, found[BY_MODEL]),
         users=_rows(BY_USER, found[BY_USER]),

@@ -138,3 +138,12 @@ def test_period_parsing() -> None:
 def test_unknown_grouping_is_refused() -> None:
     with pytest.raises(ValueError, match="Unknown grouping"):
         report.breakdown(UsageRecord.objects.all(), "protocol")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_report_outside_a_transaction(sample_ledger: SampleLedger) -> None:
+    """On PostgreSQL the percentiles then run on a second connection, alongside the sums."""
+    built = report.build(report.Period.parse("7d"))
+    assert (built.totals.requests, built.totals.cost) == (5, SampleLedger.cost)
+    assert built.totals.latency_p95_ms == pytest.approx(SampleLedger.latency_p95_ms)
+    assert built.totals.ttft_p50_ms == pytest.approx(SampleLedger.ttft_p50_ms)
