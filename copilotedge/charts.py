@@ -57,11 +57,13 @@ def column_chart(
     """Vertical bars, one per point (e.g. per day), with the peak value on the y axis."""
     left, bottom, top = 64, 22, 10
     plot_w, plot_h = width - left - 8, height - bottom - top
-    peak = max((float(v) for _, v in points), default=0.0)
+    highest: Number = max((v for _, v in points), default=0)
+    peak = float(highest)
     body = [
         f'<line x1="{left}" y1="{top + plot_h}" x2="{width - 8}" y2="{top + plot_h}" '
         f'stroke="{_AXIS_COLOR}"/>',
-        f'<text x="{left - 6}" y="{top + 8}" text-anchor="end" {_FONT}>{escape(fmt(peak))}</text>',
+        f'<text x="{left - 6}" y="{top + 8}" text-anchor="end" {_FONT}>'
+        f"{escape(fmt(highest))}</text>",
         f'<text x="{left - 6}" y="{top + plot_h}" text-anchor="end" {_FONT}>0</text>',
     ]
     slot = plot_w / max(len(points), 1)

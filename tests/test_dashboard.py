@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import re
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -173,3 +174,10 @@ def test_charts_of_nothing_draw_no_bars() -> None:
     assert 'class="ce-bar"' not in charts.bar_chart([], title="empty")
     column = charts.column_chart([("2025-01-01", 0), ("2025-01-02", 0)], title="zeros")
     assert column.count('class="ce-bar"') == 2 and 'height="0.0"' in column
+
+
+def test_the_peak_label_keeps_the_values_kind() -> None:
+    assert ">3<" in charts.column_chart([("a", 1), ("b", 3)], title="requests")
+    assert ">$0.0030<" in charts.column_chart(
+        [("a", Decimal("0.003"))], title="cost", fmt=dashboard.usd
+    )
