@@ -23,7 +23,7 @@ from django.core.cache import caches
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
-from . import metrics
+from . import metrics, ratelimit
 from .auth import BEARER
 from .cloudflare import Upstream
 from .conf import settings
@@ -94,6 +94,7 @@ async def _probe(check: Callable[[], Awaitable[None]]) -> dict[str, Any]:
     return outcome
 
 
+@ratelimit.exempt
 @api_view("GET", "HEAD")
 async def health(request: HttpRequest) -> HttpResponse:
     """Liveness and readiness as JSON: 200 when ready, 503 when not.
@@ -142,6 +143,7 @@ async def _authorize_metrics(request: HttpRequest) -> None:
         raise PermissionDenied("Metrics are for staff only.")
 
 
+@ratelimit.exempt
 @api_view("GET")
 async def metrics_view(request: HttpRequest) -> HttpResponse:
     """Prometheus text; for staff sessions or ``Authorization: Bearer <METRICS_TOKEN>``."""

@@ -2,21 +2,25 @@
 
 Every turn, however it ends (answered, failed, cancelled, served from the cache), becomes
 one :class:`~copilotedge.models.UsageRecord`. :func:`record_turn` builds it synchronously
-(cheap, no I/O), updates the Prometheus metrics from it, and saves it in a background task
-so the response never waits for the database; :func:`adrain` waits for those tasks.
+(cheap, no I/O), updates the Prometheus metrics from it, and queues it for a background
+writer that inserts each event loop's records in batches, so the response never waits
+for the database; :func:`adrain` waits for the queue to empty.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import fnmatch
 import logging
 import time
+import weakref
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from django.db import IntegrityError
+from asgiref.sync import sync_to_async
+from django.db import close_old_connections
 from django.dispatch import Signal
 
 from . import metrics
@@ -40,8 +44,9 @@ _MILLION = Decimal(1_000_000)
 _COST_PLACES = Decimal("1e-8")
 _WRITE_ATTEMPTS = 3
 _RETRY_DELAY = 0.05  # seconds, doubled after each failed attempt
+_FLUSH_SECONDS = 0.05
+_BATCH_SIZE = 500
 _CANCELLED_STATUS = 499  # the client closed the connection (nginx's convention)
-_pending: set[asyncio.Task[None]] = set()
 _unpriced_warned: set[str] = set()
 
 
@@ -181,61 +186,115 @@ def describe(record: UsageRecord) -> dict[str, Any]:
     return {f.attname: getattr(record, f.attname) for f in UsageRecord._meta.concrete_fields}
 
 
-async def _insert(record: UsageRecord) -> bool:
-    """Insert ``record``, retrying with backoff; ``False`` (and a log) if it never lands."""
+async def _unsaved(records: list[UsageRecord]) -> list[UsageRecord]:
+    """The records whose request id is not in the ledger yet.
+
+    A write can commit and still fail (the connection breaks on the reply); retrying
+    those rows would only hit their unique request id.
+    """
+    ids = [record.request_id for record in records]
+    present = {
+        request_id
+        async for request_id in UsageRecord.objects.filter(request_id__in=ids).values_list(
+            "request_id", flat=True
+        )
+    }
+    return [record for record in records if record.request_id not in present]
+
+
+async def _insert(records: list[UsageRecord]) -> bool:
+    """Insert ``records`` in one statement, retrying with backoff; ``False`` if they never
+    land (each is then logged whole, so the spend can be rebuilt)."""
+    pending = records
     for attempt in range(1, _WRITE_ATTEMPTS + 1):
         try:
-            await record.asave(force_insert=True)
+            if attempt > 1:
+                pending = await _unsaved(pending)
+            if pending:
+                await UsageRecord.objects.abulk_create(pending)
             return True
         except asyncio.CancelledError:
             raise
-        except Exception as error:
-            # A retry after a write that did commit (the connection broke on the reply)
-            # hits the unique request id: the row is there, so the write succeeded.
-            if (
-                attempt > 1
-                and isinstance(error, IntegrityError)
-                and await UsageRecord.objects.filter(request_id=record.request_id).aexists()
-            ):
-                return True
+        except Exception:
+            # A broken connection must not poison the retry.
+            await sync_to_async(close_old_connections)()
             if attempt == _WRITE_ATTEMPTS:
-                logger.exception(
-                    "Could not save usage record after %d attempts: %r", attempt, describe(record)
-                )
+                for record in pending:
+                    logger.exception(
+                        "Could not save usage record after %d attempts: %r",
+                        attempt,
+                        describe(record),
+                    )
                 return False
             logger.warning(
-                "Saving usage record %s failed (attempt %d); retrying.", record.request_id, attempt
+                "Saving %d usage records failed (attempt %d); retrying.", len(pending), attempt
             )
-            record.pk = None
             await asyncio.sleep(_RETRY_DELAY * 2 ** (attempt - 1))
     return False  # pragma: no cover - the loop always returns
 
 
-async def asave(record: UsageRecord) -> None:
-    """Write ``record`` and tell ``usage_recorded`` receivers; never raises."""
-    saved = await _insert(record)
-    responses = await usage_recorded.asend_robust(sender=UsageRecord, record=record, saved=saved)
-    for receiver, response in responses:
-        if isinstance(response, Exception):
-            logger.error("usage_recorded receiver %r raised", receiver, exc_info=response)
+async def asave_batch(records: list[UsageRecord]) -> None:
+    """Write ``records`` and tell ``usage_recorded`` receivers about each; never raises."""
+    saved = await _insert(records)
+    for record in records:
+        responses = await usage_recorded.asend_robust(
+            sender=UsageRecord, record=record, saved=saved
+        )
+        for receiver, response in responses:
+            if isinstance(response, Exception):
+                logger.error("usage_recorded receiver %r raised", receiver, exc_info=response)
+
+
+class _Writer:
+    """Collects one event loop's records and inserts them in batches from one task.
+
+    Batching turns a write per request into a write per ``_FLUSH_SECONDS``, which is
+    what keeps the ledger off the streams' critical path under load.
+    """
+
+    def __init__(self) -> None:
+        self.queue: list[UsageRecord] = []
+        self.task: asyncio.Task[None] | None = None
+
+    def add(self, record: UsageRecord) -> None:
+        self.queue.append(record)
+        if self.task is None or self.task.done():
+            # A fresh context: the writer outlives the request that started it, so it
+            # must not run its queries in that request's thread.
+            self.task = asyncio.get_running_loop().create_task(
+                self._run(), context=contextvars.Context()
+            )
+
+    async def _run(self) -> None:
+        while self.queue:
+            await asyncio.sleep(_FLUSH_SECONDS)
+            batch, self.queue = self.queue[:_BATCH_SIZE], self.queue[_BATCH_SIZE:]
+            await asave_batch(batch)
+
+
+_writers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Writer] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def record_turn(turn: Turn) -> UsageRecord:
-    """Build the turn's record, count it in the metrics, and schedule its write.
+    """Build the turn's record, count it in the metrics, and queue its write (returned).
 
     The caller does not wait for the database; :func:`adrain` does.
     """
     record = build_record(turn)
     upstream_error = turn.error.code if isinstance(turn.error, UpstreamError) else None
     metrics.observe_record(record, cache_status=turn.cache_status, upstream_error=upstream_error)
-    task = asyncio.get_running_loop().create_task(asave(record))
-    _pending.add(task)
-    task.add_done_callback(_pending.discard)
+    loop = asyncio.get_running_loop()
+    writer = _writers.get(loop)
+    if writer is None:
+        writer = _writers[loop] = _Writer()
+    writer.add(record)
     return record
 
 
 async def adrain() -> None:
-    """Wait for every scheduled write of this event loop (tests and shutdown)."""
-    loop = asyncio.get_running_loop()
-    while mine := [task for task in _pending if task.get_loop() is loop]:
-        await asyncio.gather(*mine, return_exceptions=True)
+    """Wait until every queued record of this event loop is written (tests, shutdown)."""
+    writer = _writers.get(asyncio.get_running_loop())
+    while writer is not None and writer.task is not None and not writer.task.done():
+        await asyncio.shield(writer.task)

@@ -83,10 +83,10 @@ async def openai_stream(turn: Turn, *, include_usage: bool) -> AsyncIterator[byt
     """
     yield _chunk(turn, {"role": "assistant", "content": ""})
     try:
-        async for delta in turn.deltas():
-            body = _delta_body(delta, turn)
-            if body is not None:
-                yield _chunk(turn, body)
+        async for batch in turn.batches():
+            frames = [_chunk(turn, body) for d in batch if (body := _delta_body(d, turn))]
+            if frames:
+                yield b"".join(frames)
     except CopilotEdgeError as error:
         yield sse.encode_json(error.to_dict())
         yield sse.DONE_FRAME
@@ -130,12 +130,16 @@ def run_error(error: CopilotEdgeError) -> dict[str, Any]:
 async def run_stream(turn: Turn) -> AsyncIterator[bytes]:
     """Workers AI frames: ``{"response": …}``, a final usage frame, then ``[DONE]``."""
     try:
-        async for delta in turn.deltas():
-            if delta.text:
-                yield sse.encode_json({"response": delta.text})
-            if delta.tool_calls:
-                calls = [{"name": p.name, "arguments": p.arguments} for p in delta.tool_calls]
-                yield sse.encode_json({"response": "", "tool_calls": calls})
+        async for batch in turn.batches():
+            frames = []
+            for delta in batch:
+                if delta.text:
+                    frames.append(sse.encode_json({"response": delta.text}))
+                if delta.tool_calls:
+                    calls = [{"name": p.name, "arguments": p.arguments} for p in delta.tool_calls]
+                    frames.append(sse.encode_json({"response": "", "tool_calls": calls}))
+            if frames:
+                yield b"".join(frames)
     except CopilotEdgeError as error:
         yield sse.encode_json(run_error(error))
         yield sse.DONE_FRAME
@@ -147,28 +151,38 @@ async def run_stream(turn: Turn) -> AsyncIterator[bytes]:
 async def with_keepalive(frames: AsyncIterator[bytes], interval: float) -> AsyncIterator[bytes]:
     """Pass frames through, adding a comment after every ``interval`` s of silence.
 
-    The next frame is awaited in a task, so a timeout never cancels the producer.
+    One task produces the frames into a small queue and the timeout is on the queue:
+    timing out an upstream read itself would cancel it halfway and break the connection.
+    The queue is bounded, so a slow client still slows the upstream read down.
     """
-    iterator = aiter(frames)
-    pending: asyncio.Future[bytes] | None = None
+    queue: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue(maxsize=16)
+
+    async def produce() -> None:
+        try:
+            async for frame in frames:
+                await queue.put(frame)
+        except Exception as error:  # re-raised on the consumer's side
+            await queue.put(error)
+        else:
+            await queue.put(None)
+
+    producer = asyncio.create_task(produce())
     try:
         while True:
-            if pending is None:
-                pending = asyncio.ensure_future(anext(iterator))
-            done, _ = await asyncio.wait({pending}, timeout=interval)
-            if not done:
-                yield sse.comment()
-                continue
-            try:
-                frame = pending.result()
-            except StopAsyncIteration:
+            if queue.empty():
+                try:
+                    async with asyncio.timeout(interval):
+                        item = await queue.get()
+                except TimeoutError:
+                    yield sse.comment()
+                    continue
+            else:
+                item = queue.get_nowait()
+            if item is None:
                 return
-            pending = None
-            yield frame
+            if isinstance(item, BaseException):
+                raise item
+            yield item
     finally:
-        if pending is not None and not pending.done():
-            pending.cancel()
-            await asyncio.gather(pending, return_exceptions=True)
-        aclose = getattr(iterator, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        producer.cancel()
+        await asyncio.gather(producer, return_exceptions=True)

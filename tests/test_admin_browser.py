@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
 
@@ -28,14 +29,7 @@ REPORT = "/admin/copilotedge/usagereport/"
 # The admin needs its CSS and JavaScript with DEBUG off: WhiteNoise serves them straight
 # from the apps' static directories (no collectstatic) in this test's server only.
 STATIC_OVERRIDES = {
-    "MIDDLEWARE": [
-        "whitenoise.middleware.WhiteNoiseMiddleware",
-        "django.contrib.sessions.middleware.SessionMiddleware",
-        "django.middleware.common.CommonMiddleware",
-        "django.middleware.csrf.CsrfViewMiddleware",
-        "django.contrib.auth.middleware.AuthenticationMiddleware",
-        "django.contrib.messages.middleware.MessageMiddleware",
-    ],
+    "MIDDLEWARE": ["whitenoise.middleware.WhiteNoiseMiddleware", *settings.MIDDLEWARE],
     "WHITENOISE_USE_FINDERS": True,
 }
 

@@ -42,6 +42,7 @@ async def test_ready_when_the_database_and_cache_answer() -> None:
     assert checks["cache"]["ok"] is True and checks["cache"]["required"] is False
     # No breaker exists: nothing stops requests going upstream, the circuit is closed.
     assert checks["upstream"] == {"circuit_breaker": False, "circuits": {"workers-ai": "closed"}}
+    assert "x-ratelimit-limit-requests" not in response  # load balancers are never limited
 
 
 async def test_says_nothing_secret() -> None:

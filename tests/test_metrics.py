@@ -18,7 +18,7 @@ from prometheus_client import REGISTRY
 from copilotedge import metrics
 from copilotedge.models import UsageRecord
 
-from .conftest import OPENAI_URL, openai_chunk, sse_body
+from .conftest import OPENAI_URL, UpstreamBody, openai_chunk, respond_with, sse_chunks
 from .servers import DaphneServer, free_port
 
 URL = "/copilotedge/metrics"
@@ -136,7 +136,9 @@ def test_streams_rejections_and_circuit_state() -> None:
 async def test_a_stream_is_open_while_it_is_being_served(
     upstream: respx.MockRouter, auth: dict[str, str]
 ) -> None:
-    upstream.post(OPENAI_URL).respond(200, content=sse_body(openai_chunk("a"), openai_chunk("b")))
+    # "b" and the end come 0.5 s after "a": the turn is streaming in between.
+    body = UpstreamBody(*sse_chunks(openai_chunk("a"), openai_chunk("b")), delay=0.5)
+    upstream.post(OPENAI_URL).mock(side_effect=respond_with(body))
     before = sample("copilotedge_open_streams", protocol="openai")
     response = await AsyncClient().post(
         "/copilotedge/v1/chat/completions",
@@ -147,12 +149,45 @@ async def test_a_stream_is_open_while_it_is_being_served(
         headers=auth,
     )
     chunks = aiter(response.streaming_content)
-    await anext(chunks)  # the role chunk
-    await anext(chunks)  # "a": the turn is streaming now
+    received = b""
+    while b'"a"' not in received:
+        received += await anext(chunks)
     assert sample("copilotedge_open_streams", protocol="openai") == before + 1
     async for _ in chunks:
         pass
     assert sample("copilotedge_open_streams", protocol="openai") == before
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_rate_limit_rejections_are_counted(
+    upstream: respx.MockRouter, api_key: Any, auth: dict[str, str]
+) -> None:
+    key, _ = api_key
+    key.requests_per_minute = 1
+    await key.asave()
+    upstream.post(OPENAI_URL).respond(
+        200, json={"choices": [{"message": {"content": "Hi"}}], "usage": {"prompt_tokens": 1}}
+    )
+    before = sample("copilotedge_rate_limit_rejections_total", limit="requests")
+    body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}]})
+    client = AsyncClient()
+    statuses = [
+        (
+            await client.post(
+                "/copilotedge/v1/chat/completions",
+                body,
+                content_type="application/json",
+                headers=auth,
+            )
+        ).status_code
+        for _ in range(2)
+    ]
+    assert statuses == [200, 429]
+    assert sample("copilotedge_rate_limit_rejections_total", limit="requests") == before + 1
+    # Scrapes are not rate limited (nor counted against anyone).
+    with override_settings(COPILOTEDGE_METRICS_TOKEN=TOKEN):
+        scrape = await client.get(URL, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert scrape.status_code == 200 and "x-ratelimit-limit-requests" not in scrape
 
 
 def _requests_total(text: str, protocol: str, outcome: str) -> float:

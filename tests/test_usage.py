@@ -398,16 +398,16 @@ async def test_failed_writes_are_retried_without_touching_the_response(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    real_asave = UsageRecord.asave
+    real_insert = UsageRecord.objects.abulk_create
     failures = iter([OperationalError("database is locked"), OperationalError("again")])
 
-    async def flaky_asave(self: UsageRecord, *args: Any, **kwargs: Any) -> None:
+    async def flaky_insert(records: list[UsageRecord], *args: Any, **kwargs: Any) -> Any:
         error = next(failures, None)
         if error is not None:
             raise error
-        await real_asave(self, *args, **kwargs)
+        return await real_insert(records, *args, **kwargs)
 
-    monkeypatch.setattr(UsageRecord, "asave", flaky_asave)
+    monkeypatch.setattr(UsageRecord.objects, "abulk_create", flaky_insert)
     upstream.post(OPENAI_URL).respond(
         200, content=sse_body(openai_chunk("Hi"), {"choices": [], "usage": UPSTREAM_USAGE})
     )
@@ -429,10 +429,10 @@ async def test_a_write_that_never_lands_is_logged_whole_and_still_signalled(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    async def broken_asave(self: UsageRecord, *args: Any, **kwargs: Any) -> None:
+    async def broken_insert(records: list[UsageRecord], *args: Any, **kwargs: Any) -> Any:
         raise OperationalError("disk full")
 
-    monkeypatch.setattr(UsageRecord, "asave", broken_asave)
+    monkeypatch.setattr(UsageRecord.objects, "abulk_create", broken_insert)
     signalled: list[tuple[UsageRecord, bool]] = []
 
     def receiver(sender: Any, record: UsageRecord, saved: bool, **kwargs: Any) -> None:
