@@ -27,7 +27,21 @@ from . import metrics
 from .conf import settings
 from .exceptions import UpstreamError
 from .models import UsageRecord
-from .tokens import estimate_completion_tokens, estimate_prompt_tokens
+from .tokens import estimate_completion_tokens, estimate_prompt_tokens, estimate_tokens
+
+__all__ = [  # the estimates live in copilotedge.tokens; these names stay importable here
+    "TokenCount",
+    "adrain",
+    "build_record",
+    "cost_of",
+    "count_tokens",
+    "estimate_prompt_tokens",
+    "estimate_tokens",
+    "has_price",
+    "price_of",
+    "record_turn",
+    "usage_recorded",
+]
 
 if TYPE_CHECKING:
     from .chat import Turn
