@@ -16,6 +16,11 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 run: $(VENV)/.installed
 	HOST=$(HOST) PORT=$(PORT) $(PY) -m project.run
 
+# Two (CLUSTER=N) daphne processes on PORT, PORT+1, … against the local PostgreSQL and Redis.
+CLUSTER ?= 2
+cluster: $(VENV)/.installed
+	HOST=$(HOST) PORT=$(or $(CLUSTER_PORT),8001) $(PY) -m project.run --processes $(CLUSTER)
+
 test: $(VENV)/.installed
 	$(PY) -m pytest $(PYTEST_ARGS)
 

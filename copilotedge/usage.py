@@ -20,7 +20,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import sync_to_async
-from django.db import close_old_connections
+from django.db import IntegrityError, close_old_connections
 from django.dispatch import Signal
 
 from . import metrics
@@ -200,63 +200,77 @@ def describe(record: UsageRecord) -> dict[str, Any]:
     return {f.attname: getattr(record, f.attname) for f in UsageRecord._meta.concrete_fields}
 
 
-async def _unsaved(records: list[UsageRecord]) -> list[UsageRecord]:
-    """The records whose request id is not in the ledger yet.
+async def asave_batch(records: list[UsageRecord]) -> None:
+    """Insert records in one statement; never raises.
 
-    A write can commit and still fail (the connection breaks on the reply); retrying
-    those rows would only hit their unique request id.
+    If the batch fails, each record is saved on its own, so one bad record (say, of a
+    conversation deleted meanwhile) cannot lose the others' spend. Either way each
+    record is then announced on ``usage_recorded``.
     """
-    ids = [record.request_id for record in records]
-    present = {
-        request_id
-        async for request_id in UsageRecord.objects.filter(request_id__in=ids).values_list(
-            "request_id", flat=True
-        )
-    }
-    return [record for record in records if record.request_id not in present]
+    try:
+        await UsageRecord.objects.abulk_create(records)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        await sync_to_async(close_old_connections)()
+        for record in records:
+            await _announce(record, saved=await _asave_one(record))
+    else:
+        for record in records:
+            await _announce(record, saved=True)
 
 
-async def _insert(records: list[UsageRecord]) -> bool:
-    """Insert ``records`` in one statement, retrying with backoff; ``False`` if they never
-    land (each is then logged whole, so the spend can be rebuilt)."""
-    pending = records
+async def _asave_one(record: UsageRecord) -> bool:
+    """Save with retries and backoff; ``False`` (the record logged whole) if it never lands."""
     for attempt in range(1, _WRITE_ATTEMPTS + 1):
         try:
-            if attempt > 1:
-                pending = await _unsaved(pending)
-            if pending:
-                await UsageRecord.objects.abulk_create(pending)
+            record.pk = None
+            await record.asave(force_insert=True)
             return True
         except asyncio.CancelledError:
             raise
+        except IntegrityError:
+            # Its request id is there: an earlier write committed even though it failed
+            # (the connection broke on the reply).
+            if await UsageRecord.objects.filter(request_id=record.request_id).aexists():
+                return True
+            # Something it points to is gone: keep the spend, drop the dangling links.
+            if not await _adrop_missing_links(record):
+                logger.exception("Could not save usage record: %r", describe(record))
+                return False
         except Exception:
             # A broken connection must not poison the retry.
             await sync_to_async(close_old_connections)()
             if attempt == _WRITE_ATTEMPTS:
-                for record in pending:
-                    logger.exception(
-                        "Could not save usage record after %d attempts: %r",
-                        attempt,
-                        describe(record),
-                    )
+                logger.exception(
+                    "Could not save usage record after %d attempts: %r", attempt, describe(record)
+                )
                 return False
             logger.warning(
-                "Saving %d usage records failed (attempt %d); retrying.", len(pending), attempt
+                "Saving usage record %s failed (attempt %d); retrying.", record.request_id, attempt
             )
             await asyncio.sleep(_RETRY_DELAY * 2 ** (attempt - 1))
-    return False  # pragma: no cover - the loop always returns
+    return False
 
 
-async def asave_batch(records: list[UsageRecord]) -> None:
-    """Write ``records`` and tell ``usage_recorded`` receivers about each; never raises."""
-    saved = await _insert(records)
-    for record in records:
-        responses = await usage_recorded.asend_robust(
-            sender=UsageRecord, record=record, saved=saved
-        )
-        for receiver, response in responses:
-            if isinstance(response, Exception):
-                logger.error("usage_recorded receiver %r raised", receiver, exc_info=response)
+async def _adrop_missing_links(record: UsageRecord) -> bool:
+    """Null the foreign keys whose rows no longer exist; whether any was dropped."""
+    dropped = False
+    for field in ("user", "api_key", "conversation"):
+        attname = f"{field}_id"
+        pk = getattr(record, attname)
+        model = UsageRecord._meta.get_field(field).related_model
+        if pk is not None and not await model._default_manager.filter(pk=pk).aexists():  # type: ignore[union-attr]
+            setattr(record, attname, None)
+            dropped = True
+    return dropped
+
+
+async def _announce(record: UsageRecord, *, saved: bool) -> None:
+    responses = await usage_recorded.asend_robust(sender=UsageRecord, record=record, saved=saved)
+    for receiver, response in responses:
+        if isinstance(response, Exception):
+            logger.error("usage_recorded receiver %r raised", receiver, exc_info=response)
 
 
 class _Writer:

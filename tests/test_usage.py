@@ -398,16 +398,21 @@ async def test_failed_writes_are_retried_without_touching_the_response(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    real_insert = UsageRecord.objects.abulk_create
+    async def broken_batch(records: list[UsageRecord], *args: Any, **kwargs: Any) -> Any:
+        raise OperationalError("database is locked")
+
+    real_asave = UsageRecord.asave
     failures = iter([OperationalError("database is locked"), OperationalError("again")])
 
-    async def flaky_insert(records: list[UsageRecord], *args: Any, **kwargs: Any) -> Any:
+    async def flaky_asave(self: UsageRecord, *args: Any, **kwargs: Any) -> None:
         error = next(failures, None)
         if error is not None:
             raise error
-        return await real_insert(records, *args, **kwargs)
+        await real_asave(self, *args, **kwargs)
 
-    monkeypatch.setattr(UsageRecord.objects, "abulk_create", flaky_insert)
+    # The batch insert fails, then the record's own insert twice, then it lands.
+    monkeypatch.setattr(UsageRecord.objects, "abulk_create", broken_batch)
+    monkeypatch.setattr(UsageRecord, "asave", flaky_asave)
     upstream.post(OPENAI_URL).respond(
         200, content=sse_body(openai_chunk("Hi"), {"choices": [], "usage": UPSTREAM_USAGE})
     )
@@ -423,16 +428,66 @@ async def test_failed_writes_are_retried_without_touching_the_response(
     assert caplog.text.count("retrying") == 2
 
 
+async def test_a_write_that_committed_but_failed_is_not_written_twice(
+    upstream: respx.MockRouter,
+    auth: dict[str, str],
+    usage_row: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def broken_batch(records: list[UsageRecord], *args: Any, **kwargs: Any) -> Any:
+        raise OperationalError("server closed the connection unexpectedly")
+
+    real_asave = UsageRecord.asave
+    calls = 0
+
+    async def lost_reply(self: UsageRecord, *args: Any, **kwargs: Any) -> None:
+        nonlocal calls
+        calls += 1
+        await real_asave(self, *args, **kwargs)
+        if calls == 1:  # the row is in, but the client never hears so
+            raise OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(UsageRecord.objects, "abulk_create", broken_batch)
+    monkeypatch.setattr(UsageRecord, "asave", lost_reply)
+    flags: list[bool] = []
+
+    def receiver(sender: Any, record: UsageRecord, saved: bool, **kwargs: Any) -> None:
+        flags.append(saved)
+
+    usage.usage_recorded.connect(receiver)
+    try:
+        upstream.post(OPENAI_URL).respond(
+            200, json={"choices": [{"message": {"content": "Hi"}}], "usage": UPSTREAM_USAGE}
+        )
+        response = await AsyncClient().post(
+            "/copilotedge/v1/chat/completions",
+            chat_body(),
+            content_type="application/json",
+            headers=auth,
+        )
+        assert response.status_code == 200
+        await usage_row(outcome="ok", prompt_tokens=11)  # exactly one row
+    finally:
+        usage.usage_recorded.disconnect(receiver)
+    assert calls == 2 and flags == [True]
+    assert "Could not save" not in caplog.text
+
+
 async def test_a_write_that_never_lands_is_logged_whole_and_still_signalled(
     upstream: respx.MockRouter,
     auth: dict[str, str],
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    async def broken_insert(records: list[UsageRecord], *args: Any, **kwargs: Any) -> Any:
+    async def broken_batch(records: list[UsageRecord], *args: Any, **kwargs: Any) -> Any:
         raise OperationalError("disk full")
 
-    monkeypatch.setattr(UsageRecord.objects, "abulk_create", broken_insert)
+    async def broken_asave(self: UsageRecord, *args: Any, **kwargs: Any) -> None:
+        raise OperationalError("disk full")
+
+    monkeypatch.setattr(UsageRecord.objects, "abulk_create", broken_batch)
+    monkeypatch.setattr(UsageRecord, "asave", broken_asave)
     signalled: list[tuple[UsageRecord, bool]] = []
 
     def receiver(sender: Any, record: UsageRecord, saved: bool, **kwargs: Any) -> None:
