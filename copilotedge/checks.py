@@ -156,7 +156,7 @@ def _valid(read: Callable[[], bool]) -> bool | None:
     """``read()``; ``None`` when the setting cannot even be parsed."""
     try:
         return read()
-    except (InvalidOperation, TypeError, ValueError):
+    except (AttributeError, InvalidOperation, TypeError, ValueError):
         return None
 
 
