@@ -12,13 +12,13 @@ import io
 from collections.abc import AsyncIterator, Iterable, Sequence
 from decimal import Decimal
 from typing import Any
+from urllib.parse import urlencode
 
 from django.contrib.admin import ModelAdmin
 from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.template.response import TemplateResponse
 from django.urls import reverse
-from django.utils import timezone
 
 from . import charts, report
 from .models import UsageRecord
@@ -126,7 +126,9 @@ def report_view(model_admin: ModelAdmin[Any], request: HttpRequest) -> HttpRespo
     choice, period = selected_period(request)
     data = report.build(period, top=TOP)
     rows_url = reverse("admin:copilotedge_usagerecord_export")
-    since = timezone.localtime(period.since).strftime("%Y-%m-%d %H:%M:%S")
+    window = urlencode(
+        {"created_at__gte": period.since.isoformat(), "created_at__lt": period.until.isoformat()}
+    )
     context = {
         **model_admin.admin_site.each_context(request),
         "title": "Usage report",
@@ -141,7 +143,7 @@ def report_view(model_admin: ModelAdmin[Any], request: HttpRequest) -> HttpRespo
             (f"Top {TOP} users", report.BY_USER, data.users),
             (f"Top {TOP} API keys", report.BY_KEY, data.keys),
         ],
-        "rows_export_url": f"{rows_url}?created_at__gte={since}",
+        "rows_export_url": f"{rows_url}?{window}",
         "changelist_url": reverse("admin:copilotedge_usagerecord_changelist"),
     }
     return TemplateResponse(request, "admin/copilotedge/usage_report.html", context)

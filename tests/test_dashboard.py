@@ -181,3 +181,18 @@ def test_the_peak_label_keeps_the_values_kind() -> None:
     assert ">$0.0030<" in charts.column_chart(
         [("a", Decimal("0.003"))], title="cost", fmt=dashboard.usd
     )
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_the_reports_rows_link_exports_the_periods_rows(sample_ledger: SampleLedger) -> None:
+    from asgiref.sync import sync_to_async
+
+    client = AsyncClient()
+    await client.aforce_login(await sync_to_async(staff)("exporter"))
+    page = (await client.get(REPORT, {"period": "24h"})).content.decode()
+    link = re.search(r'id="export-rows" href="([^"]+)"', page)
+    assert link is not None
+    response = await client.get(link[1].replace("&amp;", "&"))
+    assert response.status_code == 200
+    body = b"".join([chunk async for chunk in response.streaming_content]).decode()
+    assert len(list(csv.DictReader(io.StringIO(body)))) == 3  # the last minute's rows
