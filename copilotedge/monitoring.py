@@ -15,8 +15,9 @@ import asyncio
 import hmac
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 from asgiref.sync import sync_to_async
 from django.core.cache import caches
@@ -25,7 +26,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 
 from . import metrics, ratelimit
 from .auth import BEARER
-from .cloudflare import Upstream
+from .breaker import acircuit_states
 from .conf import settings
 from .exceptions import AuthenticationFailed, PermissionDenied
 from .views import api_view
@@ -35,26 +36,23 @@ STATUS_DEGRADED = "degraded"
 STATUS_UNAVAILABLE = "unavailable"
 PROBE_LIVENESS = "liveness"
 
-#: Returns each upstream's circuit state (``metrics.CIRCUIT_*``), e.g. ``{"workers-ai": "open"}``.
-CircuitSource = Callable[[], Awaitable[Mapping[str, str]]]
-_circuit_source: CircuitSource | None = None
+_SEVERITY = {metrics.CIRCUIT_CLOSED: 0, metrics.CIRCUIT_HALF_OPEN: 1, metrics.CIRCUIT_OPEN: 2}
 
 
-def register_circuit_source(source: CircuitSource | None) -> None:
-    """Tell health where circuit states come from (the circuit breaker calls this once)."""
-    global _circuit_source
-    _circuit_source = source
+async def apublic_circuit_states() -> dict[str, str]:
+    """Each upstream's circuit state under a name fit to publish.
 
-
-async def acircuit_states() -> tuple[dict[str, str], bool]:
-    """The circuit state of each upstream, and whether a circuit breaker reported it.
-
-    With no breaker registered, nothing ever stops a request from going upstream: the
-    circuit is closed by construction, and the answer says no breaker exists.
+    An unnamed fallback upstream is named by its base URL, whose path can hold an account
+    id: such names are cut to the host. Upstreams that then share a name report the worst
+    state among them.
     """
-    if _circuit_source is None:
-        return {Upstream.default().name: metrics.CIRCUIT_CLOSED}, False
-    return dict(await _circuit_source()), True
+    states: dict[str, str] = {}
+    for name, state in (await acircuit_states()).items():
+        parts = urlsplit(name)
+        public = (parts.hostname or name) if parts.scheme and parts.netloc else name
+        if _SEVERITY.get(state, 2) >= _SEVERITY.get(states.get(public, ""), -1):
+            states[public] = state
+    return states
 
 
 def _select_one() -> None:
@@ -95,7 +93,7 @@ async def _probe(check: Callable[[], Awaitable[None]]) -> dict[str, Any]:
 
 
 @ratelimit.exempt
-@api_view("GET", "HEAD")
+@api_view("GET")
 async def health(request: HttpRequest) -> HttpResponse:
     """Liveness and readiness as JSON: 200 when ready, 503 when not.
 
@@ -104,7 +102,7 @@ async def health(request: HttpRequest) -> HttpResponse:
     if request.GET.get("probe") == PROBE_LIVENESS:
         return JsonResponse({"status": STATUS_OK, "live": True})
     database, cache = await asyncio.gather(_probe(_database), _probe(_cache))
-    circuits, has_breaker = await acircuit_states()
+    circuits = await apublic_circuit_states()
     cache_required = not settings.RATE_LIMIT_FAIL_OPEN
     ready = database["ok"] and (cache["ok"] or not cache_required)
     open_circuit = any(state != metrics.CIRCUIT_CLOSED for state in circuits.values())
@@ -121,7 +119,7 @@ async def health(request: HttpRequest) -> HttpResponse:
         "checks": {
             "database": database,
             "cache": {**cache, "required": cache_required},
-            "upstream": {"circuit_breaker": has_breaker, "circuits": circuits},
+            "upstream": {"circuits": circuits},
         },
     }
     response = JsonResponse(body, status=200 if ready else 503)
@@ -148,5 +146,8 @@ async def _authorize_metrics(request: HttpRequest) -> None:
 async def metrics_view(request: HttpRequest) -> HttpResponse:
     """Prometheus text; for staff sessions or ``Authorization: Bearer <METRICS_TOKEN>``."""
     await _authorize_metrics(request)
+    # The breakers' state lives in the (shared) cache: read it now, not at the last transition.
+    for upstream, state in (await apublic_circuit_states()).items():
+        metrics.set_circuit_state(upstream, state)
     body = await sync_to_async(metrics.exposition, thread_sensitive=False)()
     return HttpResponse(body, content_type=metrics.CONTENT_TYPE)

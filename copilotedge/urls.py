@@ -12,6 +12,7 @@ urlpatterns = [
     path("v1/chat/completions", views.chat_completions, name="chat-completions"),
     path("v1/models", views.models, name="models"),
     path("ai/run/<path:model>", views.ai_run, name="ai-run"),
+    path("openapi.json", views.openapi_description, name="openapi"),
     path("health", monitoring.health, name="health"),
     path("metrics", monitoring.metrics_view, name="metrics"),
 ]

@@ -100,7 +100,9 @@ def count_tokens(turn: Turn) -> TokenCount:
         )
     calls = [(call.name, call.arguments) for call in answer.tool_calls.values()]
     completion = estimate_completion_tokens(answer.text, calls)
-    charged = turn.attempts > 0 and (turn.outcome != UsageRecord.Outcome.ERROR or completion)
+    # A cache hit is charged like the call it stands for, so its saving is what that cost.
+    reached = turn.attempts > 0 or turn.cache_hit
+    charged = reached and (turn.outcome != UsageRecord.Outcome.ERROR or completion)
     prompt = estimate_prompt_tokens(turn.messages, turn.request.params) if charged else 0
     return TokenCount(prompt, completion, "estimated", upstream.neurons if upstream else None)
 
@@ -167,7 +169,7 @@ def build_record(turn: Turn) -> UsageRecord:
     """The turn's record, built in memory (no I/O)."""
     tokens = count_tokens(turn)
     cost = cost_of(turn.model_served, tokens.prompt, tokens.completion, tokens.neurons)
-    cache_hit = turn.cache_status == metrics.CACHE_HIT
+    cache_hit = turn.cache_hit
     started, first = turn.started, turn.first_token_at
     principal = turn.principal
     return UsageRecord(
@@ -312,7 +314,9 @@ def record_turn(turn: Turn) -> UsageRecord:
     """
     record = build_record(turn)
     upstream_error = turn.error.code if isinstance(turn.error, UpstreamError) else None
-    metrics.observe_record(record, cache_status=turn.cache_status, upstream_error=upstream_error)
+    metrics.observe_record(
+        record, cache_status=turn.cache_status.lower(), upstream_error=upstream_error
+    )
     loop = asyncio.get_running_loop()
     writer = _writers.get(loop)
     if writer is None:

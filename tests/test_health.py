@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator, Mapping
 
 import pytest
 from django.db.utils import OperationalError
 from django.test import AsyncClient, override_settings
 
 from copilotedge import monitoring
+from copilotedge.breaker import CircuitBreaker
+from copilotedge.conf import settings
 
 URL = "/copilotedge/health"
 BROKEN_CACHE = {
@@ -25,12 +26,6 @@ BROKEN_CACHE = {
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-@pytest.fixture(autouse=True)
-def no_circuit_source() -> Iterator[None]:
-    yield
-    monitoring.register_circuit_source(None)
-
-
 async def test_ready_when_the_database_and_cache_answer() -> None:
     response = await AsyncClient().get(URL)
     assert response.status_code == 200
@@ -40,8 +35,7 @@ async def test_ready_when_the_database_and_cache_answer() -> None:
     checks = body["checks"]
     assert checks["database"]["ok"] is True and checks["database"]["ms"] >= 0
     assert checks["cache"]["ok"] is True and checks["cache"]["required"] is False
-    # No breaker exists: nothing stops requests going upstream, the circuit is closed.
-    assert checks["upstream"] == {"circuit_breaker": False, "circuits": {"workers-ai": "closed"}}
+    assert checks["upstream"] == {"circuits": {"workers-ai": "closed"}}
     assert "x-ratelimit-limit-requests" not in response  # load balancers are never limited
 
 
@@ -100,19 +94,25 @@ async def test_a_broken_cache_is_unready_when_rate_limits_fail_closed() -> None:
     }
 
 
-async def test_an_open_circuit_is_reported_by_the_breaker_and_degrades() -> None:
-    async def states() -> Mapping[str, str]:
-        return {"workers-ai": "open", "gateway": "closed"}
+GATEWAY = "https://gateway.example/v1/acct-1234secret/edge/openai"
 
-    monitoring.register_circuit_source(states)
+
+@override_settings(
+    COPILOTEDGE_FALLBACKS={"@cf/meta/llama-3.1-8b-instruct": [{"model": "m", "base_url": GATEWAY}]}
+)
+async def test_an_open_circuit_is_reported_and_degrades() -> None:
+    breaker = CircuitBreaker("workers-ai")
+    for _ in range(settings.CIRCUIT_FAILURE_THRESHOLD):
+        await breaker.afailure(probe=False)
     response = await AsyncClient().get(URL)
     assert response.status_code == 200  # every process shares the upstream: stay in rotation
     body = response.json()
     assert body["status"] == "degraded"
+    # A fallback named by its URL is shown by host only: the path holds an account id.
     assert body["checks"]["upstream"] == {
-        "circuit_breaker": True,
-        "circuits": {"workers-ai": "open", "gateway": "closed"},
+        "circuits": {"workers-ai": "open", "gateway.example": "closed"}
     }
+    assert "acct-1234secret" not in response.content.decode()
 
 
 async def test_liveness_probe_skips_dependencies(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -125,6 +125,6 @@ async def test_liveness_probe_skips_dependencies(monkeypatch: pytest.MonkeyPatch
     assert response.json() == {"status": "ok", "live": True}
 
 
-async def test_only_get_and_head() -> None:
-    assert (await AsyncClient().post(URL)).status_code == 405
-    assert (await AsyncClient().head(URL)).status_code == 200
+async def test_only_get() -> None:
+    response = await AsyncClient().post(URL)
+    assert response.status_code == 405 and response["Allow"] == "GET"

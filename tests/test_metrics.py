@@ -16,6 +16,8 @@ from django.test import AsyncClient, Client, override_settings
 from prometheus_client import REGISTRY
 
 from copilotedge import metrics
+from copilotedge.breaker import CircuitBreaker
+from copilotedge.conf import settings
 from copilotedge.models import UsageRecord
 
 from .conftest import OPENAI_URL, UpstreamBody, openai_chunk, respond_with, sse_chunks
@@ -118,6 +120,18 @@ def test_a_usage_record_updates_every_request_metric() -> None:
     )
 
 
+@override_settings(COPILOTEDGE_METRICS_TOKEN=TOKEN)
+async def test_a_scrape_reports_the_breakers_current_state() -> None:
+    breaker = CircuitBreaker("workers-ai")
+    for _ in range(settings.CIRCUIT_FAILURE_THRESHOLD):
+        await breaker.afailure(probe=False)
+    scrape = await AsyncClient().get(URL, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert 'copilotedge_circuit_state{upstream="workers-ai"} 2.0' in scrape.content.decode()
+    breaker.reset()
+    scrape = await AsyncClient().get(URL, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert 'copilotedge_circuit_state{upstream="workers-ai"} 0.0' in scrape.content.decode()
+
+
 def test_streams_rejections_and_circuit_state() -> None:
     before = sample("copilotedge_open_streams", protocol="agui")
     with metrics.track_stream("agui"):
@@ -204,7 +218,13 @@ def test_multi_process_servers_report_the_sum_of_every_process(
 ) -> None:
     """Two daphne processes share PROMETHEUS_MULTIPROC_DIR; either one's scrape counts both."""
     unreachable = f"http://127.0.0.1:{free_port()}/client/v4"  # nothing listens there
-    overrides = {"COPILOTEDGE_API_BASE_URL": unreachable, "COPILOTEDGE_METRICS_TOKEN": TOKEN}
+    overrides = {
+        "COPILOTEDGE_API_BASE_URL": unreachable,
+        "COPILOTEDGE_METRICS_TOKEN": TOKEN,
+        # One attempt each and no breaker in the way: one error row per request.
+        "COPILOTEDGE_RETRY_ATTEMPTS": 1,
+        "COPILOTEDGE_CIRCUIT_FAILURE_THRESHOLD": 100,
+    }
     env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
     body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
     with DaphneServer(overrides, env=env) as first, DaphneServer(overrides, env=env) as second:

@@ -16,7 +16,7 @@ from django.core.asgi import get_asgi_application
 from django.db.utils import OperationalError
 from django.test import AsyncClient, override_settings
 
-from copilotedge import metrics, tokens, usage
+from copilotedge import cache, tokens, usage
 from copilotedge.auth import Principal
 from copilotedge.chat import ChatRequest, Turn
 from copilotedge.cloudflare import Delta, Usage
@@ -111,7 +111,7 @@ def test_unknown_model_is_never_free(caplog: pytest.LogCaptureFixture) -> None:
 async def test_a_cache_hit_records_the_cost_it_saved(user: Any) -> None:
     turn = Turn(ChatRequest(MODEL, MESSAGES), Principal(user=user), protocol="openai")
     turn.attempts = 0  # served from the cache: nothing went upstream
-    turn.cache_status = metrics.CACHE_HIT
+    turn.cache_status, turn.cache_hit = cache.HIT, True
     turn.answer.add(Delta(text="Hello", usage=Usage(100, 50, 150)))
     record = usage.build_record(turn)
     assert record.cache_hit is True
@@ -264,10 +264,11 @@ async def test_no_upstream_usage_is_estimated_and_the_client_sees_the_same_count
 async def test_upstream_failure_before_the_first_byte(
     upstream: respx.MockRouter, auth: dict[str, str], usage_row: Any
 ) -> None:
+    # The daily quota (3036): not retried, so one attempt.
     upstream.post(OPENAI_URL).respond(
-        429, json={"success": False, "errors": [{"code": 3040, "message": "Capacity"}]}
+        429, json={"success": False, "errors": [{"code": 3036, "message": "Quota"}]}
     )
-    before = metric("copilotedge_upstream_errors_total", code="upstream_capacity")
+    before = metric("copilotedge_upstream_errors_total", code="upstream_quota_exceeded")
     response = await AsyncClient().post(
         "/copilotedge/v1/chat/completions",
         chat_body(stream=True),
@@ -275,19 +276,20 @@ async def test_upstream_failure_before_the_first_byte(
         headers=auth,
     )
     assert response.status_code == 429
-    assert response.json()["error"]["code"] == "upstream_capacity"
+    assert response.json()["error"]["code"] == "upstream_quota_exceeded"
     # Upstream refused: nothing was processed, nothing is billed.
     await usage_row(
         outcome="error",
         status_code=429,
-        error_code="upstream_capacity",
+        error_code="upstream_quota_exceeded",
         prompt_tokens=0,
         completion_tokens=0,
         cost=Decimal(0),
         ttft_ms=None,
         attempts=1,
     )
-    assert metric("copilotedge_upstream_errors_total", code="upstream_capacity") == before + 1
+    after = metric("copilotedge_upstream_errors_total", code="upstream_quota_exceeded")
+    assert after == before + 1
 
 
 async def test_upstream_failure_mid_stream_counts_the_partial_answer(
