@@ -243,6 +243,11 @@ class Settings:
         return int(_get("COPILOTEDGE_CIRCUIT_FAILURE_THRESHOLD", 5))
 
     @property
+    def CIRCUIT_FAILURE_RATIO(self) -> float:
+        """The share of calls in the window that must fail (besides the threshold) to open."""
+        return float(_get("COPILOTEDGE_CIRCUIT_FAILURE_RATIO", 0.5))
+
+    @property
     def CIRCUIT_FAILURE_WINDOW(self) -> float:
         return float(_get("COPILOTEDGE_CIRCUIT_FAILURE_WINDOW", 30.0))
 
