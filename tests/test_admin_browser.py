@@ -26,11 +26,12 @@ CHROMIUM_ARGS = [
 ]
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 REPORT = "/admin/copilotedge/usagereport/"
-# The admin needs its CSS and JavaScript with DEBUG off: WhiteNoise serves them straight
-# from the apps' static directories (no collectstatic) in this test's server only.
+# The admin needs its CSS and JavaScript with DEBUG off: servestatic (as in the demo)
+# serves them straight from the apps' static directories, in this test's server only.
 STATIC_OVERRIDES = {
-    "MIDDLEWARE": ["whitenoise.middleware.WhiteNoiseMiddleware", *settings.MIDDLEWARE],
-    "WHITENOISE_USE_FINDERS": True,
+    "MIDDLEWARE": ["servestatic.middleware.ServeStaticMiddleware", *settings.MIDDLEWARE],
+    "SERVESTATIC_USE_FINDERS": True,
+    "SERVESTATIC_AUTOREFRESH": False,
 }
 
 pytestmark = [
