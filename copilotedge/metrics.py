@@ -12,6 +12,8 @@ every process's files. Gauges say how they aggregate (``livesum`` for open strea
 
 from __future__ import annotations
 
+import asyncio
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -98,6 +100,11 @@ OPEN_STREAMS = Gauge(
     ["protocol"],
     multiprocess_mode="livesum",
 )
+LOOP_LAG = Histogram(
+    "copilotedge_event_loop_lag_seconds",
+    "How late the event loop wakes a 100 ms timer: time nothing else could run.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
 CIRCUIT = Gauge(
     "copilotedge_circuit_state",
     "Upstream circuit breaker state: 0 closed, 1 half-open, 2 open.",
@@ -129,9 +136,37 @@ def observe_record(
         UPSTREAM_ERRORS.labels(upstream_error).inc()
 
 
+_LAG_INTERVAL = 0.1
+_monitored: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
+_monitors: set[asyncio.Task[None]] = set()
+
+
+async def _watch_loop_lag() -> None:
+    loop = asyncio.get_running_loop()
+    while True:
+        started = loop.time()
+        await asyncio.sleep(_LAG_INTERVAL)
+        LOOP_LAG.observe(max(0.0, loop.time() - started - _LAG_INTERVAL))
+
+
+def watch_loop_lag() -> None:
+    """Measure this event loop's lag from now on (once per loop; started by the first stream)."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # a synchronous caller: no loop to watch
+        return
+    if loop in _monitored:
+        return
+    _monitored.add(loop)
+    task = loop.create_task(_watch_loop_lag(), name="copilotedge-loop-lag")
+    _monitors.add(task)
+    task.add_done_callback(_monitors.discard)
+
+
 @contextmanager
 def track_stream(protocol: str) -> Iterator[None]:
     """Count an answer as open while the block runs."""
+    watch_loop_lag()
     gauge = OPEN_STREAMS.labels(protocol)
     gauge.inc()
     try:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+import time
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -170,6 +172,18 @@ async def test_a_stream_is_open_while_it_is_being_served(
     async for _ in chunks:
         pass
     assert sample("copilotedge_open_streams", protocol="openai") == before
+
+
+async def test_the_event_loop_lag_is_measured_once_streams_run() -> None:
+    before = sample("copilotedge_event_loop_lag_seconds_count")
+    with metrics.track_stream("openai"):
+        await asyncio.sleep(0)  # the monitor starts its first 100 ms timer
+        time.sleep(0.15)  # hold the loop: that timer fires at least 50 ms late
+        await asyncio.sleep(0.35)
+    count = sample("copilotedge_event_loop_lag_seconds_count")
+    assert count >= before + 2
+    # The blocked wake-up was later than 25 ms.
+    assert sample("copilotedge_event_loop_lag_seconds_bucket", le="0.025") < count
 
 
 @pytest.mark.django_db(transaction=True)
