@@ -218,21 +218,37 @@ class CircuitBreaker:
             "The model provider is recovering; try again shortly.", retry_after=1.0
         )
 
+    def _window_key(self, part: str) -> str:
+        # Both counters of a window share its number, so they start and expire together.
+        window = settings.CIRCUIT_FAILURE_WINDOW
+        return self._key(f"{part}:{int(time.time() // window)}")
+
     async def asuccess(self, probe: bool) -> None:
+        if not probe:
+            window = settings.CIRCUIT_FAILURE_WINDOW
+            await _run(self._store.incr, self._window_key("calls"), window)
+            return
         if probe:
             await _run(
                 self._store.delete,
                 self._key("open_until"),
-                self._key("failures"),
+                self._window_key("failures"),
+                self._window_key("calls"),
                 self._key("probe"),
             )
             logger.warning("Circuit %s closed: the upstream answered again.", self.name)
 
     async def afailure(self, probe: bool) -> None:
         if not probe:
+            # Open on a failure rate, not a count: at hundreds of requests a second a
+            # handful of failed answers is noise, not an outage.
             window = settings.CIRCUIT_FAILURE_WINDOW
-            failures = await _run(self._store.incr, self._key("failures"), window)
-            if failures < settings.CIRCUIT_FAILURE_THRESHOLD:
+            failures = await _run(self._store.incr, self._window_key("failures"), window)
+            calls = await _run(self._store.incr, self._window_key("calls"), window)
+            if (
+                failures < settings.CIRCUIT_FAILURE_THRESHOLD
+                or failures < settings.CIRCUIT_FAILURE_RATIO * calls
+            ):
                 return
         await self._open()
         if probe:
@@ -245,14 +261,19 @@ class CircuitBreaker:
 
     def reset(self) -> None:
         """Close the circuit and forget its failures (operators, tests)."""
-        self._store.delete(self._key("open_until"), self._key("failures"), self._key("probe"))
+        self._store.delete(
+            self._key("open_until"),
+            self._window_key("failures"),
+            self._window_key("calls"),
+            self._key("probe"),
+        )
 
     async def _open(self) -> None:
         cooldown = settings.CIRCUIT_COOLDOWN
         # The key outlives the cool-down so that "past it" reads as half-open, not closed.
         ttl = max(600.0, 10 * cooldown)
         await _run(self._store.set, self._key("open_until"), time.time() + cooldown, ttl)
-        await _run(self._store.delete, self._key("failures"))
+        await _run(self._store.delete, self._window_key("failures"), self._window_key("calls"))
         logger.warning("Circuit %s opened for %.0f s.", self.name, cooldown)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from . import conversation_views, views
+from . import conversation_views, monitoring, views
 
 app_name = "copilotedge"
 
@@ -21,4 +21,6 @@ urlpatterns = [
     ),
     path("preferences/", conversation_views.preferences, name="preferences"),
     path("openapi.json", views.openapi_description, name="openapi"),
+    path("health", monitoring.health, name="health"),
+    path("metrics", monitoring.metrics_view, name="metrics"),
 ]

@@ -195,3 +195,17 @@ async def test_a_dead_shared_cache_falls_back_to_memory(settings: Any) -> None:
     assert getattr(refused.value, "status_code", None) == 503
     circuit.reset()
     assert circuit.state() == breaker.CLOSED
+
+
+async def test_a_few_failures_among_many_answers_do_not_open_the_circuit() -> None:
+    circuit = breaker.CircuitBreaker("ratio-test")
+    for _ in range(40):
+        await circuit.asuccess(await circuit.abefore_call())
+    for _ in range(10):  # 10 of 50 failed: 20%, under the default 50%
+        await circuit.afailure(await circuit.abefore_call())
+    assert await circuit.astate() == "closed"
+    for _ in range(40):  # now 50 of 90 failed
+        await circuit.afailure(await circuit.abefore_call())
+        if await circuit.astate() == "open":
+            break
+    assert await circuit.astate() == "open"
