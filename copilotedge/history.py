@@ -30,8 +30,9 @@ from django.utils import timezone
 from . import exceptions
 from .conf import settings
 from .models import Conversation, Message, Preference
+from .tokens import estimate_message_tokens
 from .transcript import Transcript, active, spawn, storable
-from .usage import estimate_prompt_tokens, estimate_tokens
+from .usage import count_tokens
 
 if TYPE_CHECKING:
     from .auth import Principal
@@ -50,7 +51,7 @@ _STORE_ATTEMPTS = 3
 
 
 def message_tokens(message: dict[str, Any]) -> int:
-    return estimate_prompt_tokens([message])
+    return estimate_message_tokens(message)
 
 
 def fit_history(
@@ -353,12 +354,7 @@ async def asaved(turn: Turn) -> None:
 async def _afinish(turn: Turn, transcript: Transcript) -> None:
     answer = turn.answer
     status = _STATUS_OF_OUTCOME.get(turn.outcome, Message.Status.ERROR)
-    upstream = answer.usage
-    if upstream is not None and (upstream.prompt_tokens or upstream.completion_tokens):
-        prompt, completion = upstream.prompt_tokens, upstream.completion_tokens
-    else:
-        prompt = estimate_prompt_tokens(turn.messages) if turn.attempts else 0
-        completion = estimate_tokens(answer.text)
+    counted = count_tokens(turn)  # the ledger's own counts, upstream's or estimated
     tool_calls = _storable_json([call.as_openai() for call in answer.tool_calls.values()] or None)
     finish_reason = answer.final_finish_reason() if status == Message.Status.COMPLETE else ""
     try:
@@ -367,8 +363,8 @@ async def _afinish(turn: Turn, transcript: Transcript) -> None:
                 "status": status,
                 "finish_reason": finish_reason or answer.finish_reason or "",
                 "tool_calls": tool_calls,
-                "prompt_tokens": prompt,
-                "completion_tokens": completion,
+                "prompt_tokens": counted.prompt,
+                "completion_tokens": counted.completion,
             }
         )
     except Exception:

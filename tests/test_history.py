@@ -14,7 +14,7 @@ from copilotedge import transcript, usage
 from copilotedge.auth import Principal
 from copilotedge.chat import ChatRequest, Turn
 from copilotedge.exceptions import NotFound
-from copilotedge.history import derive_title, fit_history, split_new
+from copilotedge.history import derive_title, fit_history, message_tokens, split_new
 from copilotedge.models import Conversation, Message, Preference, UsageRecord
 
 from .conftest import OPENAI_URL, WordStream, stream_response
@@ -39,13 +39,15 @@ def test_history_drops_oldest_turns_first_and_keeps_system_messages():
 
 
 def test_history_token_budget_drops_oldest_and_always_keeps_the_new_turn():
-    long = "x" * 400  # about 100 tokens each
+    long = "x" * 400
     history = [msg("user", long), msg("assistant", long), msg("user", long), msg("assistant", "ok")]
     new = [msg("user", long * 3)]
+    cost = message_tokens(new[0])
     # The new turn alone is over budget: it is still sent, without any history.
-    assert fit_history(history + new, keep_last=1, max_messages=100, max_tokens=50) == new
-    # Room for the new turn (~304), "ok" (~5) and one long message (~104), not two.
-    sent = fit_history(history + new, keep_last=1, max_messages=100, max_tokens=420)
+    assert fit_history(history + new, keep_last=1, max_messages=100, max_tokens=cost - 1) == new
+    # Room for the new turn, "ok" and one long message, not two.
+    budget = cost + message_tokens(history[3]) + message_tokens(history[2]) + 1
+    sent = fit_history(history + new, keep_last=1, max_messages=100, max_tokens=budget)
     assert sent == [msg("user", long), msg("assistant", "ok"), *new]
 
 
