@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from . import views
+from . import copilotkit_views, views
 
 app_name = "copilotedge"
 
@@ -12,4 +12,18 @@ urlpatterns = [
     path("v1/chat/completions", views.chat_completions, name="chat-completions"),
     path("v1/models", views.models, name="models"),
     path("ai/run/<path:model>", views.ai_run, name="ai-run"),
+    # CopilotKit: the AG-UI routes, and the single route (AG-UI envelope or legacy GraphQL).
+    path("copilotkit", copilotkit_views.single_route, name="copilotkit"),
+    path("copilotkit/info", copilotkit_views.info, name="copilotkit-info"),
+    path("copilotkit/agent/<str:agent_id>/run", copilotkit_views.agent_run, name="copilotkit-run"),
+    path(
+        "copilotkit/agent/<str:agent_id>/connect",
+        copilotkit_views.agent_connect,
+        name="copilotkit-connect",
+    ),
+    path(
+        "copilotkit/agent/<str:agent_id>/stop/<str:thread_id>",
+        copilotkit_views.agent_stop,
+        name="copilotkit-stop",
+    ),
 ]
