@@ -27,7 +27,11 @@ RESPONSE_FIELDS = """
       }
       messages {
         __typename
-        ... on BaseMessageOutput { id createdAt status { ... on SuccessMessageStatus { code } ... on FailedMessageStatus { code reason } } }
+        ... on BaseMessageOutput {
+          id
+          createdAt
+          status { ... on SuccessMessageStatus { code } ... on FailedMessageStatus { code reason } }
+        }
         ... on TextMessageOutput { content role parentMessageId }
         ... on ActionExecutionMessageOutput { name arguments parentMessageId }
       }
@@ -307,9 +311,7 @@ async def test_available_agents(auth):
     agents = {"default": {"name": "Helper", "description": "Helps."}}
     with override_settings(COPILOTEDGE_AGENTS=agents):
         response = await post(
-            {
-                "query": "query availableAgents { availableAgents { agents { name id description } } }"
-            },
+            {"query": "query { availableAgents { agents { name id description } } }"},
             auth,
         )
     assert response.json() == {
