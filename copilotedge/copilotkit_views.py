@@ -44,6 +44,8 @@ def runtime_info() -> dict[str, Any]:
         "version": RUNTIME_VERSION,
         "agents": {agent_id: agent.info() for agent_id, agent in all_agents().items()},
         "audioFileTranscriptionEnabled": False,
+        # Asks CopilotKit's browser code not to send telemetry to CopilotKit's servers.
+        "telemetryDisabled": True,
     }
 
 
