@@ -14,6 +14,7 @@ only when it has seen the delimiter after it.
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
@@ -56,12 +57,14 @@ class PathFormat:
             self._paths[pending["id"]] = list(pending["path"])
 
     def initial(self, payload: dict[str, Any]) -> dict[str, Any]:
-        self.data = payload.get("data")
+        self.data = copy.deepcopy(payload.get("data"))
         self._register(payload)
         result = {key: value for key, value in payload.items() if key != "pending"}
         return result
 
     def _apply(self, path: list[str | int], *, data: Any = None, items: Any = None) -> None:
+        # The merged copy must not share objects with payloads already handed out.
+        data, items = copy.deepcopy(data), copy.deepcopy(items)
         parent = _walk(self.data, path[:-1]) if path else None
         key = path[-1] if path else None
         if items is not None and isinstance(parent, list) and isinstance(key, int):

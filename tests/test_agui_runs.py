@@ -1,0 +1,57 @@
+"""The registry of running AG-UI runs and stops published across processes."""
+
+from __future__ import annotations
+
+import asyncio
+
+from channels.layers import get_channel_layer
+
+from copilotedge import agui_runs
+
+
+async def test_a_stop_reaches_only_the_owners_runs_of_that_thread():
+    async with (
+        agui_runs.running("t1", "r1", "key:1") as mine,
+        agui_runs.running("t1", "r2", "key:2") as theirs,
+        agui_runs.running("t2", "r3", "key:1") as other_thread,
+    ):
+        assert agui_runs.stop_local("t1", "key:1") == 1
+        assert mine.stopped.is_set()
+        assert not theirs.stopped.is_set() and not other_thread.stopped.is_set()
+        assert agui_runs.stop_local("t1", "key:2", run_id="nope") == 0
+        assert agui_runs.stop_local("t1", "key:2", run_id="r2") == 1
+    assert agui_runs.stop_local("t1", "key:1") == 0  # unregistered once it ended
+    assert "t1" not in agui_runs._running
+
+
+async def test_a_stop_published_by_another_process_stops_the_run():
+    layer = get_channel_layer()
+    async with agui_runs.running("thread/with spaces", "r1", "user:7") as run:
+        await asyncio.sleep(0.05)  # the listener subscribes in the background
+        # What agent/stop in another process publishes (it has no local run to set).
+        message = {
+            "type": agui_runs.STOP_MESSAGE,
+            "thread_id": "thread/with spaces",
+            "owner": "user:8",
+            "run_id": None,
+        }
+        await layer.group_send(agui_runs.stop_group("thread/with spaces"), message)
+        await asyncio.sleep(0.1)
+        assert not run.stopped.is_set()  # someone else's stop
+        await layer.group_send(
+            agui_runs.stop_group("thread/with spaces"), {**message, "owner": "user:7"}
+        )
+        await asyncio.wait_for(run.stopped.wait(), timeout=5)
+
+
+async def test_astop_publishes_and_counts_local_runs():
+    async with agui_runs.running("t9", "r9", "key:9") as run:
+        assert await agui_runs.astop("t9", "key:9") == 1
+        assert run.stopped.is_set()
+    assert await agui_runs.astop("t9", "key:9") == 0
+
+
+def test_group_names_are_valid_for_channel_layers():
+    name = agui_runs.stop_group("ü" * 500)
+    assert len(name) < 100
+    assert all(c.isalnum() or c in "._-" for c in name)
