@@ -67,7 +67,7 @@ def daphne_args(port: int) -> list[str]:
 def site_env(emulator_port: int, database_url: str, redis_url: str = "") -> dict[str, str]:
     env = {
         **os.environ,
-        "DJANGO_SETTINGS_MODULE": "project.settings",
+        "DJANGO_SETTINGS_MODULE": os.environ.get("BENCH_SETTINGS", "project.settings"),
         "DJANGO_DEBUG": "false",
         "DJANGO_SECRET_KEY": "bench-only",
         "DATABASE_URL": database_url,

@@ -10,6 +10,12 @@ class CopilotEdgeConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        from django.db.models.signals import post_delete, post_save
+
+        from .auth import forget_key
         from .checks import check_settings
+        from .models import ApiKey
 
         checks.register(check_settings)
+        post_save.connect(forget_key, sender=ApiKey, dispatch_uid="copilotedge-forget-key")
+        post_delete.connect(forget_key, sender=ApiKey, dispatch_uid="copilotedge-forget-key-del")

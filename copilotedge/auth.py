@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,12 +47,38 @@ def client_ip(request: HttpRequest) -> str:
     return str(request.META.get("REMOTE_ADDR") or "")
 
 
+# hash -> (key, monotonic expiry). Keys are looked up on every request; caching them for
+# a few seconds keeps the database off the hot path. A change made in this process
+# (revoking in the admin) clears the entry at once, other processes within the TTL.
+_key_cache: dict[str, tuple[ApiKey, float]] = {}
+_KEY_CACHE_MAX = 10_000
+
+
+def forget_key(sender: Any, instance: ApiKey, **kwargs: Any) -> None:
+    """Signal receiver: drop a saved or deleted key from this process's cache."""
+    _key_cache.pop(instance.hashed_key, None)
+
+
+async def _alookup(hashed: str) -> ApiKey | None:
+    ttl = settings.API_KEY_CACHE_SECONDS
+    now = time.monotonic()
+    cached = _key_cache.get(hashed)
+    if cached is not None and cached[1] > now:
+        return cached[0]
+    key = await ApiKey.objects.select_related("user").filter(hashed_key=hashed).afirst()
+    if key is not None and ttl > 0:
+        if len(_key_cache) >= _KEY_CACHE_MAX:
+            _key_cache.clear()
+        _key_cache[hashed] = (key, now + ttl)
+    return key
+
+
 async def akey_for_token(token: str) -> ApiKey:
     """The active key for a raw ``ce_…`` token, or :class:`AuthenticationFailed`."""
     if not token.startswith(KEY_PREFIX):
         raise exceptions.AuthenticationFailed("Invalid API key.")
     hashed = hash_key(token)
-    key = await ApiKey.objects.select_related("user").filter(hashed_key=hashed).afirst()
+    key = await _alookup(hashed)
     # The lookup is by hash; compare again in constant time so timing says nothing.
     if key is None or not hmac.compare_digest(key.hashed_key, hashed):
         raise exceptions.AuthenticationFailed("Invalid API key.")

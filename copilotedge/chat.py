@@ -139,18 +139,25 @@ class Turn:
             raise
 
     async def deltas(self) -> AsyncIterator[Delta]:
+        async for batch in self.batches():
+            for delta in batch:
+                yield delta
+
+    async def batches(self) -> AsyncIterator[list[Delta]]:
+        """The deltas of each upstream read together (faces write each batch at once)."""
         if self._stream is None:
             await self.open()
         assert self._stream is not None
         on_chunk = _chunk_callback()
         try:
-            async for delta in self._stream:
+            async for batch in self._stream.batches():
                 if self.first_token_at is None:
                     self.first_token_at = time.monotonic()
-                self.answer.add(delta)
-                if delta.text and on_chunk is not None:
-                    await self._call(on_chunk, delta.text)
-                yield delta
+                for delta in batch:
+                    self.answer.add(delta)
+                    if delta.text and on_chunk is not None:
+                        await self._call(on_chunk, delta.text)
+                yield batch
         except BaseException as error:
             self._fail(error)
             raise

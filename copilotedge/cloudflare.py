@@ -254,7 +254,11 @@ def parse_payload(payload: Any) -> Delta:
 
 
 class UpstreamStream:
-    """An open upstream event stream. Iterate for deltas; ``aclose`` hangs up at once."""
+    """An open upstream event stream; ``aclose`` hangs up at once.
+
+    ``batches()`` yields the deltas of each network read together, so a face can send
+    them to its client in one write; iterating the stream itself yields single deltas.
+    """
 
     def __init__(self, response: httpx.Response, deadline: float) -> None:
         self._response = response
@@ -262,23 +266,26 @@ class UpstreamStream:
         self.closed = False
 
     async def __aiter__(self) -> AsyncIterator[Delta]:
+        async for batch in self.batches():
+            for delta in batch:
+                yield delta
+
+    async def batches(self) -> AsyncIterator[list[Delta]]:
         parser = sse.SSEParser()
         finished = False
         try:
-            async for chunk in self._response.aiter_bytes():
+            chunks = self._response.aiter_bytes()
+            async for chunk in chunks:
+                batch = []
                 for event in parser.feed(chunk):
                     if event.data == sse.DONE:
                         finished = True
                         break
-                    try:
-                        payload = json.loads(event.data)
-                    except ValueError:
-                        raise exceptions.UpstreamError(
-                            "The model provider sent a malformed stream frame.",
-                            code="upstream_malformed",
-                        ) from None
-                    yield parse_payload(payload)
+                    batch.append(parse_payload(_load_frame(event.data)))
+                if batch:
+                    yield batch
                 if finished:
+                    await self._drain(chunks)
                     break
                 if time.monotonic() > self._deadline:
                     raise exceptions.UpstreamTimeout("The answer took longer than allowed.")
@@ -295,10 +302,29 @@ class UpstreamStream:
                 "The model provider ended the answer early.", code="upstream_incomplete"
             )
 
+    async def _drain(self, chunks: AsyncIterator[bytes]) -> None:
+        # Reading the body to its end after [DONE] hands the connection back to the
+        # pool; closing it half-read would cost a new connection per request.
+        try:
+            async with asyncio.timeout(1.0):
+                async for _ in chunks:
+                    pass
+        except TimeoutError:
+            pass
+
     async def aclose(self) -> None:
         if not self.closed:
             self.closed = True
             await self._response.aclose()
+
+
+def _load_frame(data: str) -> Any:
+    try:
+        return json.loads(data)
+    except ValueError:
+        raise exceptions.UpstreamError(
+            "The model provider sent a malformed stream frame.", code="upstream_malformed"
+        ) from None
 
 
 async def _send(

@@ -141,6 +141,11 @@ class Settings:
         return bool(_get("COPILOTEDGE_ALLOW_ANONYMOUS", False))
 
     @property
+    def API_KEY_CACHE_SECONDS(self) -> float:
+        """How long a process may reuse a looked-up key (a revocation elsewhere waits this long)."""
+        return float(_get("COPILOTEDGE_API_KEY_CACHE_SECONDS", 5.0))
+
+    @property
     def TRUST_X_FORWARDED_FOR(self) -> bool:
         """Believe ``X-Forwarded-For`` (only behind a proxy that sets it)."""
         return bool(_get("COPILOTEDGE_TRUST_X_FORWARDED_FOR", False))

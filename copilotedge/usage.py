@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import math
 import time
+import weakref
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from asgiref.sync import sync_to_async
+from django.db import close_old_connections
 from django.dispatch import Signal
 
 from .conf import settings
@@ -23,8 +27,9 @@ logger = logging.getLogger(__name__)
 usage_recorded = Signal()
 
 _MILLION = Decimal(1_000_000)
-_pending: set[asyncio.Task[None]] = set()
 _WRITE_ATTEMPTS = 3
+_FLUSH_SECONDS = 0.05
+_BATCH_SIZE = 500
 
 
 def estimate_tokens(text: str) -> int:
@@ -83,18 +88,25 @@ def build_record(turn: Turn) -> UsageRecord:
     )
 
 
-async def asave(record: UsageRecord) -> None:
-    """Save with a few retries; a record that cannot be saved is logged whole, never raised."""
+async def asave_batch(records: list[UsageRecord]) -> None:
+    """Insert records in one statement, with a few retries; never raises.
+
+    Records that cannot be saved are logged whole, so the spend can be rebuilt.
+    """
     for attempt in range(1, _WRITE_ATTEMPTS + 1):
         try:
-            await record.asave(force_insert=True)
+            await UsageRecord.objects.abulk_create(records)
         except Exception:
+            # A broken connection must not poison the retry.
+            await sync_to_async(close_old_connections)()
             if attempt == _WRITE_ATTEMPTS:
-                logger.exception("Could not save usage record %s", _describe(record))
+                for record in records:
+                    logger.exception("Could not save usage record %s", _describe(record))
                 return
             await asyncio.sleep(0.05 * 2**attempt)
         else:
-            await usage_recorded.asend(sender=UsageRecord, record=record)
+            for record in records:
+                await usage_recorded.asend(sender=UsageRecord, record=record)
             return
 
 
@@ -102,16 +114,49 @@ def _describe(record: UsageRecord) -> dict[str, Any]:
     return {f.attname: getattr(record, f.attname) for f in UsageRecord._meta.concrete_fields}
 
 
+class _Writer:
+    """Collects one event loop's records and inserts them in batches from one task.
+
+    Batching turns a write per request into a write per ``_FLUSH_SECONDS``, which is
+    what keeps the ledger off the streams' critical path under load.
+    """
+
+    def __init__(self) -> None:
+        self.queue: list[UsageRecord] = []
+        self.task: asyncio.Task[None] | None = None
+
+    def add(self, record: UsageRecord) -> None:
+        self.queue.append(record)
+        if self.task is None or self.task.done():
+            # A fresh context: the writer outlives the request that started it, so it
+            # must not run its queries in that request's thread.
+            self.task = asyncio.get_running_loop().create_task(
+                self._run(), context=contextvars.Context()
+            )
+
+    async def _run(self) -> None:
+        while self.queue:
+            await asyncio.sleep(_FLUSH_SECONDS)
+            batch, self.queue = self.queue[:_BATCH_SIZE], self.queue[_BATCH_SIZE:]
+            await asave_batch(batch)
+
+
+_writers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Writer] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 def record_turn(turn: Turn) -> None:
-    """Schedule the turn's usage record; the caller does not wait for the database."""
-    record = build_record(turn)
-    task = asyncio.get_running_loop().create_task(asave(record))
-    _pending.add(task)
-    task.add_done_callback(_pending.discard)
+    """Queue the turn's usage record; the caller does not wait for the database."""
+    loop = asyncio.get_running_loop()
+    writer = _writers.get(loop)
+    if writer is None:
+        writer = _writers[loop] = _Writer()
+    writer.add(build_record(turn))
 
 
 async def adrain() -> None:
-    """Wait for every scheduled write (tests and shutdown)."""
-    loop = asyncio.get_running_loop()
-    while mine := [task for task in _pending if task.get_loop() is loop]:
-        await asyncio.gather(*mine, return_exceptions=True)
+    """Wait until every queued record of this event loop is written (tests, shutdown)."""
+    writer = _writers.get(asyncio.get_running_loop())
+    while writer is not None and writer.task is not None and not writer.task.done():
+        await asyncio.shield(writer.task)

@@ -92,10 +92,10 @@ async def openai_stream(turn: Turn, *, include_usage: bool) -> AsyncIterator[byt
     """
     yield _chunk(turn, {"role": "assistant", "content": ""})
     try:
-        async for delta in turn.deltas():
-            body = _delta_body(delta, turn)
-            if body is not None:
-                yield _chunk(turn, body)
+        async for batch in turn.batches():
+            frames = [_chunk(turn, body) for d in batch if (body := _delta_body(d, turn))]
+            if frames:
+                yield b"".join(frames)
     except CopilotEdgeError as error:
         yield sse.encode_json(error.to_dict())
         yield sse.DONE_FRAME
@@ -139,12 +139,16 @@ def run_error(error: CopilotEdgeError) -> dict[str, Any]:
 async def run_stream(turn: Turn) -> AsyncIterator[bytes]:
     """Workers AI frames: ``{"response": …}``, a final usage frame, then ``[DONE]``."""
     try:
-        async for delta in turn.deltas():
-            if delta.text:
-                yield sse.encode_json({"response": delta.text})
-            if delta.tool_calls:
-                calls = [{"name": p.name, "arguments": p.arguments} for p in delta.tool_calls]
-                yield sse.encode_json({"response": "", "tool_calls": calls})
+        async for batch in turn.batches():
+            frames = []
+            for delta in batch:
+                if delta.text:
+                    frames.append(sse.encode_json({"response": delta.text}))
+                if delta.tool_calls:
+                    calls = [{"name": p.name, "arguments": p.arguments} for p in delta.tool_calls]
+                    frames.append(sse.encode_json({"response": "", "tool_calls": calls}))
+            if frames:
+                yield b"".join(frames)
     except CopilotEdgeError as error:
         yield sse.encode_json(run_error(error))
         yield sse.DONE_FRAME

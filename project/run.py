@@ -52,7 +52,6 @@ def main() -> int:
         )
     try:
         manage("migrate", "--noinput", "-v", "0", env=env)
-        manage("collectstatic", "--noinput", "-v", "0", env=env)
         manage("demo_user", env=env)
         print(
             f"Serving the demo on http://{host}:{port}/ (sign in as demo/demo; admin at /admin/).\n"
