@@ -8,7 +8,9 @@ from typing import Any
 
 import pytest
 import respx
+from asgiref.sync import sync_to_async
 from django.contrib.auth import get_user_model
+from django.db import connections
 
 from copilotedge import usage
 from copilotedge.models import ApiKey
@@ -72,3 +74,19 @@ def upstream() -> Iterator[respx.MockRouter]:
 async def drain_usage() -> AsyncIterator[None]:
     yield
     await usage.adrain()
+
+
+# --- CopilotKit faces (AG-UI, GraphQL) -------------------------------------------------
+
+
+@pytest.fixture
+async def close_connections() -> AsyncIterator[None]:
+    """Close the connection the async ORM's worker thread opened during an async test.
+
+    Django closes connections at the end of a request only in the thread that finishes
+    it; the worker thread's stays open and keeps PostgreSQL from dropping the test
+    database at the end of the run.
+    """
+    yield
+    await usage.adrain()
+    await sync_to_async(connections.close_all)()

@@ -14,7 +14,10 @@ from copilotedge.models import UsageRecord
 
 from .conftest import OPENAI_URL, openai_chunk, sse_body
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("close_connections"),
+]
 
 URL = "/copilotedge/copilotkit"
 

@@ -11,12 +11,15 @@ import httpx
 import pytest
 from django.test import AsyncClient, override_settings
 
-from copilotedge import usage
-from copilotedge.models import Conversation, Message, UsageRecord
+from copilotedge import agui_runs, usage
+from copilotedge.models import ApiKey, Conversation, Message, UsageRecord
 
 from .conftest import OPENAI_URL, openai_chunk, sse_body
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("close_connections"),
+]
 
 BASE = "/copilotedge/copilotkit"
 
@@ -432,11 +435,12 @@ async def test_stop_cancels_a_running_run(auth, upstream):
     assert (record.protocol, record.outcome) == ("agui", "cancelled")
 
 
-async def test_stop_of_another_callers_run_does_nothing(auth, other_user):
-    from copilotedge import agui_runs
-    from copilotedge.models import ApiKey
+@pytest.fixture
+def other_token(other_user) -> str:
+    return ApiKey.create_key(other_user)[1]
 
-    _, other_token = await asyncio.to_thread(ApiKey.create_key, other_user)
+
+async def test_stop_of_another_callers_run_does_nothing(auth, other_token):
     async with agui_runs.running("t-x", "r-x", "key:999999") as run:
         response = await post(
             BASE,
