@@ -8,6 +8,7 @@ is the one AG-UI clients verify: ``RUN_STARTED``, then text messages and tool ca
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -43,6 +44,8 @@ from .chat import ChatRequest, Turn
 from .exceptions import CopilotEdgeError, InvalidRequest
 from .models import Conversation, Message
 from .validation import parse_messages
+
+logger = logging.getLogger(__name__)
 
 PROVIDER = "workers-ai"
 # The AG-UI protocol version this face speaks (sent on RUN_STARTED).
@@ -269,6 +272,10 @@ async def run_events(
                     yield encode(event)
     except CopilotEdgeError as error:
         yield encode(run_error(error))
+        return
+    except Exception:
+        logger.exception("AG-UI run %s failed", run_id)
+        yield encode(run_error(CopilotEdgeError()))
         return
     finally:
         await deltas.aclose()  # type: ignore[attr-defined]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -23,6 +24,7 @@ from .chat import ChatRequest, Turn
 from .exceptions import CopilotEdgeError, InvalidRequest, UpstreamError
 from .validation import parse_messages, parse_model, parse_params
 
+logger = logging.getLogger(__name__)
 _END = object()
 
 
@@ -161,6 +163,9 @@ class CopilotRun:
                         calls[piece.index].feed.put(piece.arguments)
         except CopilotEdgeError as failure:
             error = failure
+        except Exception:
+            logger.exception("generateCopilotResponse failed")
+            error = CopilotEdgeError()
         except asyncio.CancelledError:
             error = CopilotEdgeError("The request was cancelled.", code="cancelled")
             raise

@@ -169,15 +169,20 @@ async def single_route(request: HttpRequest) -> HttpResponseBase:
     return await astop(request, agent_id, thread_id, payload)
 
 
-def graphql_error_response(errors: list[dict[str, Any]], status: int) -> JsonResponse:
-    return JsonResponse({"errors": errors}, status=status)
+def graphql_error_response(
+    errors: list[dict[str, Any]], status: int, cause: CopilotEdgeError | None = None
+) -> JsonResponse:
+    response = JsonResponse({"errors": errors}, status=status)
+    if cause is not None and cause.retry_after is not None:
+        response["Retry-After"] = str(max(1, round(cause.retry_after)))
+    return response
 
 
-def _error_status(errors: list[GraphQLError]) -> int | None:
-    """The status of the first error the app raised (auth, limits, bad input), if any."""
+def _app_error(errors: list[GraphQLError]) -> CopilotEdgeError | None:
+    """The first error the app raised (auth, limits, bad input), which sets the status."""
     for error in errors:
         if isinstance(error.original_error, CopilotEdgeError):
-            return error.original_error.status_code
+            return error.original_error
     return None
 
 
@@ -220,7 +225,8 @@ async def graphql(request: HttpRequest, body: dict[str, Any]) -> HttpResponseBas
     try:
         principal = await aauthenticate(request)
     except CopilotEdgeError as error:
-        return graphql_error_response([{"message": error.message}], error.status_code)
+        formatted = {"message": error.message, "extensions": {"code": error.code}}
+        return graphql_error_response([formatted], error.status_code, error)
     try:
         document, operation_name, variables = _operation(body)
     except GraphQLError as error:
@@ -229,18 +235,20 @@ async def graphql(request: HttpRequest, body: dict[str, Any]) -> HttpResponseBas
     result = await _execute(document, operation_name, variables, context)
     if isinstance(result, ExecutionResult):
         errors = [copilotkit_gql.format_error(e) for e in result.errors or []]
-        code = _error_status(result.errors or []) or (400 if result.data is None else 200)
+        cause = _app_error(result.errors or [])
+        if cause is not None:
+            return graphql_error_response(errors, cause.status_code, cause)
+        code = 400 if result.data is None else 200
         return JsonResponse(
             {"data": result.data, **({"errors": errors} if errors else {})}, status=code
         )
     initial = result.initial_result
-    status = _error_status(initial.errors or [])
-    if status is not None and initial.data is None:
+    cause = _app_error(initial.errors or [])
+    if cause is not None and initial.data is None:
         await result.subsequent_results.aclose()
         await context.cancel()
-        return graphql_error_response(
-            [copilotkit_gql.format_error(e) for e in initial.errors or []], status
-        )
+        errors = [copilotkit_gql.format_error(e) for e in initial.errors or []]
+        return graphql_error_response(errors, cause.status_code, cause)
     rewrite = PathFormat()
 
     async def payloads() -> AsyncIterator[dict[str, Any]]:

@@ -22,7 +22,7 @@ urlpatterns = [
         name="copilotkit-connect",
     ),
     path(
-        "copilotkit/agent/<str:agent_id>/stop/<str:thread_id>",
+        "copilotkit/agent/<str:agent_id>/stop/<path:thread_id>",
         copilotkit_views.agent_stop,
         name="copilotkit-stop",
     ),

@@ -365,3 +365,18 @@ async def test_unauthenticated_graphql_is_401_in_graphql_shape(db):
     response = await post({"query": "{ hello }"}, {})
     assert response.status_code == 401
     assert response.json()["errors"][0]["message"]
+
+
+async def test_limits_are_graphql_errors_with_their_status_and_retry_after(auth, monkeypatch):
+    from copilotedge.chat import Turn
+    from copilotedge.exceptions import RateLimited
+
+    async def limited(self):
+        raise RateLimited(retry_after=2)
+
+    monkeypatch.setattr(Turn, "open", limited)
+    for query, accept in ((PLAIN, "application/json"), (STREAMED, "multipart/mixed")):
+        response = await post({"query": query, "variables": variables()}, auth, accept=accept)
+        assert response.status_code == 429
+        assert response["Retry-After"] == "2"
+        assert response.json()["errors"][0]["extensions"]["code"] == "rate_limit_exceeded"

@@ -464,3 +464,47 @@ async def test_usage_row_links_an_owned_uuid_thread(auth, upstream, user):
     await usage.adrain()
     linked = [r.conversation_id async for r in UsageRecord.objects.order_by("created_at")]
     assert linked == [conversation.id, None]
+
+
+async def test_limits_before_the_stream_are_http_errors_with_retry_after(auth, monkeypatch):
+    from copilotedge.chat import Turn
+    from copilotedge.exceptions import RateLimited
+
+    async def limited(self):
+        raise RateLimited(retry_after=3)
+
+    monkeypatch.setattr(Turn, "open", limited)
+    response = await post(f"{BASE}/agent/default/run", run_input(), auth)
+    assert response.status_code == 429
+    assert response["Retry-After"] == "3"
+    assert response.json()["error"]["code"] == "rate_limit_exceeded"
+
+
+async def test_an_unexpected_failure_mid_run_is_still_a_run_error(auth, upstream, monkeypatch):
+    from copilotedge import agui as agui_module
+
+    upstream.post(OPENAI_URL).mock(return_value=text_stream("a", "b"))
+    original = agui_module._Events.text
+
+    def broken(self, text):
+        if text == "b":
+            raise RuntimeError("a bug")
+        return original(self, text)
+
+    monkeypatch.setattr(agui_module._Events, "text", broken)
+    response = await post(f"{BASE}/agent/default/run", run_input(), auth)
+    events = await events_of(response)
+    assert types(events)[-1] == "RUN_ERROR"
+    assert events[-1]["code"] == "internal_error"
+
+
+async def test_stop_takes_thread_ids_with_slashes(auth):
+    async with agui_runs.running("a/b", "r", "key:0"):
+        response = await post(f"{BASE}/agent/default/stop/a%2Fb", {}, auth)
+    assert response.status_code == 200
+    assert response.json() == {"threadId": "a/b", "stopped": False}
+    # CopilotKit posts no body at all when it knows no run id.
+    response = await AsyncClient().post(
+        f"{BASE}/agent/default/stop/a%2Fb", data="", content_type="application/json", headers=auth
+    )
+    assert response.status_code == 200
