@@ -1,26 +1,29 @@
-"""``make bench``: the proxy against the emulator called directly, in one run.
+"""``make bench``: the proxy measured against the emulator called directly, in one run.
 
-Starts the Workers AI emulator (no token delay, 20 tokens an answer) and the demo site
-under daphne on loopback, then measures time to first token at concurrency 1 and
-streamed completions per second at concurrency 10, for both paths. Prints a table and
-writes ``bench/results/latest.json`` and ``bench/results/latest.md``.
+Starts the Workers AI emulator and the demo site under daphne on loopback, then runs
+each section and writes ``bench/results/latest.json``, ``latest.md`` and ``latest.png``.
+See ``bench/README.md`` for the method.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import load, processes
+from . import capacity, load, processes, report, streams
 
 RESULTS = Path(__file__).resolve().parent / "results"
+METRICS_TOKEN = "bench-metrics"
+SECTIONS = ("streams", "capacity", "websocket", "ratelimit", "admin")
 
 
 def machine() -> dict[str, Any]:
@@ -32,99 +35,122 @@ def machine() -> dict[str, Any]:
     }
 
 
-async def measure(
-    direct: load.Target, proxy: load.Target, args: argparse.Namespace
-) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for target in (direct, proxy):
-        result[target.name] = {
-            "ttft_c1": await load.ttft_sequential(target, args.requests),
-            "throughput_c10": await load.throughput(target, 10, args.seconds),
-        }
-    d, p = result["direct"], result["proxy"]
-    result["summary"] = {
-        "added_ttft_p50_ms": round(
-            p["ttft_c1"]["ttft_ms"]["p50"] - d["ttft_c1"]["ttft_ms"]["p50"], 3
-        ),
-        "added_ttft_p95_ms": round(
-            p["ttft_c1"]["ttft_ms"]["p95"] - d["ttft_c1"]["ttft_ms"]["p95"], 3
-        ),
-        "added_ttft_p99_ms": round(
-            p["ttft_c1"]["ttft_ms"]["p99"] - d["ttft_c1"]["ttft_ms"]["p99"], 3
-        ),
-        "throughput_ratio_c10": round(
-            p["throughput_c10"]["per_second"] / max(d["throughput_c10"]["per_second"], 1e-9), 3
-        ),
-    }
-    return result
-
-
-def table(result: dict[str, Any]) -> str:
-    rows = ["| measure | direct emulator | proxy (daphne) | proxy vs direct |", "|---|---|---|---|"]
-    d, p, s = result["direct"], result["proxy"], result["summary"]
-    for q in ("p50", "p95", "p99"):
-        rows.append(
-            f"| TTFT {q}, concurrency 1 (ms) | {d['ttft_c1']['ttft_ms'][q]} | "
-            f"{p['ttft_c1']['ttft_ms'][q]} | +{s[f'added_ttft_{q}_ms']} ms |"
-        )
-    rows.append(
-        f"| streamed completions/s, concurrency 10 | {d['throughput_c10']['per_second']} | "
-        f"{p['throughput_c10']['per_second']} | {s['throughput_ratio_c10'] * 100:.1f}% |"
-    )
-    rows.append(
-        f"| errors | {d['ttft_c1']['errors'] + d['throughput_c10']['errors']} | "
-        f"{p['ttft_c1']['errors'] + p['throughput_c10']['errors']} | |"
-    )
-    for name, extra in result.get("extra", {}).items():
-        rows.append(f"| {name} | | {json.dumps(extra)} | |")
-    return "\n".join(rows)
+def optional(name: str, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run a section that needs an optional service; record why it did not run."""
+    try:
+        return run()
+    except Exception as error:  # a missing service must not lose the other numbers
+        return {"skipped": f"{type(error).__name__}: {error}"}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=300, help="sequential requests for TTFT")
-    parser.add_argument(
-        "--seconds", type=float, default=8.0, help="duration of each throughput run"
-    )
-    parser.add_argument("--database-url", default="", help="defaults to a fresh SQLite file")
+    parser.add_argument("--seconds", type=float, default=8.0, help="length of a throughput run")
+    parser.add_argument("--streams", type=int, default=1000, help="concurrent streams held")
+    parser.add_argument("--sockets", type=int, default=500, help="concurrent WebSockets")
+    parser.add_argument("--admin-rows", type=int, default=1_000_000)
+    parser.add_argument("--only", action="append", choices=SECTIONS, help="run only these")
+    parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL", ""))
     parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", ""))
     args = parser.parse_args()
+    sections = args.only or list(SECTIONS)
 
     tmp = tempfile.mkdtemp(prefix="copilotedge-bench-")
     database_url = args.database_url or f"sqlite:///{tmp}/bench.sqlite3"
-    emulator_port, site_port = processes.free_port(), processes.free_port()
-    env = processes.site_env(emulator_port, database_url, args.redis_url)
+    fast_port, slow_port = processes.free_port(), processes.free_port()
+    site_ports = [processes.free_port() for _ in range(3)]
+    env = processes.site_env(fast_port, database_url, args.redis_url)
+    env["COPILOTEDGE_METRICS_TOKEN"] = METRICS_TOKEN
+    slow_env = {**env, "CLOUDFLARE_API_BASE_URL": f"http://127.0.0.1:{slow_port}/client/v4"}
     key = processes.prepare_database(env)
-    emulator = processes.emulator_args(emulator_port, tokens=20, token_delay=0)
-    with (
-        processes.running(emulator, emulator_port, env),
-        processes.running(processes.daphne_args(site_port), site_port, env),
-    ):
+    auth = {"Authorization": f"Bearer {key}"}
+    result: dict[str, Any] = {"machine": machine()}
+
+    with contextlib.ExitStack() as stack:
+        run = stack.enter_context
+        run(
+            processes.running(
+                processes.emulator_args(fast_port, tokens=20, token_delay=0), fast_port, env
+            )
+        )
+        run(
+            processes.running(
+                processes.emulator_args(slow_port, tokens=50, token_delay=0.1), slow_port, env
+            )
+        )
+        for port in site_ports[:2]:
+            run(processes.running(processes.daphne_args(port), port, env))
+        slow_site = run(
+            processes.running(processes.daphne_args(site_ports[2]), site_ports[2], slow_env)
+        )
         direct = load.Target(
             "direct",
-            f"http://127.0.0.1:{emulator_port}/client/v4/accounts/bench/ai/v1/chat/completions",
+            f"http://127.0.0.1:{fast_port}/client/v4/accounts/bench/ai/v1/chat/completions",
             {"Authorization": "Bearer bench"},
         )
-        proxy = load.Target(
-            "proxy",
-            f"http://127.0.0.1:{site_port}/copilotedge/v1/chat/completions",
-            {"Authorization": f"Bearer {key}"},
-        )
-        result = asyncio.run(measure(direct, proxy, args))
-    result["machine"] = machine()
-    result["config"] = {
-        "tokens": 20,
-        "token_delay": 0,
-        "database": database_url.split(":")[0],
-        "redis": bool(args.redis_url),
-        "requests": args.requests,
-        "seconds": args.seconds,
-    }
+        proxies = [
+            load.Target(f"proxy{i}", f"http://127.0.0.1:{p}/copilotedge/v1/chat/completions", auth)
+            for i, p in enumerate(site_ports[:2])
+        ]
+        if "streams" in sections:
+            result["streams"] = asyncio.run(
+                streams.ttft_and_throughput(
+                    direct, proxies, requests=args.requests, seconds=args.seconds
+                )
+            )
+        if "capacity" in sections:
+            slow = load.Target(
+                "slow", f"http://127.0.0.1:{site_ports[2]}/copilotedge/v1/chat/completions", auth
+            )
+            result["capacity"] = asyncio.run(
+                capacity.hold_streams(
+                    slow,
+                    slow_site.pid,
+                    args.streams,
+                    f"http://127.0.0.1:{site_ports[2]}/copilotedge/metrics",
+                    METRICS_TOKEN,
+                )
+            )
+        if "websocket" in sections:
+            result["websocket"] = optional(
+                "websocket",
+                lambda: asyncio.run(_websockets(site_ports[2], slow_site.pid, key, args.sockets)),
+            )
+    if "ratelimit" in sections:
+        result["ratelimit"] = optional("ratelimit", lambda: _ratelimit(args.redis_url))
+    if "admin" in sections:
+        result["admin"] = optional("admin", lambda: _admin(args.database_url, args.admin_rows))
+
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "latest.json").write_text(json.dumps(result, indent=2) + "\n")
-    markdown = table(result)
+    markdown = report.markdown(result)
     (RESULTS / "latest.md").write_text(markdown + "\n")
+    with contextlib.suppress(ImportError):
+        report.plot(result, RESULTS / "latest.png")
     print(markdown)
+
+
+async def _websockets(port: int, pid: int, key: str, sockets: int) -> dict[str, Any]:
+    from . import websockets
+
+    return await websockets.hold_sockets(port, pid, key, sockets)
+
+
+def _ratelimit(redis_url: str) -> dict[str, Any]:
+    if not redis_url:
+        raise RuntimeError("set REDIS_URL to measure the limiter on Redis")
+    from . import ratelimit
+
+    return ratelimit.run(redis_url)
+
+
+def _admin(database_url: str, rows: int) -> dict[str, Any]:
+    if not database_url.startswith(("postgres://", "postgresql://")):
+        raise RuntimeError("set DATABASE_URL to a PostgreSQL server to measure the admin report")
+    from . import admin_report
+
+    return admin_report.run(database_url, rows)
 
 
 if __name__ == "__main__":

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import statistics
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
-
-from copilotedge.sse import DONE, SSEParser
+from .rawhttp import Connection
 
 BODY = {
     "model": "@cf/meta/llama-3.1-8b-instruct",
@@ -34,24 +31,14 @@ class Target:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-async def one_stream(client: httpx.AsyncClient, target: Target) -> Stream:
+async def one_stream(connection: Connection) -> Stream:
     """One streamed completion; time to first token is to the first non-empty content delta."""
     started = time.perf_counter()
-    ttft = 0.0
-    done = False
-    parser = SSEParser()
-    async with client.stream("POST", target.url, json=BODY, headers=target.headers) as response:
-        async for chunk in response.aiter_bytes():
-            for event in parser.feed(chunk):
-                if event.data == DONE:
-                    done = True
-                    continue
-                if not ttft:
-                    payload = json.loads(event.data)
-                    choices = payload.get("choices") or [{}]
-                    if (choices[0].get("delta") or {}).get("content"):
-                        ttft = time.perf_counter() - started
-        ok = response.status_code == 200 and done
+    try:
+        ttft, ok = await connection.post_stream(BODY)
+    except (OSError, asyncio.IncompleteReadError, ValueError):
+        await connection.close()
+        ttft, ok = 0.0, False
     return Stream(ttft=ttft, total=time.perf_counter() - started, ok=ok)
 
 
@@ -66,11 +53,16 @@ def percentiles(values: list[float]) -> dict[str, float]:
     }
 
 
+def connect(target: Target) -> Connection:
+    return Connection(target.url, target.headers)
+
+
 async def ttft_sequential(target: Target, n: int, warmup: int = 20) -> dict[str, Any]:
-    async with httpx.AsyncClient(timeout=60) as client:
-        for _ in range(warmup):
-            await one_stream(client, target)
-        results = [await one_stream(client, target) for _ in range(n)]
+    connection = connect(target)
+    for _ in range(warmup):
+        await one_stream(connection)
+    results = [await one_stream(connection) for _ in range(n)]
+    await connection.close()
     return {
         "requests": n,
         "errors": sum(not r.ok for r in results),
@@ -78,27 +70,52 @@ async def ttft_sequential(target: Target, n: int, warmup: int = 20) -> dict[str,
     }
 
 
-async def throughput(target: Target, concurrency: int, seconds: float) -> dict[str, Any]:
-    """Streamed completions per second with ``concurrency`` clients looping for ``seconds``."""
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
-        for _ in range(concurrency):
-            await one_stream(client, target)
-        deadline = time.perf_counter() + seconds
-        results: list[Stream] = []
+async def throughput(targets: list[Target], concurrency: int, seconds: float) -> dict[str, Any]:
+    """Streamed completions per second with ``concurrency`` clients looping for ``seconds``.
 
-        async def worker() -> None:
-            while time.perf_counter() < deadline:
-                results.append(await one_stream(client, target))
+    Clients are spread evenly over ``targets`` (several server processes).
+    """
+    connections = [connect(targets[i % len(targets)]) for i in range(concurrency)]
+    for connection in connections:
+        await one_stream(connection)
+    deadline = time.perf_counter() + seconds
+    results: list[Stream] = []
 
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - started
+    async def worker(connection: Connection) -> None:
+        while time.perf_counter() < deadline:
+            results.append(await one_stream(connection))
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(c) for c in connections))
+    elapsed = time.perf_counter() - started
+    for connection in connections:
+        await connection.close()
     ok = [r for r in results if r.ok]
     return {
         "concurrency": concurrency,
         "completed": len(ok),
         "errors": len(results) - len(ok),
         "per_second": round(len(ok) / elapsed, 1),
+        "ttft_ms": percentiles([r.ttft for r in ok]),
+    }
+
+
+async def open_streams(target: Target, count: int, read_timeout: float = 120.0) -> dict[str, Any]:
+    """``count`` streams opened at once and held to their end; how many completed."""
+    connections = [connect(target) for _ in range(count)]
+    started = time.perf_counter()
+    async with asyncio.timeout(read_timeout):
+        results = await asyncio.gather(
+            *(one_stream(c) for c in connections), return_exceptions=True
+        )
+    elapsed = time.perf_counter() - started
+    for connection in connections:
+        await connection.close()
+    ok = [r for r in results if isinstance(r, Stream) and r.ok]
+    return {
+        "streams": count,
+        "completed": len(ok),
+        "errors": count - len(ok),
+        "seconds": round(elapsed, 2),
         "ttft_ms": percentiles([r.ttft for r in ok]),
     }

@@ -2,20 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import hmac
+import logging
 import time
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.contrib.auth.models import AnonymousUser
+from django.db.models import Q
 from django.http import HttpRequest, HttpResponse
 from django.middleware.csrf import CsrfViewMiddleware
+from django.utils import timezone
 
 from . import exceptions
 from .conf import settings
 from .models import KEY_PREFIX, ApiKey, hash_key
 
+logger = logging.getLogger(__name__)
+
 BEARER = "bearer "
+#: ``ApiKey.last_used_at`` is written at most this often per key.
+LAST_USED_RESOLUTION = timedelta(minutes=1)
 
 
 @dataclass(frozen=True)
@@ -43,7 +53,9 @@ def client_ip(request: HttpRequest) -> str:
     if settings.TRUST_X_FORWARDED_FOR:
         forwarded = request.headers.get("X-Forwarded-For", "")
         if forwarded:
-            return forwarded.split(",")[0].strip()
+            # The last entry is the one our proxy appended; earlier ones are the client's
+            # own claim, which would let it pick a fresh IP (and rate limit) per request.
+            return forwarded.rsplit(",", 1)[-1].strip()
     return str(request.META.get("REMOTE_ADDR") or "")
 
 
@@ -84,7 +96,62 @@ async def akey_for_token(token: str) -> ApiKey:
         raise exceptions.AuthenticationFailed("Invalid API key.")
     if not key.is_active or not key.user.is_active:
         raise exceptions.AuthenticationFailed("This API key is revoked or expired.")
+    touch(key)
     return key
+
+
+def check_model(principal: Principal, model: str) -> None:
+    """Refuse (403) a model outside the key's ``allowed_models`` (empty: any model)."""
+    key = principal.api_key
+    if key is not None and key.allowed_models and model not in key.allowed_models:
+        raise exceptions.PermissionDenied(
+            f"This API key may not use the model {model!r}.",
+            param="model",
+            code="model_not_allowed",
+        )
+
+
+_touching: set[asyncio.Task[None]] = set()
+# When this process last scheduled a write per key: a burst of requests that all read
+# the old value from the database schedules one write, not one each.
+_touched: dict[int, datetime] = {}
+
+
+def touch(key: ApiKey) -> None:
+    """Record the key's use, at most once a minute, without the request waiting for it."""
+    now = timezone.now()
+    stale = now - LAST_USED_RESOLUTION
+    last = max(filter(None, (key.last_used_at, _touched.get(key.pk))), default=None)
+    if last is not None and last > stale:
+        return
+    _touched[key.pk] = now
+    # A fresh context: the write outlives the request, so it must not use its thread.
+    task = asyncio.get_running_loop().create_task(
+        _atouch(key.pk, now, stale), context=contextvars.Context()
+    )
+    _touching.add(task)
+    task.add_done_callback(_touching.discard)
+
+
+async def _atouch(pk: int, now: datetime, stale: datetime) -> None:
+    # The condition makes concurrent requests (and processes) write once a minute at most.
+    recent = Q(last_used_at__isnull=True) | Q(last_used_at__lte=stale)
+    try:
+        await ApiKey.objects.filter(recent, pk=pk).aupdate(last_used_at=now)
+    except Exception:
+        logger.warning("Could not record the use of API key %s.", pk, exc_info=True)
+
+
+def forget_touches() -> None:
+    """Forget which keys this process recorded lately (tests reuse primary keys)."""
+    _touched.clear()
+
+
+async def adrain() -> None:
+    """Wait for scheduled ``last_used_at`` writes (tests and shutdown)."""
+    loop = asyncio.get_running_loop()
+    while mine := [task for task in _touching if task.get_loop() is loop]:
+        await asyncio.gather(*mine, return_exceptions=True)
 
 
 def _csrf_view(request: HttpRequest) -> HttpResponse:  # pragma: no cover - never called

@@ -11,13 +11,14 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import iscoroutinefunction
 
-from . import cloudflare, exceptions, usage
+from . import cloudflare, exceptions, ratelimit, usage
+from .auth import check_model
 from .cloudflare import Delta, ToolCallDelta, Usage
 from .conf import settings
 
@@ -122,12 +123,24 @@ class Turn:
         self.first_token_at: float | None = None
         self.finished = False
         self._stream: cloudflare.UpstreamStream | None = None
+        self.reservation: ratelimit.Reservation | None = None
 
     @property
     def messages(self) -> list[dict[str, Any]]:
         return self.request.messages
 
+    async def admit(self) -> None:
+        """Refuse a model the key may not use (403), a spent budget or too many tokens (429).
+
+        Every face passes here first, so none of them checks these itself. A refused
+        turn never reached upstream and records no usage.
+        """
+        if self.reservation is None:
+            check_model(self.principal, self.request.model)
+            self.reservation = await ratelimit.areserve(self.principal, self.request)
+
     async def open(self) -> None:
+        await self.admit()
         try:
             self.attempts += 1
             self._stream = await cloudflare.open_stream(
@@ -139,11 +152,16 @@ class Turn:
             raise
 
     async def deltas(self) -> AsyncIterator[Delta]:
-        async for batch in self.batches():
-            for delta in batch:
-                yield delta
+        batches = self.batches()
+        try:
+            async for batch in batches:
+                for delta in batch:
+                    yield delta
+        finally:
+            # Closing this generator must hang up now, not when the inner one is collected.
+            await batches.aclose()
 
-    async def batches(self) -> AsyncIterator[list[Delta]]:
+    async def batches(self) -> AsyncGenerator[list[Delta], None]:
         """The deltas of each upstream read together (faces write each batch at once)."""
         if self._stream is None:
             await self.open()
@@ -166,6 +184,7 @@ class Turn:
             self.finish()
 
     async def complete(self) -> Answer:
+        await self.admit()
         try:
             self.attempts += 1
             delta = await cloudflare.complete(
@@ -208,4 +227,7 @@ class Turn:
         if self.finished:
             return
         self.finished = True
-        usage.record_turn(self)
+        record = usage.record_turn(self)
+        if self.reservation is not None:
+            # The window is charged what the turn really used, off the hot path like the write.
+            ratelimit.settle(self.reservation, record.total_tokens, record.cost)

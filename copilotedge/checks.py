@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from decimal import InvalidOperation
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from django.core.cache import InvalidCacheBackendError, caches
+from django.core.cache.backends.dummy import DummyCache
 from django.core.checks import CheckMessage, Error, Warning
 
 from .agents import AGENT_KEYS, AGENT_PARAMS, DEFAULT_AGENT
@@ -33,6 +35,54 @@ def _positive_numbers() -> Iterable[CheckMessage]:
             yield Error(f"COPILOTEDGE_{name} must be a positive number.", id="copilotedge.E004")
 
 
+def _rate_limits() -> Iterable[CheckMessage]:
+    from .ratelimit_gcra import parse_rate
+    from .ratelimit_stores import is_redis
+
+    for name in ("RATE_LIMIT", "TOKEN_RATE_LIMIT"):
+        try:
+            parse_rate(getattr(settings, name))
+        except ValueError as error:
+            yield Error(
+                f"COPILOTEDGE_{name} is not a rate: {error}.",
+                hint='Write a count per unit: "60/m", "1000/h", "10/s" or "5000/d".',
+                id="copilotedge.E010",
+            )
+    try:
+        budget = settings.MONTHLY_BUDGET
+    except (InvalidOperation, TypeError, ValueError):
+        budget = Decimal(-1)
+    if budget is not None and not budget >= 0:
+        yield Error(
+            "COPILOTEDGE_MONTHLY_BUDGET must be a number of USD (or None for no budget).",
+            id="copilotedge.E012",
+        )
+    alias = settings.CACHE_ALIAS
+    try:
+        cache = caches[alias]
+    except InvalidCacheBackendError:
+        yield Error(
+            f"COPILOTEDGE_CACHE_ALIAS names {alias!r}, which is not in CACHES.",
+            id="copilotedge.E011",
+        )
+        return
+    backend = type(cache).__name__
+    if isinstance(cache, DummyCache):
+        yield Warning(
+            f"The cache {alias!r} is a DummyCache: it stores nothing, so rate limits "
+            "are never reached.",
+            hint="Set REDIS_URL (django-redis) or use another cache.",
+            id="copilotedge.W011",
+        )
+    elif not is_redis(cache):
+        yield Warning(
+            f"The cache {alias!r} ({backend}) is not django-redis: rate limits are exact "
+            "within one process only, so N server processes allow up to N times each limit.",
+            hint="Set REDIS_URL to share the limits (django-redis) between processes.",
+            id="copilotedge.W010",
+        )
+
+
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     errors: list[CheckMessage] = []
     if DEFAULT_BASE_URL.rstrip("/") == settings.API_BASE_URL:
@@ -53,32 +103,50 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
                     id="copilotedge.W002",
                 )
             )
-    routes = settings.ROUTES
-    bad_routes = sorted(glob for glob, route in routes.items() if route not in ("openai", "run"))
+    try:
+        routes = settings.ROUTES
+    except (TypeError, ValueError):  # not a mapping: reading it must not crash the check
+        errors.append(
+            Error(
+                "COPILOTEDGE_ROUTES must be a dict of model globs to routes.",
+                hint='For example {"@cf/meta/*": "openai", "*": "run"}.',
+                id="copilotedge.E003",
+            )
+        )
+        routes = {}
+    bad_routes = sorted(
+        repr(glob) if not isinstance(glob, str) else glob
+        for glob, route in routes.items()
+        if not isinstance(glob, str) or route not in ("openai", "run")
+    )
     if bad_routes:
         errors.append(
             Error(
                 f"COPILOTEDGE_ROUTES maps {', '.join(bad_routes)} to an unknown route.",
-                hint='Each value must be "openai" or "run".',
+                hint='Each key must be a glob string and each value "openai" or "run".',
                 id="copilotedge.E003",
             )
         )
     errors.extend(_positive_numbers())
     try:
-        settings.ON_CHUNK  # noqa: B018 - importing the dotted path is the check
+        on_chunk = settings.ON_CHUNK  # importing the dotted path is the check
     except ImportError as error:
         errors.append(
             Error(f"COPILOTEDGE_ON_CHUNK cannot be imported: {error}", id="copilotedge.E005")
         )
+    else:
+        if on_chunk is not None and not callable(on_chunk):
+            errors.append(Error("COPILOTEDGE_ON_CHUNK is not callable.", id="copilotedge.E005"))
     try:
         settings.PRICES  # noqa: B018
-    except (InvalidOperation, TypeError, ValueError):
+    except (AttributeError, InvalidOperation, TypeError, ValueError):
         errors.append(
             Error(
                 "COPILOTEDGE_PRICES must map model ids to (input, output) USD per million tokens.",
                 id="copilotedge.E006",
             )
         )
+    errors.extend(_rate_limits())
     errors.extend(_agents())
     return errors
 

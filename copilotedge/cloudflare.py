@@ -14,7 +14,7 @@ import json
 import logging
 import time
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -44,6 +44,7 @@ OPENAI_PARAMS = frozenset(
 )
 RUN_PARAMS = OPENAI_PARAMS - {"stop", "tool_choice"}
 _MAX_ERROR_BODY = 64 * 1024
+JSON = "application/json"
 
 
 @dataclass(slots=True)
@@ -230,8 +231,19 @@ def _tool_calls(raw: Any) -> list[ToolCallDelta]:
 
 def parse_payload(payload: Any) -> Delta:
     """Normalise a stream frame or a whole response body of either upstream shape."""
+    try:
+        return _parse_payload(payload)
+    except (AttributeError, TypeError, ValueError):
+        # A frame of the wrong shape (a string for an object, "seven" for a count) ends
+        # the answer with an upstream error, never a traceback.
+        raise exceptions.UpstreamError(
+            "The model provider sent a malformed answer.", code="upstream_malformed"
+        ) from None
+
+
+def _parse_payload(payload: Any) -> Delta:
     if not isinstance(payload, dict):
-        raise exceptions.UpstreamError("The model provider sent a malformed answer.")
+        raise TypeError("not an object")
     if payload.get("success") is False or "error" in payload:
         raise error_for(500, json.dumps(payload).encode())
     if isinstance(payload.get("result"), dict):
@@ -242,6 +254,8 @@ def parse_payload(payload: Any) -> Delta:
         for choice in choices[:1]:
             part = choice.get("delta") or choice.get("message") or {}
             delta.text = part.get("content") or ""
+            if not isinstance(delta.text, str):
+                raise TypeError("content is not a string")
             delta.tool_calls = _tool_calls(part.get("tool_calls"))
             delta.finish_reason = choice.get("finish_reason")
     else:
@@ -251,6 +265,9 @@ def parse_payload(payload: Any) -> Delta:
         delta.text = response or ""
         delta.tool_calls = _tool_calls(payload.get("tool_calls"))
     return delta
+
+
+_draining: set[asyncio.Task[None]] = set()  # strong references, so they are not collected
 
 
 class UpstreamStream:
@@ -266,11 +283,15 @@ class UpstreamStream:
         self.closed = False
 
     async def __aiter__(self) -> AsyncIterator[Delta]:
-        async for batch in self.batches():
-            for delta in batch:
-                yield delta
+        batches = self.batches()
+        try:
+            async for batch in batches:
+                for delta in batch:
+                    yield delta
+        finally:
+            await batches.aclose()  # hang up now, not when the generator is collected
 
-    async def batches(self) -> AsyncIterator[list[Delta]]:
+    async def batches(self) -> AsyncGenerator[list[Delta], None]:
         parser = sse.SSEParser()
         finished = False
         try:
@@ -281,11 +302,16 @@ class UpstreamStream:
                     if event.data == sse.DONE:
                         finished = True
                         break
-                    batch.append(parse_payload(_load_frame(event.data)))
+                    try:
+                        batch.append(parse_payload(_load_frame(event.data)))
+                    except exceptions.UpstreamError:
+                        if batch:
+                            yield batch  # the frames before a bad one are the answer so far
+                        raise
                 if batch:
                     yield batch
                 if finished:
-                    await self._drain(chunks)
+                    self._drain_soon(chunks)
                     break
                 if time.monotonic() > self._deadline:
                     raise exceptions.UpstreamTimeout("The answer took longer than allowed.")
@@ -302,15 +328,25 @@ class UpstreamStream:
                 "The model provider ended the answer early.", code="upstream_incomplete"
             )
 
-    async def _drain(self, chunks: AsyncIterator[bytes]) -> None:
+    def _drain_soon(self, chunks: AsyncIterator[bytes]) -> None:
         # Reading the body to its end after [DONE] hands the connection back to the
-        # pool; closing it half-read would cost a new connection per request.
+        # pool; closing it half-read would cost a new connection per request. It runs
+        # in the background: an upstream slow to end its body must not hold up the
+        # end of the answer. The stream counts as closed from here on.
+        self.closed = True
+        task = asyncio.get_running_loop().create_task(self._drain(chunks))
+        _draining.add(task)
+        task.add_done_callback(_draining.discard)
+
+    async def _drain(self, chunks: AsyncIterator[bytes]) -> None:
         try:
             async with asyncio.timeout(1.0):
                 async for _ in chunks:
                     pass
-        except TimeoutError:
+        except (TimeoutError, httpx.HTTPError):
             pass
+        finally:
+            await self._response.aclose()
 
     async def aclose(self) -> None:
         if not self.closed:
@@ -339,8 +375,8 @@ async def _send(
     request = get_client().build_request(
         "POST",
         upstream.url(route, model),
-        json=build_payload(route, model, messages, params, stream),
-        headers={"Authorization": f"Bearer {upstream.api_token}"},
+        content=_json_body(build_payload(route, model, messages, params, stream)),
+        headers={"Authorization": f"Bearer {upstream.api_token}", "Content-Type": JSON},
     )
     try:
         response = await get_client().send(request, stream=True)
@@ -359,6 +395,16 @@ async def _send(
         error.retry_after = _retry_after(response)
         raise error
     return response
+
+
+def _json_body(payload: dict[str, Any]) -> bytes:
+    # Not httpx's json=: it encodes to UTF-8 unescaped, which fails on a lone surrogate
+    # (valid JSON from a client, "\ud83d"); such a body goes out ASCII-escaped instead.
+    body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+    try:
+        return body.encode()
+    except UnicodeEncodeError:
+        return json.dumps(payload, separators=(",", ":")).encode()
 
 
 async def _read_limited(response: httpx.Response) -> bytes:

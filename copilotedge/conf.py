@@ -147,7 +147,8 @@ class Settings:
 
     @property
     def TRUST_X_FORWARDED_FOR(self) -> bool:
-        """Believe ``X-Forwarded-For`` (only behind a proxy that sets it)."""
+        """Take the caller's IP from the last ``X-Forwarded-For`` entry (the one the proxy
+        in front of the site added); only behind such a proxy."""
         return bool(_get("COPILOTEDGE_TRUST_X_FORWARDED_FOR", False))
 
     @property
@@ -157,6 +158,12 @@ class Settings:
     @property
     def CACHE_ALIAS(self) -> str:
         return str(_get("COPILOTEDGE_CACHE_ALIAS", "default"))
+
+    @property
+    def MONTHLY_BUDGET(self) -> Decimal | None:
+        """USD a key (or a session user) may spend a calendar month; a key's own overrides."""
+        value = _get("COPILOTEDGE_MONTHLY_BUDGET", None)
+        return None if value is None else Decimal(str(value))
 
     @property
     def PRICES(self) -> dict[str, tuple[Decimal, Decimal]]:

@@ -97,7 +97,8 @@ class SSEParser:
         elif name == "id":
             if "\0" not in value:
                 self._last_id = value
-        elif name == "retry" and value.isdigit():
+        elif name == "retry" and value.isascii() and value.isdigit():
+            # ASCII only: str.isdigit() also accepts "²" and "٣", which the standard does not.
             self._retry = int(value)
         return None
 
@@ -130,7 +131,12 @@ def encode(data: str, *, event: str | None = None, id: str | None = None) -> byt
 
 
 def encode_json(payload: Any, *, event: str | None = None) -> bytes:
-    return encode(json.dumps(payload, separators=(",", ":"), ensure_ascii=False), event=event)
+    try:
+        return encode(json.dumps(payload, separators=(",", ":"), ensure_ascii=False), event=event)
+    except UnicodeEncodeError:
+        # Half a surrogate pair (upstream JSON can carry "\ud83d") has no UTF-8 form;
+        # escaped as JSON it survives, exactly as it came.
+        return encode(json.dumps(payload, separators=(",", ":")), event=event)
 
 
 def comment(text: str = "keep-alive") -> bytes:

@@ -146,13 +146,15 @@ _writers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Writer] = (
 )
 
 
-def record_turn(turn: Turn) -> None:
-    """Queue the turn's usage record; the caller does not wait for the database."""
+def record_turn(turn: Turn) -> UsageRecord:
+    """Queue the turn's usage record (returned); the caller does not wait for the database."""
     loop = asyncio.get_running_loop()
     writer = _writers.get(loop)
     if writer is None:
         writer = _writers[loop] = _Writer()
-    writer.add(build_record(turn))
+    record = build_record(turn)
+    writer.add(record)
+    return record
 
 
 async def adrain() -> None:

@@ -24,12 +24,18 @@ def parse_json(body: bytes) -> dict[str, Any]:
     if len(body) > settings.MAX_BODY_BYTES:
         raise RequestTooLarge(f"The body is larger than {settings.MAX_BODY_BYTES} bytes.")
     try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        data = json.loads(body, parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
+        # RecursionError: deep nesting ("[[[[…") fits in any size limit; it is bad JSON too.
         raise InvalidRequest("The body is not valid JSON.", code="invalid_json") from None
     if not isinstance(data, dict):
         raise InvalidRequest("The body must be a JSON object.", code="invalid_json")
     return data
+
+
+def _reject_constant(name: str) -> Any:
+    # Python's json accepts NaN and Infinity; JSON does not, and upstream would refuse them.
+    raise ValueError(f"{name} is not JSON")
 
 
 def _is_number(value: Any) -> bool:
@@ -76,7 +82,7 @@ def parse_messages(value: Any, param: str = "messages") -> list[dict[str, Any]]:
         if not isinstance(raw, dict):
             raise InvalidRequest("Each message must be an object.", param=where)
         role = raw.get("role")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:  # a list or dict is unhashable
             raise InvalidRequest(f"Unknown role {role!r}.", param=f"{where}.role")
         message: dict[str, Any] = {
             "role": "system" if role == "developer" else role,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
@@ -33,7 +34,8 @@ View = Callable[..., Coroutine[Any, Any, HttpResponseBase]]
 def error_response(error: CopilotEdgeError, body: dict[str, Any] | None = None) -> JsonResponse:
     response = JsonResponse(body or error.to_dict(), status=error.status_code)
     if error.retry_after is not None:
-        response["Retry-After"] = str(max(1, round(error.retry_after)))
+        # Whole seconds, rounded up: a client that waits exactly this long gets in.
+        response["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
     return response
 
 

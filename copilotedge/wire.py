@@ -160,28 +160,38 @@ async def run_stream(turn: Turn) -> AsyncIterator[bytes]:
 async def with_keepalive(frames: AsyncIterator[bytes], interval: float) -> AsyncIterator[bytes]:
     """Pass frames through, adding a comment after every ``interval`` s of silence.
 
-    The next frame is awaited in a task, so a timeout never cancels the producer.
+    One task produces the frames into a small queue and the timeout is on the queue:
+    timing out an upstream read itself would cancel it halfway and break the connection.
+    The queue is bounded, so a slow client still slows the upstream read down.
     """
-    iterator = aiter(frames)
-    pending: asyncio.Future[bytes] | None = None
+    queue: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue(maxsize=16)
+
+    async def produce() -> None:
+        try:
+            async for frame in frames:
+                await queue.put(frame)
+        except Exception as error:  # re-raised on the consumer's side
+            await queue.put(error)
+        else:
+            await queue.put(None)
+
+    producer = asyncio.create_task(produce())
     try:
         while True:
-            if pending is None:
-                pending = asyncio.ensure_future(anext(iterator))
-            done, _ = await asyncio.wait({pending}, timeout=interval)
-            if not done:
-                yield sse.comment()
-                continue
-            try:
-                frame = pending.result()
-            except StopAsyncIteration:
+            if queue.empty():
+                try:
+                    async with asyncio.timeout(interval):
+                        item = await queue.get()
+                except TimeoutError:
+                    yield sse.comment()
+                    continue
+            else:
+                item = queue.get_nowait()
+            if item is None:
                 return
-            pending = None
-            yield frame
+            if isinstance(item, BaseException):
+                raise item
+            yield item
     finally:
-        if pending is not None and not pending.done():
-            pending.cancel()
-            await asyncio.gather(pending, return_exceptions=True)
-        aclose = getattr(iterator, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        producer.cancel()
+        await asyncio.gather(producer, return_exceptions=True)

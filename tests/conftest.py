@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import httpx
 import pytest
 import respx
-from asgiref.sync import sync_to_async
+from asgiref.sync import SyncToAsync
 from django.contrib.auth import get_user_model
 from django.db import connections
 
 from copilotedge import usage
 from copilotedge.models import ApiKey
+from copilotedge.testing import EmulatorApp, EmulatorServer
+from tests.servers import DaphneServer
 
 UPSTREAM = "https://upstream.test/client/v4/accounts/test-account/ai"
 OPENAI_URL = f"{UPSTREAM}/v1/chat/completions"
@@ -76,17 +80,163 @@ async def drain_usage() -> AsyncIterator[None]:
     await usage.adrain()
 
 
-# --- CopilotKit faces (AG-UI, GraphQL) -------------------------------------------------
+# ---- core-tests (issue 2): upstream bodies that stream slowly and record being closed ----
 
 
-@pytest.fixture
-async def close_connections() -> AsyncIterator[None]:
-    """Close the connection the async ORM's worker thread opened during an async test.
+class UpstreamBody(httpx.AsyncByteStream):
+    """An upstream response body sent chunk by chunk, ``delay`` s before each chunk.
 
-    Django closes connections at the end of a request only in the thread that finishes
-    it; the worker thread's stays open and keeps PostgreSQL from dropping the test
-    database at the end of the run.
+    ``error`` is raised after the last chunk (a connection breaking mid-answer).
+    ``sent`` counts chunks handed out; ``closed`` tells whether the client hung up
+    (httpx closes the body when the response is closed).
+    """
+
+    def __init__(
+        self, *chunks: bytes, delay: float = 0.0, error: BaseException | None = None
+    ) -> None:
+        self.chunks = chunks
+        self.delay = delay
+        self.error = error
+        self.sent = 0
+        self.closed = False
+        self.hung_up = asyncio.Event()  # set with ``closed``, to wait for a close
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for chunk in self.chunks:
+            if self.delay:
+                await asyncio.sleep(self.delay)
+            self.sent += 1
+            yield chunk
+        if self.error is not None:
+            raise self.error
+
+    async def aclose(self) -> None:
+        self.closed = True
+        self.hung_up.set()
+
+
+def sse_chunks(*frames: Any, done: bool = True) -> list[bytes]:
+    """Like :func:`sse_body`, one chunk per frame."""
+    chunks = [sse_body(frame, done=False) for frame in frames]
+    if done:
+        chunks.append(b"data: [DONE]\n\n")
+    return chunks
+
+
+def respond_with(body: UpstreamBody, status: int = 200) -> Any:
+    """A respx side effect answering every call with ``body`` (an event stream)."""
+
+    def respond(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(status, stream=body, headers={"Content-Type": "text/event-stream"})
+
+    return respond
+
+
+def run_frame(text: str = "", **extra: Any) -> dict[str, Any]:
+    """A Workers AI ``/ai/run`` stream frame."""
+    return {"response": text, **extra}
+
+
+USAGE = {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
+
+
+# ---- core-tests (issue 2): the emulator and the app under daphne, for end-to-end tests ----
+
+
+@pytest.fixture(scope="module")
+def emulator() -> Iterator[EmulatorServer]:
+    """The Workers AI emulator on a loopback port (its request log is ``emulator.app.requests``)."""
+    with EmulatorServer(EmulatorApp()) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def e2e_server(emulator: EmulatorServer, django_db_setup: None) -> Iterator[DaphneServer]:
+    """``tests.asgi`` under real daphne, pointed at :func:`emulator`, on the test database.
+
+    Fails at teardown if the server wrote a traceback.
+    """
+    server = DaphneServer(
+        {
+            "COPILOTEDGE_API_BASE_URL": emulator.api_base_url,
+            "COPILOTEDGE_ACCOUNT_ID": "e2e",
+            "COPILOTEDGE_API_TOKEN": "e2e",
+        }
+    ).start()
+    try:
+        yield server
+    finally:
+        stderr = server.stop()
+    assert "Traceback" not in stderr, stderr
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup: None) -> Iterator[None]:
+    """pytest-django's, plus: close the async ORM's connections before the test database
+    is dropped.
+
+    Async tests run their queries in asgiref's one sync thread; its connection stays
+    open, and PostgreSQL refuses to drop a database "being accessed by other users",
+    leaving a ``test_copilotedge_<pid>`` behind on the shared server after every run.
     """
     yield
-    await usage.adrain()
-    await sync_to_async(connections.close_all)()
+    SyncToAsync.single_thread_executor.submit(connections.close_all).result()
+
+
+# --- API keys and rate limits (issue 3) ---------------------------------------------
+# Limiter buckets live in the cache and outlive a test (on Redis, even the process), and
+# primary keys repeat between tests on SQLite: every test starts with empty buckets.
+
+
+def reset_limits() -> None:
+    from django.core.cache import caches
+
+    from copilotedge import auth, ratelimit
+    from copilotedge.conf import settings
+    from copilotedge.ratelimit_stores import is_redis
+
+    cache = caches[settings.CACHE_ALIAS]
+    if is_redis(cache):
+        # Only this run's keys: the cache's KEY_PREFIX is per test process.
+        cache.delete_pattern(f"{ratelimit.KEY_NAMESPACE}*")  # type: ignore[attr-defined]
+    else:
+        cache.clear()
+    ratelimit.forget_spend()
+    auth.forget_touches()
+
+
+@pytest.fixture(autouse=True)
+async def _fresh_limits() -> AsyncIterator[None]:
+    from copilotedge import auth, ratelimit
+    from copilotedge.ratelimit_stores import RedisStore
+
+    reset_limits()
+    yield
+    await auth.adrain()
+    await ratelimit.adrain()
+    await RedisStore.aclose()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[Any]:
+    """A private redis-server for the whole run (needs the ``redis-server`` binary)."""
+    import shutil
+
+    from tests.servers import RedisServer
+
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    with RedisServer() as server:
+        yield server
+
+
+def redis_cache_settings(url: str, prefix: str) -> dict[str, Any]:
+    """A CACHES setting on django-redis at ``url``, failing fast when it is down."""
+    return {
+        "default": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": url,
+            "KEY_PREFIX": prefix,
+            "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 0.5, "SOCKET_TIMEOUT": 0.5},
+        }
+    }

@@ -42,6 +42,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "copilotedge.middleware.RateLimitMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
 ]
 

@@ -16,10 +16,7 @@ from copilotedge.models import ApiKey, Conversation, Message, UsageRecord
 
 from .conftest import OPENAI_URL, openai_chunk, sse_body
 
-pytestmark = [
-    pytest.mark.django_db(transaction=True),
-    pytest.mark.usefixtures("close_connections"),
-]
+pytestmark = pytest.mark.django_db(transaction=True)
 
 BASE = "/copilotedge/copilotkit"
 

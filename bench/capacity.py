@@ -1,0 +1,80 @@
+"""Many concurrent streams held by one server process: completion, memory, loop lag."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from . import load
+
+LAG_METRIC = "copilotedge_event_loop_lag_seconds"
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+async def sample_peak_rss(pid: int, stop: asyncio.Event) -> int:
+    peak = 0
+    while not stop.is_set():
+        peak = max(peak, rss_kib(pid))
+        await asyncio.sleep(0.1)
+    return max(peak, rss_kib(pid))
+
+
+def lag_buckets(metrics: str) -> dict[float, float]:
+    """Cumulative counts of the loop-lag histogram, by upper bound in seconds."""
+    buckets: dict[float, float] = {}
+    for line in metrics.splitlines():
+        if line.startswith(f"{LAG_METRIC}_bucket"):
+            bound = line.split('le="', 1)[1].split('"', 1)[0]
+            buckets[float("inf") if bound == "+Inf" else float(bound)] = float(line.split()[-1])
+    return buckets
+
+
+def quantile_bound(before: dict[float, float], after: dict[float, float], q: float) -> float:
+    """The smallest bucket bound holding ``q`` of the samples taken between two scrapes."""
+    counts = {b: after.get(b, 0.0) - before.get(b, 0.0) for b in after}
+    total = counts.get(float("inf"), 0.0)
+    if not total:
+        return 0.0
+    for bound in sorted(counts):
+        if counts[bound] >= q * total:
+            return bound
+    return float("inf")
+
+
+async def scrape(url: str, token: str) -> str:
+    async with httpx.AsyncClient(timeout=10) as client:
+        response = await client.get(url, headers={"Authorization": f"Bearer {token}"})
+        return response.text if response.status_code == 200 else ""
+
+
+async def hold_streams(
+    target: load.Target, pid: int, count: int, metrics_url: str, metrics_token: str
+) -> dict[str, Any]:
+    # Warm the process up (imports, pools) before taking the baseline.
+    await load.open_streams(target, 20)
+    baseline = rss_kib(pid)
+    before = lag_buckets(await scrape(metrics_url, metrics_token))
+    stop = asyncio.Event()
+    sampler = asyncio.create_task(sample_peak_rss(pid, stop))
+    result = await load.open_streams(target, count, read_timeout=300)
+    stop.set()
+    peak = await sampler
+    after = lag_buckets(await scrape(metrics_url, metrics_token))
+    result.update(
+        rss_baseline_kib=baseline,
+        rss_peak_kib=peak,
+        rss_growth_per_stream_kib=round((peak - baseline) / count, 1),
+        loop_lag_p99_ms_at_most=round(quantile_bound(before, after, 0.99) * 1000, 1)
+        if after
+        else None,
+    )
+    return result
