@@ -256,20 +256,22 @@ async def run_events(
         yield encode(run_error(turn.error))
         return
     events = _Events(turn)
-    deltas = aiter(turn.deltas())
+    batches = aiter(turn.batches())
     was_stopped = False
     try:
         while True:
-            delta = await _next_or_stop(deltas, stopped)
-            if delta is None:
+            batch = await _next_or_stop(batches, stopped)
+            if batch is None:
                 was_stopped = stopped.is_set()
                 break
-            if delta.text:
-                for event in events.text(delta.text):
-                    yield encode(event)
-            for piece in delta.tool_calls:
-                for event in events.tool_call(piece.index, piece.name, piece.arguments):
-                    yield encode(event)
+            out: list[BaseEvent] = []  # one write for everything one upstream read brought
+            for delta in batch:
+                if delta.text:
+                    out += events.text(delta.text)
+                for piece in delta.tool_calls:
+                    out += events.tool_call(piece.index, piece.name, piece.arguments)
+            if out:
+                yield b"".join(encode(event) for event in out)
     except CopilotEdgeError as error:
         yield encode(run_error(error))
         return
@@ -278,7 +280,7 @@ async def run_events(
         yield encode(run_error(CopilotEdgeError()))
         return
     finally:
-        await deltas.aclose()  # type: ignore[attr-defined]
+        await batches.aclose()  # type: ignore[attr-defined]
     for event in events.close():
         yield encode(event)
     result: dict[str, Any] = {"usage": wire.usage_of(turn)}
@@ -292,7 +294,7 @@ async def run_events(
 
 
 async def _next_or_stop(deltas: AsyncIterator[Any], stopped: asyncio.Event) -> Any:
-    """The next delta, or ``None`` at the end of the answer or when a stop arrives first.
+    """The next batch of deltas, or ``None`` at the end or when a stop arrives first.
 
     On a stop (or if this task is cancelled) the pending ``anext`` is cancelled, which
     cancels the turn: upstream is hung up and usage is recorded as ``cancelled``.

@@ -377,3 +377,14 @@ async def test_limits_are_graphql_errors_with_their_status_and_retry_after(auth,
         assert response.status_code == 429
         assert response["Retry-After"] == "2"
         assert response.json()["errors"][0]["extensions"]["code"] == "rate_limit_exceeded"
+
+
+async def test_the_callers_token_limit_applies_to_graphql(auth, api_key, upstream):
+    key = api_key[0]
+    key.tokens_per_minute = 5
+    await key.asave()
+    response = await post({"query": PLAIN, "variables": variables()}, auth)
+    assert response.status_code == 429
+    assert response.json()["errors"][0]["extensions"]["code"] == "rate_limit_exceeded"
+    assert response["x-ratelimit-limit-tokens"] == "5"
+    assert upstream.calls.call_count == 0

@@ -505,3 +505,15 @@ async def test_stop_takes_thread_ids_with_slashes(auth):
         f"{BASE}/agent/default/stop/a%2Fb", data="", content_type="application/json", headers=auth
     )
     assert response.status_code == 200
+
+
+async def test_the_callers_token_limit_applies_to_agui_runs(auth, api_key, upstream):
+    key = api_key[0]
+    key.tokens_per_minute = 5
+    await key.asave()
+    response = await post(f"{BASE}/agent/default/run", run_input(), auth)
+    assert response.status_code == 429
+    assert response.json()["error"]["code"] == "rate_limit_exceeded"
+    assert int(response["Retry-After"]) >= 1
+    assert response["x-ratelimit-limit-tokens"] == "5"
+    assert upstream.calls.call_count == 0
