@@ -16,6 +16,11 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 run: $(VENV)/.installed
 	HOST=$(HOST) PORT=$(PORT) $(PY) -m project.run
 
+# Two (CLUSTER=N) daphne processes on PORT, PORT+1, … against the local PostgreSQL and Redis.
+CLUSTER ?= 2
+cluster: $(VENV)/.installed
+	HOST=$(HOST) PORT=$(or $(CLUSTER_PORT),8001) $(PY) -m project.run --processes $(CLUSTER)
+
 # The JavaScript clients the node-marked tests drive (from the committed lockfile).
 tests/node/node_modules/.installed: tests/node/package.json tests/node/package-lock.json
 	@if command -v npm >/dev/null 2>&1; then \

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
 CONTENT = b'"content":"'
@@ -69,7 +70,7 @@ class Connection:
             await self.close()
         return ttft, ok and done
 
-    async def _body(self, headers: dict[str, str]):  # type: ignore[no-untyped-def]
+    async def _body(self, headers: dict[str, str]) -> AsyncIterator[bytes]:
         assert self.reader is not None
         if "content-length" in headers:
             yield await self.reader.readexactly(int(headers["content-length"]))

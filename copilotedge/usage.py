@@ -12,7 +12,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import sync_to_async
-from django.db import close_old_connections
+from django.db import IntegrityError, close_old_connections
 from django.dispatch import Signal
 
 from .conf import settings
@@ -89,25 +89,55 @@ def build_record(turn: Turn) -> UsageRecord:
 
 
 async def asave_batch(records: list[UsageRecord]) -> None:
-    """Insert records in one statement, with a few retries; never raises.
+    """Insert records in one statement; never raises.
 
-    Records that cannot be saved are logged whole, so the spend can be rebuilt.
+    If the batch fails, each record is saved on its own, so one bad record (say, of a
+    conversation deleted meanwhile) cannot lose the others' spend.
     """
+    try:
+        await UsageRecord.objects.abulk_create(records)
+    except Exception:
+        await sync_to_async(close_old_connections)()
+        for record in records:
+            await _asave_one(record)
+    else:
+        for record in records:
+            await usage_recorded.asend(sender=UsageRecord, record=record)
+
+
+async def _asave_one(record: UsageRecord) -> None:
+    """Save with a few retries; a record that cannot be saved is logged whole."""
     for attempt in range(1, _WRITE_ATTEMPTS + 1):
         try:
-            await UsageRecord.objects.abulk_create(records)
+            await record.asave(force_insert=True)
+        except IntegrityError:
+            # Something it points to is gone: keep the spend, drop the dangling links.
+            if not await _adrop_missing_links(record):
+                logger.exception("Could not save usage record %s", _describe(record))
+                return
         except Exception:
             # A broken connection must not poison the retry.
             await sync_to_async(close_old_connections)()
             if attempt == _WRITE_ATTEMPTS:
-                for record in records:
-                    logger.exception("Could not save usage record %s", _describe(record))
+                logger.exception("Could not save usage record %s", _describe(record))
                 return
             await asyncio.sleep(0.05 * 2**attempt)
         else:
-            for record in records:
-                await usage_recorded.asend(sender=UsageRecord, record=record)
+            await usage_recorded.asend(sender=UsageRecord, record=record)
             return
+
+
+async def _adrop_missing_links(record: UsageRecord) -> bool:
+    """Null the foreign keys whose rows no longer exist; whether any was dropped."""
+    dropped = False
+    for field in ("user", "api_key", "conversation"):
+        attname = f"{field}_id"
+        pk = getattr(record, attname)
+        model = UsageRecord._meta.get_field(field).related_model
+        if pk is not None and not await model._default_manager.filter(pk=pk).aexists():  # type: ignore[union-attr]
+            setattr(record, attname, None)
+            dropped = True
+    return dropped
 
 
 def _describe(record: UsageRecord) -> dict[str, Any]:

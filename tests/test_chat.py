@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from decimal import Decimal
 from typing import Any
 
@@ -361,3 +362,24 @@ async def test_leaving_the_loop_early_hangs_up_soon(
         await asyncio.sleep(0.01)
     assert body.closed
     assert (await record_of(turn)).outcome == "cancelled"
+
+
+@pytestmark_db
+async def test_a_record_pointing_at_a_missing_row_loses_neither_its_spend_nor_others(
+    principal: Principal, upstream: respx.MockRouter
+) -> None:
+    upstream.post(OPENAI_URL).respond(
+        200, content=sse_body(openai_chunk("Hi", "stop"), {"choices": [], "usage": USAGE})
+    )
+    dangling = Turn(
+        ChatRequest(model=MODEL, messages=HI, stream=True, conversation_id=uuid.uuid4()),
+        principal,
+        protocol="openai",
+    )
+    fine = make_turn(principal)
+    # Both land in one batch: the bad one must not take the good one down with it.
+    await asyncio.gather(consume(dangling), consume(fine))
+    good = await record_of(fine)
+    bad = await UsageRecord.objects.aget(request_id=dangling.id)
+    assert good.conversation_id is None and good.total_tokens == 18
+    assert bad.conversation_id is None and bad.total_tokens == 18 and bad.api_key_id is not None

@@ -15,6 +15,14 @@ from copilotedge.checks import check_settings
 from copilotedge.conf import DEFAULT_BASE_URL
 
 
+@pytest.fixture(autouse=True)
+def shared_cache() -> Any:
+    """A django-redis cache in the settings (never connected to), so W010 stays quiet."""
+    redis = {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": "redis://127.0.0.1:6379/0"}
+    with override_settings(CACHES={"default": redis}):
+        yield
+
+
 def ids(**overrides: Any) -> list[str]:
     with override_settings(**overrides):
         return [message.id for message in check_settings() if message.id]
