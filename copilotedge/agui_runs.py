@@ -1,10 +1,11 @@
 """Running AG-UI runs, so ``agent/stop`` can stop one, in this process or in another.
 
-Each process keeps its own registry (thread id -> running runs). A stop sets the matching
-runs' events here and, when a channel layer is configured, is also published to a
-per-thread group that every run of that thread listens on while it streams, so a stop
-reaching process A stops a run streaming from process B. Only the caller who started a
-run may stop it.
+Each process keeps a registry (thread id -> running runs). A stop sets the matching runs'
+events here and, when a channel layer is configured, is also published to a per-thread
+group. Each process (each event loop) has one listener on one channel, which joins the
+group of every thread it has a run of while that run streams, so a stop reaching
+process A stops a run streaming from process B. Only the caller who started a run may
+stop it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +26,7 @@ from .conf import settings
 logger = logging.getLogger(__name__)
 
 STOP_MESSAGE = "agui.stop"
+_RETRY_SECONDS = 1.0
 
 
 @dataclass(eq=False)
@@ -37,7 +40,22 @@ class RunningRun:
         return self.owner == owner and run_id in (None, self.run_id)
 
 
+@dataclass
+class _Listener:
+    """This loop's receiver of stops published by other processes."""
+
+    layer: Any
+    channel: str
+    task: asyncio.Task[None]
+
+
 _running: dict[str, set[RunningRun]] = {}
+_listeners: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Listener] = (
+    weakref.WeakKeyDictionary()
+)
+_starting: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def stop_group(thread_id: str) -> str:
@@ -69,13 +87,43 @@ async def astop(thread_id: str, owner: str, run_id: str | None = None) -> int:
     return count
 
 
-async def _listen(run: RunningRun, layer: Any, channel: str) -> None:
-    while not run.stopped.is_set():
-        message = await layer.receive(channel)
-        if message.get("type") == STOP_MESSAGE and run.matches(
-            str(message.get("owner")), message.get("run_id")
-        ):
-            run.stopped.set()
+async def _listen(layer: Any, channel: str) -> None:
+    while True:
+        try:
+            message = await layer.receive(channel)
+        except Exception:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # redis-py turns a cancelled read into its TimeoutError
+            logger.warning("Receiving AG-UI stops failed; retrying.", exc_info=True)
+            await asyncio.sleep(_RETRY_SECONDS)
+            continue
+        if message.get("type") == STOP_MESSAGE:
+            run_id = message.get("run_id")
+            stop_local(
+                str(message.get("thread_id")),
+                str(message.get("owner")),
+                run_id if isinstance(run_id, str) else None,
+            )
+
+
+async def _listener(layer: Any) -> _Listener:
+    loop = asyncio.get_running_loop()
+    async with _starting.setdefault(loop, asyncio.Lock()):
+        listener = _listeners.get(loop)
+        if listener is None or listener.layer is not layer or listener.task.done():
+            channel = await layer.new_channel()
+            task = asyncio.ensure_future(_listen(layer, channel))
+            listener = _listeners[loop] = _Listener(layer, channel, task)
+        return listener
+
+
+async def aclose() -> None:
+    """Stop this loop's listener (tests between event loops; shutdown)."""
+    listener = _listeners.pop(asyncio.get_running_loop(), None)
+    if listener is not None:
+        listener.task.cancel()
+        await asyncio.gather(listener.task, return_exceptions=True)
 
 
 @contextlib.asynccontextmanager
@@ -84,15 +132,14 @@ async def running(thread_id: str, run_id: str, owner: str) -> AsyncIterator[Runn
     run = RunningRun(thread_id, run_id, owner)
     _running.setdefault(thread_id, set()).add(run)
     layer = get_channel_layer()
-    listener: asyncio.Task[None] | None = None
-    channel = ""
+    listener: _Listener | None = None
     if layer is not None:
         try:
-            channel = await layer.new_channel()
-            await layer.group_add(stop_group(thread_id), channel)
-            listener = asyncio.ensure_future(_listen(run, layer, channel))
+            listener = await _listener(layer)
+            await layer.group_add(stop_group(thread_id), listener.channel)
         except Exception:
             logger.warning("Cannot listen for AG-UI stops on the channel layer.", exc_info=True)
+            listener = None
     try:
         yield run
     finally:
@@ -101,9 +148,6 @@ async def running(thread_id: str, run_id: str, owner: str) -> AsyncIterator[Runn
             runs.discard(run)
             if not runs:
                 del _running[thread_id]
-        if listener is not None:
-            listener.cancel()
-            await asyncio.gather(listener, return_exceptions=True)
-        if layer is not None and channel:
+        if listener is not None and thread_id not in _running:
             with contextlib.suppress(Exception):
-                await layer.group_discard(stop_group(thread_id), channel)
+                await listener.layer.group_discard(stop_group(thread_id), listener.channel)

@@ -240,3 +240,16 @@ def redis_cache_settings(url: str, prefix: str) -> dict[str, Any]:
             "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 0.5, "SOCKET_TIMEOUT": 0.5},
         }
     }
+
+
+# --- CopilotKit faces (issue 6) ------------------------------------------------------
+
+
+@pytest.fixture
+async def agui_drain() -> AsyncIterator[None]:
+    """After a test that ran AG-UI runs in-process: stop this loop's stop listener
+    (channels-redis refuses receives from two event loops at once)."""
+    from copilotedge import agui_runs
+
+    yield
+    await agui_runs.aclose()

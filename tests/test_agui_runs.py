@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from channels.layers import get_channel_layer
 
 from copilotedge import agui_runs
+
+pytestmark = pytest.mark.usefixtures("agui_drain")
 
 
 async def test_a_stop_reaches_only_the_owners_runs_of_that_thread():

@@ -16,7 +16,7 @@ from copilotedge.models import ApiKey, Conversation, Message, UsageRecord
 
 from .conftest import OPENAI_URL, openai_chunk, sse_body
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("agui_drain")]
 
 BASE = "/copilotedge/copilotkit"
 
