@@ -40,5 +40,9 @@ typecheck: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PY) -m bench
 
+# Ten minutes of load with hang-ups and upstream faults; not in CI.
+soak: $(VENV)/.installed
+	$(PY) -m bench.soak
+
 clean:
 	rm -rf $(VENV) staticfiles .pytest_cache .mypy_cache .ruff_cache

@@ -59,7 +59,7 @@ def main() -> None:
     tmp = tempfile.mkdtemp(prefix="copilotedge-bench-")
     database_url = args.database_url or f"sqlite:///{tmp}/bench.sqlite3"
     fast_port, slow_port = processes.free_port(), processes.free_port()
-    site_ports = [processes.free_port() for _ in range(3)]
+    site_ports = [processes.free_port() for _ in range(4)]
     env = processes.site_env(fast_port, database_url, args.redis_url)
     env["COPILOTEDGE_METRICS_TOKEN"] = METRICS_TOKEN
     slow_env = {**env, "CLOUDFLARE_API_BASE_URL": f"http://127.0.0.1:{slow_port}/client/v4"}
@@ -84,6 +84,11 @@ def main() -> None:
         slow_site = run(
             processes.running(processes.daphne_args(site_ports[2]), site_ports[2], slow_env)
         )
+        bare_env = {**env, "DJANGO_SETTINGS_MODULE": "bench.passthrough_settings"}
+        run(processes.running(processes.daphne_args(site_ports[3]), site_ports[3], bare_env))
+        bare = load.Target(
+            "bare", f"http://127.0.0.1:{site_ports[3]}/copilotedge/v1/chat/completions"
+        )
         direct = load.Target(
             "direct",
             f"http://127.0.0.1:{fast_port}/client/v4/accounts/bench/ai/v1/chat/completions",
@@ -96,7 +101,7 @@ def main() -> None:
         if "streams" in sections:
             result["streams"] = asyncio.run(
                 streams.ttft_and_throughput(
-                    direct, proxies, requests=args.requests, seconds=args.seconds
+                    direct, bare, proxies, requests=args.requests, seconds=args.seconds
                 )
             )
         if "capacity" in sections:

@@ -34,8 +34,14 @@ class Connection:
             self.writer.close()
             self.reader = self.writer = None
 
-    async def post_stream(self, body: dict[str, object]) -> tuple[float, bool]:
-        """POST ``body``; returns (seconds to the first non-empty content, saw [DONE])."""
+    async def post_stream(
+        self, body: dict[str, object], *, hang_up_early: bool = False
+    ) -> tuple[float, bool]:
+        """POST ``body``; returns (seconds to the first non-empty content, saw [DONE]).
+
+        ``hang_up_early`` closes the connection after the first piece of the body, as a
+        client that goes away mid-stream does.
+        """
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
         assert self.reader is not None
@@ -57,6 +63,9 @@ class Connection:
         ok = status_line.split(b" ", 2)[1:2] == [b"200"]
         ttft, done = 0.0, False
         async for data in self._body(headers):
+            if hang_up_early:
+                await self.close()
+                return 0.0, False
             if not ttft:
                 at = data.find(CONTENT)
                 while at != -1:

@@ -11,25 +11,30 @@ def _row(*cells: Any) -> str:
 
 
 def _streams(s: dict[str, Any]) -> list[str]:
-    d, p, p2, summary = s["direct"], s["proxy"], s["proxy_2_processes"], s["summary"]
+    d, b, p, p2 = s["direct"], s["bare"], s["proxy"], s["proxy_2_processes"]
+    summary = s["summary"]
     rows = [
         _row(
             "streams",
             "direct emulator",
-            "proxy, 1 process",
-            "proxy, 2 processes",
-            "proxy vs direct",
+            "bare Django relay",
+            "copilotedge, 1 process",
+            "copilotedge, 2 processes",
+            "copilotedge vs direct",
+            "bare vs direct",
         ),
-        _row("---", "---", "---", "---", "---"),
+        _row(*["---"] * 7),
     ]
     for q in ("p50", "p95", "p99"):
         rows.append(
             _row(
                 f"TTFT {q} ms, concurrency 1",
                 d["ttft_c1"]["ttft_ms"][q],
+                b["ttft_c1"]["ttft_ms"][q],
                 p["ttft_c1"]["ttft_ms"][q],
                 "",
                 f"+{summary[f'added_ttft_c1_{q}_ms']} ms",
+                f"+{summary[f'bare_added_ttft_c1_{q}_ms']} ms",
             )
         )
     for q in ("p50", "p95", "p99"):
@@ -37,9 +42,11 @@ def _streams(s: dict[str, Any]) -> list[str]:
             _row(
                 f"TTFT {q} ms, concurrency 50",
                 d["c50"]["ttft_ms"][q],
+                b["c50"]["ttft_ms"][q],
                 p["c50"]["ttft_ms"][q],
                 p2.get("c50", {}).get("ttft_ms", {}).get(q, ""),
                 f"+{summary[f'added_ttft_c50_{q}_ms']} ms",
+                "",
             )
         )
     for c in (10, 50):
@@ -49,14 +56,16 @@ def _streams(s: dict[str, Any]) -> list[str]:
             _row(
                 f"completions/s, concurrency {c}",
                 d[key]["per_second"],
+                b[key]["per_second"],
                 p[key]["per_second"],
                 p2.get(key, {}).get("per_second", ""),
                 f"{summary[f'throughput_ratio_{key}'] * 100:.1f}%"
                 + (f" (2 processes: {two * 100:.1f}%)" if two is not None else ""),
+                f"{summary[f'bare_throughput_ratio_{key}'] * 100:.1f}%",
             )
         )
-    errors = sum(v.get("errors", 0) for part in (d, p, p2) for v in part.values())
-    rows.append(_row("errors", "", "", "", errors))
+    errors = sum(v.get("errors", 0) for part in (d, b, p, p2) for v in part.values())
+    rows.append(_row("errors", "", "", "", "", errors, ""))
     return rows
 
 
@@ -91,8 +100,9 @@ def plot(result: dict[str, Any], path: Path) -> None:
     fig, (lat, thr) = plt.subplots(1, 2, figsize=(11, 4))
     for name, label in (
         ("direct", "emulator direct"),
-        ("proxy", "proxy, 1 process"),
-        ("proxy_2_processes", "proxy, 2 processes"),
+        ("bare", "bare Django relay"),
+        ("proxy", "copilotedge, 1 process"),
+        ("proxy_2_processes", "copilotedge, 2 processes"),
     ):
         runs = s[name]
         xs = [c for c in (1, 10, 50) if (f"c{c}" if c > 1 else "ttft_c1") in runs]

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import iscoroutinefunction
 
-from . import cloudflare, exceptions, ratelimit, usage
+from . import exceptions, ratelimit, resilience, usage
 from .auth import check_model
 from .cloudflare import Delta, ToolCallDelta, Usage
 from .conf import settings
@@ -37,6 +37,7 @@ class ChatRequest:
     params: dict[str, Any] = field(default_factory=dict)
     stream: bool = False
     conversation_id: uuid.UUID | None = None
+    cache: str = ""  # the client's X-CopilotEdge-Cache directive (see copilotedge.cache)
 
 
 @dataclass
@@ -122,7 +123,9 @@ class Turn:
         self.started = time.monotonic()
         self.first_token_at: float | None = None
         self.finished = False
-        self._stream: cloudflare.UpstreamStream | None = None
+        self.cache_status = "BYPASS"  # HIT, MISS or BYPASS (copilotedge.cache)
+        self.cache_hit = False
+        self._stream: resilience.DeltaStream | None = None
         self.reservation: ratelimit.Reservation | None = None
 
     @property
@@ -142,10 +145,8 @@ class Turn:
     async def open(self) -> None:
         await self.admit()
         try:
-            self.attempts += 1
-            self._stream = await cloudflare.open_stream(
-                self.request.model, self.messages, self.request.params
-            )
+            # Cache, retries, circuit breakers and fallbacks; counts self.attempts.
+            self._stream = await resilience.open_stream(self)
         except BaseException as error:
             self._fail(error)
             self.finish()
@@ -186,10 +187,7 @@ class Turn:
     async def complete(self) -> Answer:
         await self.admit()
         try:
-            self.attempts += 1
-            delta = await cloudflare.complete(
-                self.request.model, self.messages, self.request.params
-            )
+            delta = await resilience.complete(self)
             self.first_token_at = time.monotonic()
             self.answer.add(delta)
             on_chunk = _chunk_callback()

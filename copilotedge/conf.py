@@ -92,7 +92,7 @@ class Settings:
 
     @property
     def READ_TIMEOUT(self) -> float:
-        """Longest silence between two upstream bytes (also the first-token wait)."""
+        """Longest silence between two upstream bytes, and between two deltas of an answer."""
         return float(_get("COPILOTEDGE_READ_TIMEOUT", 60.0))
 
     @property
@@ -199,6 +199,66 @@ class Settings:
     @property
     def RETENTION_DAYS(self) -> int:
         return int(_get("COPILOTEDGE_RETENTION_DAYS", 30))
+
+    # -- Reliability: retries, circuit breaker, fallbacks, response cache (issue 7) --
+
+    @property
+    def FIRST_TOKEN_TIMEOUT(self) -> float:
+        """Longest wait for an attempt's first delta; past it the attempt is retried."""
+        return float(_get("COPILOTEDGE_FIRST_TOKEN_TIMEOUT", 30.0))
+
+    @property
+    def RETRY_ATTEMPTS(self) -> int:
+        """Attempts per upstream (the first one included) before moving to a fallback."""
+        return int(_get("COPILOTEDGE_RETRY_ATTEMPTS", 3))
+
+    @property
+    def RETRY_BASE_DELAY(self) -> float:
+        return float(_get("COPILOTEDGE_RETRY_BASE_DELAY", 0.5))
+
+    @property
+    def RETRY_MAX_DELAY(self) -> float:
+        """Cap of one backoff; a longer ``Retry-After`` is not waited for here."""
+        return float(_get("COPILOTEDGE_RETRY_MAX_DELAY", 8.0))
+
+    @property
+    def RETRY_DEADLINE(self) -> float:
+        """Seconds from the start of a turn within which its first delta must be obtained."""
+        return float(_get("COPILOTEDGE_RETRY_DEADLINE", 60.0))
+
+    @property
+    def CIRCUIT_FAILURE_THRESHOLD(self) -> int:
+        """Upstream failures within ``CIRCUIT_FAILURE_WINDOW`` seconds that open a circuit."""
+        return int(_get("COPILOTEDGE_CIRCUIT_FAILURE_THRESHOLD", 5))
+
+    @property
+    def CIRCUIT_FAILURE_RATIO(self) -> float:
+        """The share of calls in the window that must fail (besides the threshold) to open."""
+        return float(_get("COPILOTEDGE_CIRCUIT_FAILURE_RATIO", 0.5))
+
+    @property
+    def CIRCUIT_FAILURE_WINDOW(self) -> float:
+        return float(_get("COPILOTEDGE_CIRCUIT_FAILURE_WINDOW", 30.0))
+
+    @property
+    def CIRCUIT_COOLDOWN(self) -> float:
+        """Seconds a circuit stays open before one probe request is let through."""
+        return float(_get("COPILOTEDGE_CIRCUIT_COOLDOWN", 30.0))
+
+    @property
+    def FALLBACKS(self) -> dict[str, list[dict[str, str]]]:
+        """Model -> ordered fallbacks, each ``{"model", "base_url"?, "api_token"?,
+        "account_id"?, "name"?}``; without ``base_url`` the default upstream is used."""
+        return dict(_get("COPILOTEDGE_FALLBACKS", {}))
+
+    @property
+    def RESPONSE_CACHE(self) -> bool:
+        """The response cache's master switch (off: not even ``X-CopilotEdge-Cache: use``)."""
+        return bool(_get("COPILOTEDGE_RESPONSE_CACHE", True))
+
+    @property
+    def RESPONSE_CACHE_TTL(self) -> int:
+        return int(_get("COPILOTEDGE_RESPONSE_CACHE_TTL", 3600))
 
 
 settings = Settings()

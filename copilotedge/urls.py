@@ -12,6 +12,7 @@ urlpatterns = [
     path("v1/chat/completions", views.chat_completions, name="chat-completions"),
     path("v1/models", views.models, name="models"),
     path("ai/run/<path:model>", views.ai_run, name="ai-run"),
+    path("openapi.json", views.openapi_description, name="openapi"),
     # CopilotKit: the AG-UI routes, and the single route (AG-UI envelope or legacy GraphQL).
     path("copilotkit", copilotkit_views.single_route, name="copilotkit"),
     path("copilotkit/info", copilotkit_views.info, name="copilotkit-info"),

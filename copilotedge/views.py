@@ -17,7 +17,7 @@ from django.http import HttpRequest, JsonResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from django.views.decorators.csrf import csrf_exempt
 
-from . import sse, wire
+from . import cache, openapi, sse, wire
 from .auth import aauthenticate
 from .chat import Turn
 from .conf import settings
@@ -95,12 +95,17 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
     principal = await aauthenticate(request)
     body = read_json(request)
     turn = Turn(parse_chat(body), principal, protocol="openai")
+    turn.request.cache = cache.parse_directive(request.headers)
+    response: HttpResponseBase
     if turn.request.stream:
         include_usage = parse_include_usage(body)
         await turn.open()
-        return event_stream(wire.openai_stream(turn, include_usage=include_usage))
-    await turn.complete()
-    return JsonResponse(wire.openai_completion(turn))
+        response = event_stream(wire.openai_stream(turn, include_usage=include_usage))
+    else:
+        await turn.complete()
+        response = JsonResponse(wire.openai_completion(turn))
+    response[cache.HEADER] = turn.cache_status
+    return response
 
 
 @api_view("GET")
@@ -119,10 +124,21 @@ async def ai_run(request: HttpRequest, model: str) -> HttpResponseBase:
         principal = await aauthenticate(request)
         body = read_json(request)
         turn = Turn(parse_chat(body, model=parse_model(model)), principal, protocol="run")
+        turn.request.cache = cache.parse_directive(request.headers)
+        response: HttpResponseBase
         if turn.request.stream:
             await turn.open()
-            return event_stream(wire.run_stream(turn))
-        await turn.complete()
+            response = event_stream(wire.run_stream(turn))
+        else:
+            await turn.complete()
+            response = JsonResponse(wire.run_envelope(turn))
     except CopilotEdgeError as error:
         return error_response(error, wire.run_error(error))
-    return JsonResponse(wire.run_envelope(turn))
+    response[cache.HEADER] = turn.cache_status
+    return response
+
+
+@api_view("GET")
+async def openapi_description(request: HttpRequest) -> HttpResponseBase:
+    """The OpenAPI 3.1 description of this API (public: it holds no secrets)."""
+    return JsonResponse(openapi.describe(), json_dumps_params={"indent": 1})

@@ -88,31 +88,36 @@ async def openai_stream(turn: Turn, *, include_usage: bool) -> AsyncIterator[byt
     """``chat.completion.chunk`` frames, a usage chunk if asked, then ``[DONE]``.
 
     A failure after the first frame becomes an in-band ``{"error": …}`` frame; the
-    stream never pretends to have finished normally.
+    stream never pretends to have finished normally. Frames that are ready together
+    go out in one write (the role chunk with the first text, the closing frames at
+    once): every extra small write is a packet, and can wait on a delayed ACK.
     """
-    yield _chunk(turn, {"role": "assistant", "content": ""})
+    head = _chunk(turn, {"role": "assistant", "content": ""})
     try:
         async for batch in turn.batches():
             frames = [_chunk(turn, body) for d in batch if (body := _delta_body(d, turn))]
             if frames:
-                yield b"".join(frames)
+                yield head + b"".join(frames)
+                head = b""
     except CopilotEdgeError as error:
-        yield sse.encode_json(error.to_dict())
-        yield sse.DONE_FRAME
+        yield head + sse.encode_json(error.to_dict()) + sse.DONE_FRAME
         return
-    yield _chunk(turn, {}, turn.answer.final_finish_reason())
+    tail = [head, _chunk(turn, {}, turn.answer.final_finish_reason())]
     if include_usage:
-        yield sse.encode_json(
-            {
-                "id": completion_id(turn),
-                "object": "chat.completion.chunk",
-                "created": turn.created,
-                "model": turn.model_served,
-                "choices": [],
-                "usage": usage_of(turn),
-            }
+        tail.append(
+            sse.encode_json(
+                {
+                    "id": completion_id(turn),
+                    "object": "chat.completion.chunk",
+                    "created": turn.created,
+                    "model": turn.model_served,
+                    "choices": [],
+                    "usage": usage_of(turn),
+                }
+            )
         )
-    yield sse.DONE_FRAME
+    tail.append(sse.DONE_FRAME)
+    yield b"".join(tail)
 
 
 def run_envelope(turn: Turn) -> dict[str, Any]:
@@ -150,11 +155,9 @@ async def run_stream(turn: Turn) -> AsyncIterator[bytes]:
             if frames:
                 yield b"".join(frames)
     except CopilotEdgeError as error:
-        yield sse.encode_json(run_error(error))
-        yield sse.DONE_FRAME
+        yield sse.encode_json(run_error(error)) + sse.DONE_FRAME
         return
-    yield sse.encode_json({"response": "", "usage": usage_of(turn)})
-    yield sse.DONE_FRAME
+    yield sse.encode_json({"response": "", "usage": usage_of(turn)}) + sse.DONE_FRAME
 
 
 async def with_keepalive(frames: AsyncIterator[bytes], interval: float) -> AsyncIterator[bytes]:

@@ -242,6 +242,52 @@ def redis_cache_settings(url: str, prefix: str) -> dict[str, Any]:
     }
 
 
+# -- Reliability (issue 7): upstream behaviours for retries, breakers and the cache. --
+
+
+class SlowStream(httpx.AsyncByteStream):
+    """An upstream body sent in parts; a float part is a pause of that many seconds.
+
+    ``closed`` tells whether the app hung up (httpx closes the stream on ``aclose``).
+    """
+
+    def __init__(self, *parts: bytes | float) -> None:
+        self.parts = parts
+        self.closed = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for part in self.parts:
+            if isinstance(part, bytes):
+                yield part
+            else:
+                await asyncio.sleep(part)
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+def capacity_error(code: int, retry_after: str | None = None) -> httpx.Response:
+    """Workers AI's 429: 3040 is out of capacity (retryable), 3036 the daily quota."""
+    headers = {"Retry-After": retry_after} if retry_after else {}
+    body = {"success": False, "errors": [{"code": code, "message": "limited"}], "result": None}
+    return httpx.Response(429, json=body, headers=headers)
+
+
+def reset_circuits() -> None:
+    """Close every configured upstream's circuit (state may live in a shared Redis)."""
+    from copilotedge.breaker import CircuitBreaker, known_upstreams
+
+    for name in {*known_upstreams(), "workers-ai"}:
+        CircuitBreaker(name).reset()
+
+
+@pytest.fixture(autouse=True)
+def closed_circuits() -> Iterator[None]:
+    """Every test starts with closed circuits: failures of one test must not open another's."""
+    reset_circuits()
+    yield
+
+
 # --- CopilotKit faces (issue 6) ------------------------------------------------------
 
 

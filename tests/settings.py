@@ -109,6 +109,13 @@ COPILOTEDGE_ACCOUNT_ID = "test-account"
 COPILOTEDGE_API_TOKEN = "test-token"
 COPILOTEDGE_API_BASE_URL = "https://upstream.test/client/v4"
 COPILOTEDGE_KEEPALIVE_SECONDS = 15
+# Reliability: a failing upstream costs a test milliseconds of backoff, not seconds (a
+# longer Retry-After than the cap is handed to the client at once), and the response
+# cache is off unless a test turns it on, so tests asking the same thing do not answer
+# each other from the cache.
+COPILOTEDGE_RETRY_BASE_DELAY = 0.01
+COPILOTEDGE_RETRY_MAX_DELAY = 1.0
+COPILOTEDGE_RESPONSE_CACHE = False
 
 # A server process started by the suite (tests/servers.py) runs on the suite's test
 # database and with the suite's overrides, handed over in the environment.

@@ -227,13 +227,14 @@ async def test_mid_stream_failure_is_incomplete(
 async def test_failure_before_any_text_is_an_error(
     principal: Principal, upstream: respx.MockRouter
 ) -> None:
-    upstream.post(OPENAI_URL).respond(200, content=sse_body("{broken", done=False))
+    route = upstream.post(OPENAI_URL).respond(200, content=sse_body("{broken", done=False))
     turn = make_turn(principal)
-    await turn.open()
+    # Nothing has reached the client yet: open() retries, then raises (a status, not a frame).
     with pytest.raises(exceptions.UpstreamError):
-        await consume(turn)
+        await turn.open()
     record = await record_of(turn)
     assert (record.outcome, record.error_code) == ("error", "upstream_malformed")
+    assert record.attempts == route.call_count == 3
 
 
 @pytestmark_db

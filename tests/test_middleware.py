@@ -85,7 +85,8 @@ async def test_every_response_carries_the_headers(
         side_effect=[
             httpx.Response(200, json=completion()),
             httpx.Response(200, content=sse_body(openai_chunk("Hi"), openai_chunk(None, "stop"))),
-            httpx.Response(500, json={"errors": [{"message": "boom", "code": 3000}]}),
+            # A 5xx is retried (three attempts in all) before the client gets its 502.
+            *[httpx.Response(500, json={"errors": [{"message": "boom", "code": 3000}]})] * 3,
         ]
     )
     ok = await chat(auth, max_tokens=100)

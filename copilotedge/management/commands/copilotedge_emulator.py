@@ -45,11 +45,13 @@ class Command(BaseCommand):
         )
         host: str = options["host"]
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        # Bound here so the line below names the real port, even for --port 0.
+        # Bound and listening here, so the line below names the real port (even for
+        # --port 0) and a client that reads it can connect before uvicorn is up.
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, options["port"]))
+            sock.listen(2048)
         except OSError as error:
             sock.close()
             raise CommandError(f"Cannot listen on {host}:{options['port']}: {error}") from None
