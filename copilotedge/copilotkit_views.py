@@ -8,6 +8,7 @@ body with a ``query`` is GraphQL and a body with a ``method`` is an envelope.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -232,7 +233,11 @@ async def graphql(request: HttpRequest, body: dict[str, Any]) -> HttpResponseBas
     except GraphQLError as error:
         return graphql_error_response([dict(error.formatted)], 400)
     context = copilotkit_gql.Context(principal)
-    result = await _execute(document, operation_name, variables, context)
+    try:
+        result = await _execute(document, operation_name, variables, context)
+    except BaseException:  # a client gone before the first payload: hang up upstream too
+        await context.cancel()
+        raise
     if isinstance(result, ExecutionResult):
         errors = [copilotkit_gql.format_error(e) for e in result.errors or []]
         cause = _app_error(result.errors or [])
@@ -259,8 +264,10 @@ async def graphql(request: HttpRequest, body: dict[str, Any]) -> HttpResponseBas
                 if payload is not None:
                     yield payload
         finally:
-            await result.subsequent_results.aclose()
+            # Stopping the runs first closes the feeds graphql-core is waiting on.
             await context.cancel()
+            with contextlib.suppress(RuntimeError):  # still running if we were cancelled in it
+                await result.subsequent_results.aclose()
 
     if "multipart/mixed" in request.headers.get("Accept", ""):
         response = StreamingHttpResponse(multipart(payloads()), content_type=MULTIPART)
