@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -53,7 +54,7 @@ async def test_every_route_of_the_app_is_described_and_nothing_else() -> None:
     document = await served()
     described = set(document["paths"])
     mounted = {
-        "/copilotedge/" + str(p.pattern).replace("<path:model>", "{model}")
+        "/copilotedge/" + re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", str(p.pattern))
         for p in urls.urlpatterns
         if isinstance(p, URLPattern)
     }
