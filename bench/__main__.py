@@ -137,9 +137,9 @@ def main() -> None:
 
 
 async def _websockets(port: int, pid: int, key: str, sockets: int) -> dict[str, Any]:
-    from . import websockets
+    from . import sockets as ws
 
-    return await websockets.hold_sockets(port, pid, key, sockets)
+    return await ws.hold_sockets(port, pid, key, sockets)
 
 
 def _ratelimit(redis_url: str) -> dict[str, Any]:

@@ -20,12 +20,18 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
-async def sample_peak_rss(pid: int, stop: asyncio.Event) -> int:
-    peak = 0
+def threads(pid: int) -> int:
+    return len(list(Path(f"/proc/{pid}/task").iterdir()))
+
+
+async def sample_peaks(pid: int, stop: asyncio.Event) -> tuple[int, int]:
+    """Peak RSS (KiB) and peak thread count of ``pid`` until ``stop`` is set."""
+    peak_rss = peak_threads = 0
     while not stop.is_set():
-        peak = max(peak, rss_kib(pid))
+        peak_rss = max(peak_rss, rss_kib(pid))
+        peak_threads = max(peak_threads, threads(pid))
         await asyncio.sleep(0.1)
-    return max(peak, rss_kib(pid))
+    return max(peak_rss, rss_kib(pid)), peak_threads
 
 
 def lag_buckets(metrics: str) -> dict[float, float]:
@@ -64,15 +70,16 @@ async def hold_streams(
     baseline = rss_kib(pid)
     before = lag_buckets(await scrape(metrics_url, metrics_token))
     stop = asyncio.Event()
-    sampler = asyncio.create_task(sample_peak_rss(pid, stop))
+    sampler = asyncio.create_task(sample_peaks(pid, stop))
     result = await load.open_streams(target, count, read_timeout=300)
     stop.set()
-    peak = await sampler
+    peak, peak_threads = await sampler
     after = lag_buckets(await scrape(metrics_url, metrics_token))
     result.update(
         rss_baseline_kib=baseline,
         rss_peak_kib=peak,
         rss_growth_per_stream_kib=round((peak - baseline) / count, 1),
+        threads_peak=peak_threads,
         loop_lag_p99_ms_at_most=round(quantile_bound(before, after, 0.99) * 1000, 1)
         if after
         else None,

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import iscoroutinefunction
 
-from . import exceptions, ratelimit, resilience, usage
+from . import exceptions, metrics, ratelimit, resilience, usage
 from .auth import check_model
 from .cloudflare import Delta, ToolCallDelta, Usage
 from .conf import settings
@@ -169,14 +169,15 @@ class Turn:
         assert self._stream is not None
         on_chunk = _chunk_callback()
         try:
-            async for batch in self._stream.batches():
-                if self.first_token_at is None:
-                    self.first_token_at = time.monotonic()
-                for delta in batch:
-                    self.answer.add(delta)
-                    if delta.text and on_chunk is not None:
-                        await self._call(on_chunk, delta.text)
-                yield batch
+            with metrics.track_stream(self.protocol):
+                async for batch in self._stream.batches():
+                    if self.first_token_at is None:
+                        self.first_token_at = time.monotonic()
+                    for delta in batch:
+                        self.answer.add(delta)
+                        if delta.text and on_chunk is not None:
+                            await self._call(on_chunk, delta.text)
+                    yield batch
         except BaseException as error:
             self._fail(error)
             raise

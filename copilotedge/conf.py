@@ -168,12 +168,25 @@ class Settings:
     @property
     def PRICES(self) -> dict[str, tuple[Decimal, Decimal]]:
         table = _get("COPILOTEDGE_PRICES", DEFAULT_PRICES)
-        return {model: (Decimal(i), Decimal(o)) for model, (i, o) in table.items()}
+        return {model: (Decimal(str(i)), Decimal(str(o))) for model, (i, o) in table.items()}
 
     @property
     def NEURON_PRICE(self) -> Decimal:
         """USD per 1,000 neurons, used when upstream reports neurons."""
         return Decimal(str(_get("COPILOTEDGE_NEURON_PRICE", "0.011")))
+
+    @property
+    def DEFAULT_PRICE(self) -> tuple[Decimal, Decimal] | None:
+        """(input, output) USD per million tokens for a model missing from ``PRICES``.
+
+        ``None`` (the default) charges such a model the highest input and output prices in
+        ``PRICES``: an unknown model must never be recorded as free, or budgets never trip.
+        """
+        value = _get("COPILOTEDGE_DEFAULT_PRICE", None)
+        if value is None:
+            return None
+        price_in, price_out = value
+        return Decimal(str(price_in)), Decimal(str(price_out))
 
     @property
     def AGENTS(self) -> dict[str, dict[str, Any]]:
@@ -187,6 +200,11 @@ class Settings:
     @property
     def METRICS_TOKEN(self) -> str:
         return str(_get("COPILOTEDGE_METRICS_TOKEN", ""))
+
+    @property
+    def HEALTH_TIMEOUT(self) -> float:
+        """Seconds each readiness check (database, cache) may take before it counts as down."""
+        return float(_get("COPILOTEDGE_HEALTH_TIMEOUT", 2.0))
 
     @property
     def HISTORY_MAX_MESSAGES(self) -> int:

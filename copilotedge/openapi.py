@@ -463,6 +463,59 @@ def _copilotkit_paths() -> dict[str, Any]:
     }
 
 
+def _health_operation() -> dict[str, Any]:
+    body = {
+        "type": "object",
+        "required": ["status", "live"],
+        "properties": {
+            "status": {"enum": ["ok", "degraded", "unavailable"]},
+            "live": {"type": "boolean"},
+            "ready": {"type": "boolean"},
+            "checks": {"type": "object"},
+        },
+    }
+    return {
+        "operationId": "health",
+        "summary": "Liveness and readiness (database, cache, upstream circuits); no auth.",
+        "security": [],
+        "parameters": [
+            {
+                "name": "probe",
+                "in": "query",
+                "required": False,
+                "description": "`liveness` answers without checking dependencies.",
+                "schema": {"enum": ["liveness"]},
+            }
+        ],
+        "responses": {
+            "200": {"description": "Ready.", "content": {JSON: {"schema": body}}},
+            "503": {"description": "Not ready.", "content": {JSON: {"schema": body}}},
+        },
+    }
+
+
+def _metrics_operation() -> dict[str, Any]:
+    return {
+        "operationId": "metrics",
+        "summary": "Prometheus metrics, for staff sessions or the metrics token.",
+        "security": [{"metricsToken": []}, {"session": []}],
+        "responses": {
+            "200": {
+                "description": "The Prometheus text exposition format.",
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+            },
+            "401": {
+                "description": "Neither a staff session nor the metrics token.",
+                "content": {JSON: {"schema": _ref("Error")}},
+            },
+            "403": {
+                "description": "Signed in, but not staff.",
+                "content": {JSON: {"schema": _ref("Error")}},
+            },
+        },
+    }
+
+
 def describe() -> dict[str, Any]:
     """The description, with the paths where this site serves the app."""
     run_path = reverse("copilotedge:ai-run", kwargs={"model": _MODEL_PLACEHOLDER})
@@ -491,6 +544,8 @@ def describe() -> dict[str, Any]:
             },
             run_path.replace(_MODEL_PLACEHOLDER, "{model}"): {"post": _run_operation()},
             **_copilotkit_paths(),
+            reverse("copilotedge:health"): {"get": _health_operation()},
+            reverse("copilotedge:metrics"): {"get": _metrics_operation()},
             reverse("copilotedge:openapi"): {
                 "get": {
                     "operationId": "describeApi",
@@ -509,6 +564,11 @@ def describe() -> dict[str, Any]:
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer", "description": "An API key."},
                 "session": {"type": "apiKey", "in": "cookie", "name": "sessionid"},
+                "metricsToken": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "COPILOTEDGE_METRICS_TOKEN (GET metrics only).",
+                },
             },
         },
     }

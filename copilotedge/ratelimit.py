@@ -50,7 +50,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from . import exceptions
+from . import exceptions, metrics
 from .conf import settings
 from .ratelimit_gcra import (
     Bucket,
@@ -359,9 +359,17 @@ def tracking() -> Iterator[Tracked]:
         _tracked.reset(token)
 
 
+def _count_rejection(decision: Decision, limit: str) -> None:
+    if isinstance(decision.error, exceptions.BudgetExceeded):
+        metrics.observe_rejection("budget")
+    elif isinstance(decision.error, exceptions.RateLimited):
+        metrics.observe_rejection(limit)
+
+
 async def acheck_request(principal: Principal) -> Decision:
     """Count one request for ``principal``; see the module docstring."""
     decision = await get_limiter().acheck_request(principal)
+    _count_rejection(decision, "requests")
     tracked = _tracked.get()
     if tracked is not None:
         tracked.decision = decision
@@ -370,6 +378,7 @@ async def acheck_request(principal: Principal) -> Decision:
 
 def check_request(principal: Principal) -> Decision:
     decision = get_limiter().check_request(principal)
+    _count_rejection(decision, "requests")
     tracked = _tracked.get()
     if tracked is not None:
         tracked.decision = decision
@@ -378,10 +387,10 @@ def check_request(principal: Principal) -> Decision:
 
 def estimate_tokens(request: ChatRequest) -> int:
     """Tokens to reserve for ``request``: the prompt estimate plus its completion cap."""
-    from .usage import estimate_prompt_tokens
+    from .tokens import estimate_prompt_tokens
 
     completion = request.params.get("max_tokens") or DEFAULT_COMPLETION_TOKENS
-    return estimate_prompt_tokens(request.messages) + int(completion)
+    return estimate_prompt_tokens(request.messages, request.params) + int(completion)
 
 
 @dataclass(frozen=True)
@@ -397,6 +406,7 @@ async def areserve(principal: Principal, request: ChatRequest) -> Reservation:
     """Admit a turn (budget, then tokens) or raise ``BudgetExceeded``/``RateLimited``/503."""
     limiter = get_limiter()
     decision = await limiter.areserve(principal, estimate_tokens(request))
+    _count_rejection(decision, "tokens")
     tracked = _tracked.get()
     if tracked is not None and tracked.decision is not None and decision.tokens is not None:
         tracked.decision.tokens = decision.tokens

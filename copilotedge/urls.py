@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from . import copilotkit_views, views
+from . import copilotkit_views, monitoring, views
 
 app_name = "copilotedge"
 
@@ -13,6 +13,8 @@ urlpatterns = [
     path("v1/models", views.models, name="models"),
     path("ai/run/<path:model>", views.ai_run, name="ai-run"),
     path("openapi.json", views.openapi_description, name="openapi"),
+    path("health", monitoring.health, name="health"),
+    path("metrics", monitoring.metrics_view, name="metrics"),
     # CopilotKit: the AG-UI routes, and the single route (AG-UI envelope or legacy GraphQL).
     path("copilotkit", copilotkit_views.single_route, name="copilotkit"),
     path("copilotkit/info", copilotkit_views.info, name="copilotkit-info"),

@@ -10,7 +10,7 @@ from . import sse
 from .chat import Turn
 from .cloudflare import Delta
 from .exceptions import CopilotEdgeError
-from .usage import estimate_prompt_tokens, estimate_tokens
+from .usage import count_tokens
 
 
 def completion_id(turn: Turn) -> str:
@@ -18,17 +18,8 @@ def completion_id(turn: Turn) -> str:
 
 
 def usage_of(turn: Turn) -> dict[str, int]:
-    """Usage as the client sees it; estimated when upstream sent none."""
-    usage = turn.answer.usage
-    if usage is not None and (usage.prompt_tokens or usage.completion_tokens):
-        return usage.as_openai()
-    prompt = estimate_prompt_tokens(turn.messages)
-    completion = estimate_tokens(turn.answer.text)
-    return {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-    }
+    """Usage as the client sees it: the same counts the ledger records."""
+    return count_tokens(turn).as_openai()
 
 
 def openai_completion(turn: Turn) -> dict[str, Any]:

@@ -153,7 +153,10 @@ def test_e006_bad_prices(prices: Any) -> None:
 
 
 def test_e006_good_prices() -> None:
-    assert ids(COPILOTEDGE_PRICES={"@cf/meta/x": ("0.1", 2), "@cf/qwen/y": (0, "1e-3")}) == []
+    prices = {"@cf/meta/x": ("0.1", 2), "@cf/qwen/y": (0, "1e-3")}
+    # Offering exactly the priced models (an unpriced one is W020).
+    priced = {"COPILOTEDGE_MODEL": "@cf/meta/x", "COPILOTEDGE_MODELS": list(prices)}
+    assert ids(COPILOTEDGE_PRICES=prices, **priced) == []
 
 
 @pytest.mark.parametrize(

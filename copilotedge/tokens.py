@@ -1,0 +1,105 @@
+"""Offline token estimates, for when upstream reports no usage.
+
+No tokenizer is downloaded or loaded: the estimate splits text the way BPE pre-tokenizers
+do (words, digit runs, punctuation runs, line breaks) and charges each piece by its kind.
+Plain "characters / 4" under-counts Chinese, Japanese and Korean several times over
+(about one token per character there) and numbers and code (Llama 3 splits digits into
+groups of three, punctuation rarely merges); budgets built on it would not trip. Where
+the estimate errs, it errs high on purpose.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+# Chat templates wrap every message in a few special tokens (Llama 3: start-header, role,
+# end-header, blank line, end-of-turn) and prime the answer with an assistant header.
+TOKENS_PER_MESSAGE = 4
+TOKENS_PER_NAME = 1
+REPLY_PRIMING = 3
+
+_PIECES = re.compile(r"[^\W\d_]+|\d+|\n+|[^\w\s]+|_+|[ \t\r\f\v]+")
+# Scripts written without spaces, where a tokenizer spends about a token per character.
+_CJK = re.compile(
+    "[\u1100-\u11ff\u3040-\u30ff\u3100-\u312f\u3130-\u318f\u3400-\u4dbf"
+    "\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]"
+)
+
+
+def _piece_tokens(piece: str) -> int:
+    first = piece[0]
+    if first in " \t\r\f\v":
+        # Single spaces merge into the next word; long indentation runs do not.
+        return 0 if len(piece) < 4 else math.ceil(len(piece) / 4)
+    if first == "\n":
+        return 1
+    if first.isdigit():
+        return math.ceil(len(piece) / 3)
+    if first.isalpha():
+        if piece.isascii():
+            return math.ceil(len(piece) / 6)
+        cjk = len(_CJK.findall(piece))
+        return cjk + math.ceil((len(piece) - cjk) / 3)
+    # Punctuation and symbols: ASCII runs merge in pairs at best; emoji and other
+    # non-ASCII symbols cost several byte-level tokens each.
+    ascii_count = sum(c.isascii() for c in piece)
+    return math.ceil(ascii_count / 2) + 2 * (len(piece) - ascii_count)
+
+
+def estimate_tokens(text: str) -> int:
+    """Tokens ``text`` would take, estimated offline (an upper-leaning guess)."""
+    if not text:
+        return 0
+    return sum(_piece_tokens(piece) for piece in _PIECES.findall(text))
+
+
+def content_text(content: Any) -> str:
+    """The text of a message's content: a string or a list of OpenAI content parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(str(part.get("text") or "") for part in content if isinstance(part, Mapping))
+    return "" if content is None else str(content)
+
+
+def _tool_calls_text(tool_calls: Any) -> Iterable[str]:
+    for call in tool_calls if isinstance(tool_calls, list) else []:
+        if not isinstance(call, Mapping):
+            continue
+        function = call.get("function")
+        if not isinstance(function, Mapping):
+            function = call
+        yield str(function.get("name") or "")
+        arguments = function.get("arguments", "")
+        yield arguments if isinstance(arguments, str) else json.dumps(arguments)
+
+
+def estimate_message_tokens(message: Mapping[str, Any]) -> int:
+    tokens = TOKENS_PER_MESSAGE + estimate_tokens(content_text(message.get("content")))
+    tokens += sum(estimate_tokens(text) for text in _tool_calls_text(message.get("tool_calls")))
+    if message.get("name"):
+        tokens += TOKENS_PER_NAME + estimate_tokens(str(message["name"]))
+    return tokens
+
+
+def estimate_prompt_tokens(
+    messages: Iterable[Mapping[str, Any]], params: Mapping[str, Any] | None = None
+) -> int:
+    """The prompt: every message with its framing, plus tool definitions (templates inline
+    them into the prompt as JSON) and the assistant header that primes the reply."""
+    tokens = sum(estimate_message_tokens(message) for message in messages)
+    tools = (params or {}).get("tools")
+    if tools:
+        tokens += estimate_tokens(json.dumps(tools, separators=(",", ":")))
+    return tokens + REPLY_PRIMING
+
+
+def estimate_completion_tokens(text: str, tool_calls: Iterable[tuple[str, str]] = ()) -> int:
+    """The answer: its text and each tool call's name and JSON arguments."""
+    return estimate_tokens(text) + sum(
+        estimate_tokens(name) + estimate_tokens(arguments) for name, arguments in tool_calls
+    )
