@@ -41,6 +41,8 @@ DEFAULT_PRICES: dict[str, tuple[str, str]] = {
     "@cf/deepseek-ai/deepseek-r1-distill-qwen-32b": ("0.497", "4.881"),
 }
 
+# Agent id -> name, description, and optionally model (default: COPILOTEDGE_MODEL),
+# system_prompt and params (temperature, max_tokens, ...) sent with every run of it.
 DEFAULT_AGENTS: dict[str, dict[str, Any]] = {
     "default": {
         "name": "default",
@@ -189,6 +191,11 @@ class Settings:
     @property
     def AGENTS(self) -> dict[str, dict[str, Any]]:
         return dict(_get("COPILOTEDGE_AGENTS", DEFAULT_AGENTS))
+
+    @property
+    def AGUI_STOP_GROUP(self) -> str:
+        """Channel-layer group a ``stop`` is published on, so any process can stop a run."""
+        return str(_get("COPILOTEDGE_AGUI_STOP_GROUP", "copilotedge.agui.stop"))
 
     @property
     def METRICS_TOKEN(self) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from . import conversation_views, monitoring, views
+from . import conversation_views, copilotkit_views, monitoring, views
 
 app_name = "copilotedge"
 
@@ -23,4 +23,18 @@ urlpatterns = [
     path("openapi.json", views.openapi_description, name="openapi"),
     path("health", monitoring.health, name="health"),
     path("metrics", monitoring.metrics_view, name="metrics"),
+    # CopilotKit: the AG-UI routes, and the single route (AG-UI envelope or legacy GraphQL).
+    path("copilotkit", copilotkit_views.single_route, name="copilotkit"),
+    path("copilotkit/info", copilotkit_views.info, name="copilotkit-info"),
+    path("copilotkit/agent/<str:agent_id>/run", copilotkit_views.agent_run, name="copilotkit-run"),
+    path(
+        "copilotkit/agent/<str:agent_id>/connect",
+        copilotkit_views.agent_connect,
+        name="copilotkit-connect",
+    ),
+    path(
+        "copilotkit/agent/<str:agent_id>/stop/<path:thread_id>",
+        copilotkit_views.agent_stop,
+        name="copilotkit-stop",
+    ),
 ]

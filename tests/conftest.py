@@ -486,3 +486,16 @@ def sample_ledger(user: Any, other_user: Any, api_key: tuple[ApiKey, str]) -> Sa
     ledger = SampleLedger(user, other_user, api_key[0], timezone.now())
     UsageRecord.objects.bulk_create(ledger.rows())
     return ledger
+
+
+# --- CopilotKit faces (issue 6) ------------------------------------------------------
+
+
+@pytest.fixture
+async def agui_drain() -> AsyncIterator[None]:
+    """After a test that ran AG-UI runs in-process: stop this loop's stop listener
+    (channels-redis refuses receives from two event loops at once)."""
+    from copilotedge import agui_runs
+
+    yield
+    await agui_runs.aclose()

@@ -1,0 +1,13 @@
+import "@copilotkit/react-ui/styles.css";
+import "./app.css";
+
+import { StrictMode } from "react";
+import { createRoot } from "react-dom/client";
+
+import App from "./App.jsx";
+
+createRoot(document.getElementById("root")).render(
+  <StrictMode>
+    <App />
+  </StrictMode>,
+);

@@ -1,0 +1,11 @@
+// Where the copilotedge server under test is, handed over by tests/test_copilotkit_node.py.
+import assert from "node:assert/strict";
+
+export const BASE_URL = process.env.COPILOTEDGE_URL;
+export const API_KEY = process.env.COPILOTEDGE_API_KEY;
+assert.ok(BASE_URL && API_KEY, "COPILOTEDGE_URL and COPILOTEDGE_API_KEY must be set");
+
+export const RUNTIME_URL = `${BASE_URL}/copilotkit`;
+export const AUTH = { Authorization: `Bearer ${API_KEY}` };
+// The emulator's answers begin with this, then echo what the user said.
+export const GREETING = "Hello from the Workers AI emulator.";
