@@ -460,7 +460,11 @@ async def test_usage_row_links_an_owned_uuid_thread(auth, upstream, user):
     await events_of(response)
     await usage.adrain()
     linked = [r.conversation_id async for r in UsageRecord.objects.order_by("created_at")]
-    assert linked == [conversation.id, None]
+    assert linked[0] == conversation.id
+    # A thread that is not the caller's conversation is never linked by its id: the run
+    # is stored in a new conversation of the caller's (history.py).
+    assert linked[1] != uuid.UUID(stranger)
+    assert await Conversation.objects.filter(pk=linked[1], user=user).aexists()
 
 
 async def test_limits_before_the_stream_are_http_errors_with_retry_after(auth, monkeypatch):
