@@ -30,8 +30,7 @@ def test_create_key_creates_the_user_and_prints_only_the_key() -> None:
     (line,) = out.splitlines()
     assert line.startswith("ce_")
     assert "carol" in err
-    key = ApiKey.objects.get()
-    assert key.hashed_key == hash_key(line)
+    key = ApiKey.objects.get(hashed_key=hash_key(line))
     assert line.startswith(key.prefix)
     user = get_user_model().objects.get(username="carol")
     assert key.user == user
