@@ -22,7 +22,7 @@ from typing import Any
 from . import capacity, load, processes, report, streams
 
 RESULTS = Path(__file__).resolve().parent / "results"
-METRICS_TOKEN = "bench-metrics"
+METRICS_TOKEN = "bench-metrics-token-not-secret"
 SECTIONS = ("streams", "capacity", "websocket", "ratelimit", "admin")
 
 

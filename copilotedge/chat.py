@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import iscoroutinefunction
 
-from . import exceptions, history, metrics, ratelimit, resilience, usage
+from . import db, exceptions, history, metrics, ratelimit, resilience, usage
 from .auth import check_model
 from .cloudflare import Delta, ToolCallDelta, Usage
 from .conf import settings
@@ -163,6 +163,7 @@ class Turn:
     async def open(self) -> None:
         await self.prepare()
         await self.admit()
+        await db.arelease_connections()  # not held for the whole stream
         try:
             # Cache, retries, circuit breakers and fallbacks; counts self.attempts.
             self._stream = await resilience.open_stream(self)
@@ -209,6 +210,7 @@ class Turn:
     async def complete(self) -> Answer:
         await self.prepare()
         await self.admit()
+        await db.arelease_connections()  # not held while upstream thinks
         try:
             delta = await resilience.complete(self)
             self.first_token_at = time.monotonic()

@@ -237,8 +237,12 @@ class Settings:
 
     @property
     def LIVE_INTERVAL(self) -> float:
-        """How often a growing answer is published to resumers on the channel layer (s)."""
-        return float(_get("COPILOTEDGE_LIVE_INTERVAL", 0.05))
+        """How often a growing answer is published to resumers on the channel layer (s).
+
+        Every generating answer publishes this often whether or not anyone resumes it, so
+        this is a group_send per answer per interval on the channel layer.
+        """
+        return float(_get("COPILOTEDGE_LIVE_INTERVAL", 0.2))
 
     @property
     def CONVERSATIONS_PAGE_SIZE(self) -> int:

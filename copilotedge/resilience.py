@@ -272,14 +272,21 @@ def _land(plan: cache.Plan, flight: Any, entry: cache.Entry | None, error: Any =
         cache.land(plan.key, flight, entry, error)
 
 
-async def open_stream(turn: Turn) -> DeltaStream:
-    """The turn's answer as a stream, from the cache or an upstream that sent a first delta."""
+async def _from_cache(turn: Turn) -> tuple[cache.Entry | None, cache.Plan, Any]:
+    """A cached (or in-flight, shared) answer, else the plan and flight an upstream call fills."""
     entry, plan = await _consult_cache(turn, cache.plan_for(turn))
     flight = None
     if entry is None:
         entry, flight = await _follow_or_lead(turn, plan)
     if entry is not None:
         cache.serve_hit(turn, entry)
+    return entry, plan, flight
+
+
+async def open_stream(turn: Turn) -> DeltaStream:
+    """The turn's answer as a stream, from the cache or an upstream that sent a first delta."""
+    entry, plan, flight = await _from_cache(turn)
+    if entry is not None:
         return cache.ReplayStream(entry)
     try:
         stream, candidate = await _call(turn, lambda c, r: _open_attempt(turn, c, r))
@@ -305,12 +312,8 @@ async def open_stream(turn: Turn) -> DeltaStream:
 
 async def complete(turn: Turn) -> Delta:
     """The turn's whole answer, from the cache or upstream."""
-    entry, plan = await _consult_cache(turn, cache.plan_for(turn))
-    flight = None
-    if entry is None:
-        entry, flight = await _follow_or_lead(turn, plan)
+    entry, plan, flight = await _from_cache(turn)
     if entry is not None:
-        cache.serve_hit(turn, entry)
         return cache.delta_from_entry(entry)
     try:
         delta, _ = await _call(turn, lambda c, r: _complete_attempt(turn, c, r))

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 import uuid
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -27,6 +28,7 @@ from typing import Any
 from channels.layers import get_channel_layer
 from django.utils import timezone
 
+from . import db
 from .conf import settings
 from .models import Message
 
@@ -59,8 +61,12 @@ def group_name(message_id: uuid.UUID) -> str:
 
 
 def spawn(coroutine: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
-    """Run ``coroutine`` in the background, keeping a reference until it is done."""
-    task = asyncio.get_running_loop().create_task(coroutine)
+    """Run ``coroutine`` in the background, keeping a reference until it is done.
+
+    Detached from the request's context, so its queries do not hold a connection in the
+    request's thread for as long as the answer streams (see :mod:`copilotedge.db`).
+    """
+    task = asyncio.get_running_loop().create_task(coroutine, context=db.detached())
     _background.add(task)
     task.add_done_callback(_background.discard)
     return task
@@ -73,6 +79,10 @@ async def adrain() -> None:
         await asyncio.gather(*mine, return_exceptions=True)
 
 
+_PUBLISH_ERROR_LOG_INTERVAL = 30.0
+_last_publish_error = -_PUBLISH_ERROR_LOG_INTERVAL
+
+
 async def publish(message_id: uuid.UUID, event: dict[str, Any]) -> None:
     layer = get_channel_layer()
     if layer is None:
@@ -80,8 +90,13 @@ async def publish(message_id: uuid.UUID, event: dict[str, Any]) -> None:
     try:
         await layer.group_send(group_name(message_id), event)
     except Exception:
-        # Live delivery is best effort: a resumer falls back to the stored text.
-        logger.warning("Could not publish to %s", group_name(message_id), exc_info=True)
+        # Live delivery is best effort: a resumer falls back to the stored text. Logged
+        # at most every 30 s, since when the layer is overloaded every answer fails here.
+        global _last_publish_error
+        now = time.monotonic()
+        if now - _last_publish_error > _PUBLISH_ERROR_LOG_INTERVAL:
+            _last_publish_error = now
+            logger.warning("Could not publish to %s", group_name(message_id), exc_info=True)
 
 
 class Transcript:

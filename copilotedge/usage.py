@@ -10,7 +10,6 @@ for the database; :func:`adrain` waits for the queue to empty.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import fnmatch
 import logging
 import time
@@ -23,7 +22,7 @@ from asgiref.sync import sync_to_async
 from django.db import IntegrityError, close_old_connections
 from django.dispatch import Signal
 
-from . import metrics
+from . import db, metrics
 from .conf import settings
 from .exceptions import UpstreamError
 from .models import UsageRecord
@@ -291,9 +290,7 @@ class _Writer:
         if self.task is None or self.task.done():
             # A fresh context: the writer outlives the request that started it, so it
             # must not run its queries in that request's thread.
-            self.task = asyncio.get_running_loop().create_task(
-                self._run(), context=contextvars.Context()
-            )
+            self.task = asyncio.get_running_loop().create_task(self._run(), context=db.detached())
 
     async def _run(self) -> None:
         while self.queue:
