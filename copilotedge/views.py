@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 from django.core.exceptions import RequestDataTooBig
+from django.db import OperationalError
 from django.http import HttpRequest, JsonResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from django.views.decorators.csrf import csrf_exempt
@@ -21,12 +22,16 @@ from . import cache, openapi, sse, wire
 from .auth import aauthenticate
 from .chat import Turn
 from .conf import settings
-from .exceptions import CopilotEdgeError, InvalidRequest, RequestTooLarge
+from .exceptions import CopilotEdgeError, InvalidRequest, RequestTooLarge, ServiceUnavailable
 from .validation import parse_chat, parse_include_usage, parse_json, parse_model
 
 logger = logging.getLogger(__name__)
 
 CONVERSATION_HEADER = "X-CopilotEdge-Conversation"
+
+DATABASE_UNAVAILABLE = ServiceUnavailable(
+    "The service is busy; try again shortly.", code="database_unavailable", retry_after=1.0
+)
 
 View = Callable[..., Coroutine[Any, Any, HttpResponseBase]]
 
@@ -59,6 +64,11 @@ def api_view(*methods: str) -> Callable[[View], View]:
                 return await view(request, *args, **kwargs)
             except CopilotEdgeError as error:
                 return error_response(error)
+            except OperationalError:
+                # The database is down or its pool had no connection in time: a
+                # capacity problem to retry, not a crash.
+                logger.exception("Database unavailable for %s", request.path)
+                return error_response(DATABASE_UNAVAILABLE)
 
         return csrf_exempt(wrapper)
 

@@ -9,12 +9,13 @@ from typing import Any
 import httpx
 import pytest
 import respx
+from django.db import OperationalError
 from django.test import AsyncClient, override_settings
 from hypothesis import HealthCheck, event, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from copilotedge import sse
+from copilotedge import history, sse
 from copilotedge.conf import settings as conf
 from copilotedge.models import ApiKey
 from tests.conftest import (
@@ -83,6 +84,20 @@ def answer_json(text: str = "Hello", usage: dict[str, int] | None = USAGE) -> di
 
 
 # -- chat completions: JSON -------------------------------------------------------------
+
+
+async def test_a_database_without_a_free_connection_is_a_503_to_retry(
+    auth: dict[str, str], upstream: respx.MockRouter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def no_connection(*args: Any) -> None:
+        raise OperationalError("couldn't get a connection after 30.00 sec")
+
+    monkeypatch.setattr(history, "aprepare", no_connection)
+    response = await post(CHAT, {"model": MODEL, "messages": HI}, auth)
+    assert response.status_code == 503
+    assert response["Retry-After"] == "1"
+    assert error_of(response)["code"] == "database_unavailable"
+    assert not upstream.calls
 
 
 async def test_non_streamed_completion(auth: dict[str, str], upstream: respx.MockRouter) -> None:
