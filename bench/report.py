@@ -111,7 +111,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
         tx = [c for c in (10, 50) if f"c{c}" in runs]
         thr.plot(tx, [runs[f"c{c}"]["per_second"] for c in tx], marker="o", label=label)
     lat.set(xlabel="concurrency", ylabel="time to first token p50 (ms)", xscale="log")
-    thr.set(xlabel="concurrency", ylabel="streamed completions / s")
+    thr.set(xlabel="concurrency", ylabel="streamed completions / s", yscale="log")
     for ax in (lat, thr):
         ax.grid(True, alpha=0.3)
         ax.legend()

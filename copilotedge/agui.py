@@ -157,15 +157,29 @@ def chat_request(
     )
 
 
-async def aowned_conversation(principal: Principal, thread_id: str) -> Conversation | None:
-    """The caller's stored conversation whose id is ``thread_id``, if there is one."""
-    try:
-        conversation_id = uuid.UUID(thread_id)
-    except ValueError:
-        return None
+_THREADS = uuid.UUID("1c8c7d1e-6f0b-4b8e-9a52-2f4a6d1b3c77")
+
+
+def thread_conversation_id(principal: Principal, thread_id: str) -> uuid.UUID | None:
+    """The conversation a thread is stored as (None for anonymous callers, who store none).
+
+    A UUID threadId (CopilotKit makes them) is the conversation's id; any other is mapped
+    to a UUID derived from it and the caller, so two callers' "thread-1" never meet.
+    """
     if principal.user_id is None:
         return None
-    return await Conversation.objects.filter(id=conversation_id, user_id=principal.user_id).afirst()
+    try:
+        return uuid.UUID(thread_id)
+    except ValueError:
+        return uuid.uuid5(_THREADS, f"{principal.user_id}:{thread_id}")
+
+
+async def aowned_conversation(principal: Principal, thread_id: str) -> Conversation | None:
+    """The caller's stored conversation of ``thread_id``, if there is one."""
+    conversation_id = thread_conversation_id(principal, thread_id)
+    if conversation_id is None:
+        return None
+    return await Conversation.objects.filter(id=conversation_id, user=principal.user).afirst()
 
 
 def token_usage(turn: Turn) -> TokenUsage:

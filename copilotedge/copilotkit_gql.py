@@ -291,8 +291,8 @@ async def generate_copilot_response(
     agent = get_agent((data.get("agentSession") or {}).get("agentName"))
     request = chat_request(agent, data)
     thread_id = data.get("threadId") or str(uuid.uuid4())
-    conversation = await agui.aowned_conversation(context.principal, thread_id)
-    request.conversation_id = conversation.id if conversation else None
+    request.conversation_id = agui.thread_conversation_id(context.principal, thread_id)
+    request.create_conversation = True
     run = CopilotRun(Turn(request, context.principal, protocol="graphql"))
     context.runs.append(run)
     try:

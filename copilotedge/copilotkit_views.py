@@ -54,8 +54,12 @@ async def arun(request: HttpRequest, agent_id: str, body: Any) -> HttpResponseBa
     principal = await aauthenticate(request)
     agent = get_agent(agent_id)
     run_input = agui.parse_run_input(body)
-    conversation = await agui.aowned_conversation(principal, run_input.thread_id)
-    chat = agui.chat_request(agent, run_input, conversation.id if conversation else None)
+    # The thread is stored as a conversation (started by its first run), so that
+    # `connect` can replay it.
+    chat = agui.chat_request(
+        agent, run_input, agui.thread_conversation_id(principal, run_input.thread_id)
+    )
+    chat.create_conversation = True
     turn = Turn(chat, principal, protocol="agui")
     opened = True
     try:

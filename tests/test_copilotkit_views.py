@@ -11,7 +11,7 @@ import httpx
 import pytest
 from django.test import AsyncClient, override_settings
 
-from copilotedge import agui_runs, usage
+from copilotedge import agui_runs, transcript, usage
 from copilotedge.models import ApiKey, Conversation, Message, UsageRecord
 
 from .conftest import OPENAI_URL, openai_chunk, sse_body
@@ -455,16 +455,35 @@ async def test_usage_row_links_an_owned_uuid_thread(auth, upstream, user):
         f"{BASE}/agent/default/run", run_input(threadId=str(conversation.id)), auth
     )
     await events_of(response)
-    stranger = str(uuid.uuid4())
-    response = await post(f"{BASE}/agent/default/run", run_input(threadId=stranger), auth)
+    fresh = str(uuid.uuid4())
+    response = await post(f"{BASE}/agent/default/run", run_input(threadId=fresh), auth)
     await events_of(response)
     await usage.adrain()
     linked = [r.conversation_id async for r in UsageRecord.objects.order_by("created_at")]
     assert linked[0] == conversation.id
-    # A thread that is not the caller's conversation is never linked by its id: the run
-    # is stored in a new conversation of the caller's (history.py).
-    assert linked[1] != uuid.UUID(stranger)
+    # A new thread starts the caller's conversation of that id.
+    assert linked[1] == uuid.UUID(fresh)
     assert await Conversation.objects.filter(pk=linked[1], user=user).aexists()
+
+
+async def test_a_thread_run_once_is_replayed_by_connect(auth, upstream, user):
+    upstream.post(OPENAI_URL).mock(return_value=text_stream("Hello there"))
+    body = run_input(threadId="my-thread")  # not a UUID: mapped to one per caller
+    await events_of(await post(f"{BASE}/agent/default/run", body, auth))
+    await transcript.adrain()
+    events = await events_of(await post(f"{BASE}/agent/default/connect", body, auth))
+    assert types(events) == ["RUN_STARTED", "MESSAGES_SNAPSHOT", "RUN_FINISHED"]
+    replayed = [(m["role"], m.get("content")) for m in events[1]["messages"]]
+    assert replayed[-1] == ("assistant", "Hello there")
+    assert ("user", body["messages"][-1]["content"]) in replayed
+
+
+async def test_another_callers_thread_is_not_theirs_to_run(auth, upstream, other_user):
+    upstream.post(OPENAI_URL).mock(return_value=text_stream("ok"))
+    theirs = await Conversation.objects.acreate(user=other_user)
+    response = await post(f"{BASE}/agent/default/run", run_input(threadId=str(theirs.id)), auth)
+    assert response.status_code == 404 or "RUN_ERROR" in types(await events_of(response))
+    assert not upstream.calls
 
 
 async def test_limits_before_the_stream_are_http_errors_with_retry_after(auth, monkeypatch):
