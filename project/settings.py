@@ -81,6 +81,7 @@ elif DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"].setdefault("OPTIONS", {}).update(
         init_command="PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
         transaction_mode="IMMEDIATE",
+        timeout=20,  # one writer at a time: wait for the lock rather than fail a burst
     )
 
 REDIS_URL = env("REDIS_URL", default="")
