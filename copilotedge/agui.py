@@ -295,6 +295,7 @@ async def run_events(
         return
     finally:
         await batches.aclose()  # type: ignore[attr-defined]
+    await turn.asaved()  # a connect right after the run replays the whole answer
     for event in events.close():
         yield encode(event)
     result: dict[str, Any] = {"usage": wire.usage_of(turn)}

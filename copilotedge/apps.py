@@ -10,12 +10,22 @@ class CopilotEdgeConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        from django.db.backends.signals import connection_created
         from django.db.models.signals import post_delete, post_save
 
         from .auth import forget_key
         from .checks import check_settings
-        from .models import ApiKey
+        from .db import note_connection
+        from .models import ApiKey, Preference
+        from .preferences import forget_preference
 
         checks.register(check_settings)
         post_save.connect(forget_key, sender=ApiKey, dispatch_uid="copilotedge-forget-key")
         post_delete.connect(forget_key, sender=ApiKey, dispatch_uid="copilotedge-forget-key-del")
+        post_save.connect(
+            forget_preference, sender=Preference, dispatch_uid="copilotedge-forget-preference"
+        )
+        post_delete.connect(
+            forget_preference, sender=Preference, dispatch_uid="copilotedge-forget-preference-del"
+        )
+        connection_created.connect(note_connection, dispatch_uid="copilotedge-connection")

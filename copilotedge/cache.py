@@ -235,6 +235,9 @@ class ReplayStream:
     async def aclose(self) -> None:
         self.closed = True
 
+    async def abort(self, error: BaseException) -> None:
+        await self.aclose()
+
 
 def serve_hit(turn: Turn, entry: Entry) -> None:
     """Mark ``turn`` as answered from the cache by ``entry``."""

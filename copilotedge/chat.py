@@ -150,6 +150,17 @@ class Turn:
             self.prepared = True
             await history.aprepare(self, self.admit)
 
+    async def astart(self) -> None:
+        """Prepare, then wait until a new conversation is stored (for a face that
+        announces its id before the answer starts)."""
+        await self.prepare()
+        try:
+            await history.astarted(self)
+        except BaseException as error:
+            self._fail(error)
+            self.finish()
+            raise
+
     async def admit(self) -> None:
         """Refuse a model the key may not use (403), a spent budget or too many tokens (429).
 
@@ -166,11 +177,20 @@ class Turn:
         await db.arelease_connections()  # not held for the whole stream
         try:
             # Cache, retries, circuit breakers and fallbacks; counts self.attempts.
-            self._stream = await resilience.open_stream(self)
+            stream = await resilience.open_stream(self)
         except BaseException as error:
             self._fail(error)
             self.finish()
             raise
+        try:
+            # A new conversation was being saved meanwhile: stored before a byte goes out.
+            await history.astarted(self)
+        except BaseException as error:
+            self._fail(error)
+            await stream.abort(error)
+            self.finish()
+            raise
+        self._stream = stream
 
     async def deltas(self) -> AsyncIterator[Delta]:
         batches = self.batches()
@@ -213,17 +233,24 @@ class Turn:
         await db.arelease_connections()  # not held while upstream thinks
         try:
             delta = await resilience.complete(self)
+            await history.astarted(self)
             self.first_token_at = time.monotonic()
             self.answer.add(delta)
             on_chunk = _chunk_callback()
             if delta.text and on_chunk is not None:
                 await self._call(on_chunk, delta.text)
-            return self.answer
         except BaseException as error:
             self._fail(error)
             raise
         finally:
             self.finish()
+        await self.asaved()
+        return self.answer
+
+    async def asaved(self) -> None:
+        """Wait until the stored answer is final (a face says "done" after it: what the
+        client sends or fetches next sees the whole answer)."""
+        await history.asaved(self)
 
     async def _call(self, callback: Callable[[str], Any], text: str) -> None:
         try:
@@ -251,6 +278,22 @@ class Turn:
             return
         self.finished = True
         history.finish(self)
+        created = self.transcript.created if self.transcript is not None else None
+        if created is not None and not created.done():
+            # Cancelled while its conversation was being saved: the ledger row points at
+            # the conversation, so it is queued once that is settled.
+            created.add_done_callback(lambda _: self._record())
+        else:
+            self._record()
+
+    def _record(self) -> None:
+        transcript = self.transcript
+        if transcript is not None and transcript.created is not None:
+            created = transcript.created
+            if created.cancelled() or created.exception() is not None:
+                transcript.deleted = True
+        if transcript is not None and transcript.deleted:
+            self.request.conversation_id = None  # the usage record must not point at it
         record = usage.record_turn(self)
         if self.reservation is not None:
             # The window is charged what the turn really used, off the hot path like the write.

@@ -255,7 +255,7 @@ class ChatConsumer(ResumeMixin, AsyncJsonWebsocketConsumer):  # type: ignore[mis
 
     async def _run_chat(self, chat_id: ChatId, turn: Turn) -> None:
         try:
-            await turn.prepare()
+            await turn.astart()  # the ids announced next name stored rows
             transcript = turn.transcript
             await self.reply(
                 {

@@ -161,6 +161,7 @@ class CopilotRun:
                         )
                     if piece.arguments:
                         calls[piece.index].feed.put(piece.arguments)
+            await self.turn.asaved()  # the thread is whole before the client hears "done"
         except CopilotEdgeError as failure:
             error = failure
         except Exception:

@@ -154,3 +154,14 @@ class ServiceUnavailable(UpstreamError):
     status_code = 503
     code = "service_unavailable"
     default_message = "The service is temporarily unavailable."
+
+
+class DatabaseUnavailable(ServiceUnavailable):
+    """The database is down or its pool had no connection in time: retry shortly."""
+
+    code = "database_unavailable"
+    default_message = "The service is busy; try again shortly."
+
+    def __init__(self, message: str | None = None, **kwargs: Any) -> None:
+        kwargs.setdefault("retry_after", 1.0)
+        super().__init__(message, **kwargs)

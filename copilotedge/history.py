@@ -4,8 +4,10 @@
 :class:`~copilotedge.models.Preference` where the request says nothing, loads the stored
 history of ``conversation_id`` (the caller's own only), fits it to the history budget,
 stores the new messages and an empty ``streaming`` assistant message, and gives the
-turn a :class:`~copilotedge.transcript.Transcript`. :func:`finish` saves the final
-answer. Every face (OpenAI, AG-UI, WebSocket) gets this through
+turn a :class:`~copilotedge.transcript.Transcript`. A new conversation needs no reads,
+so its rows go to the group-commit writer (:mod:`copilotedge.db`) and are saved while
+upstream starts answering; :func:`astarted` waits for them before the first byte goes
+out. :func:`finish` saves the final answer. Every face (OpenAI, AG-UI, WebSocket) gets this through
 :class:`~copilotedge.chat.Turn`.
 
 A client may send only the new messages (the usual way with ``conversation_id``) or the
@@ -16,27 +18,30 @@ the stored ones, only the rest is new.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import sync_to_async
-from django.db import IntegrityError, transaction
+from django.db import DatabaseError, IntegrityError, transaction
 from django.db.models import Max
 from django.utils import timezone
 
-from . import exceptions
+from . import db, exceptions
 from .conf import settings
-from .models import Conversation, Message, Preference
+from .models import Conversation, Message
+from .preferences import apply_preference, apreference
 from .tokens import estimate_message_tokens
 from .transcript import Transcript, active, spawn, storable
 from .usage import count_tokens
 
 if TYPE_CHECKING:
     from .auth import Principal
-    from .chat import ChatRequest, Turn
+    from .chat import Turn
 
 logger = logging.getLogger(__name__)
 
@@ -117,24 +122,6 @@ def derive_title(messages: Sequence[dict[str, Any]]) -> str:
             cut = text[:TITLE_LENGTH].rsplit(" ", 1)[0] or text[:TITLE_LENGTH]
             return cut.rstrip(" ,.;:") + "…"
     return ""
-
-
-def apply_preference(request: ChatRequest, preference: Preference | None) -> None:
-    """Fill in what the request left unsaid from the caller's preferences."""
-    if preference is None:
-        return
-    if not request.model_given and preference.model in settings.MODELS:
-        request.model = preference.model
-    if preference.temperature is not None:
-        request.params.setdefault("temperature", preference.temperature)
-    if preference.max_tokens is not None:
-        request.params.setdefault("max_tokens", preference.max_tokens)
-
-
-async def apreference(principal: Principal) -> Preference | None:
-    if principal.user is None:
-        return None
-    return await Preference.objects.filter(user=principal.user).afirst()
 
 
 async def aowned(principal: Principal, conversation_id: uuid.UUID) -> Conversation:
@@ -234,6 +221,15 @@ def _store_turn_once(
         conversation.model = model
         conversation.title = conversation.title or storable(derive_title(new))
         conversation.save(update_fields=["updated_at", "model", "title"])
+    rows = _message_rows(conversation, sequence, new, now)
+    Message.objects.bulk_create(rows)
+    return conversation, rows[-1]
+
+
+def _message_rows(
+    conversation: Conversation, sequence: int, new: list[dict[str, Any]], now: datetime
+) -> list[Message]:
+    """The new messages from ``sequence`` on, then the empty ``streaming`` answer."""
     rows = [
         Message(
             conversation=conversation,
@@ -255,8 +251,47 @@ def _store_turn_once(
         created_at=now,
         updated_at=now,
     )
-    Message.objects.bulk_create([*rows, answer])
-    return conversation, answer
+    return [*rows, answer]
+
+
+def _new_conversation(
+    principal: Principal, model: str, new: list[dict[str, Any]]
+) -> tuple[Conversation, Message, asyncio.Future[None]]:
+    """A conversation that starts with ``new``: built now, saved by the writer.
+
+    Nothing can conflict with a fresh id, so nothing needs reading first; the rows are
+    saved while upstream starts answering, and :func:`astarted` waits for them.
+    """
+    now = timezone.now()
+    conversation = Conversation(
+        id=uuid.uuid4(), user=principal.user, api_key=principal.api_key, model=model,
+        title=storable(derive_title(new)), created_at=now, updated_at=now,
+    )  # fmt: skip
+    rows = _message_rows(conversation, 0, new, now)
+    created = db.writer().submit(functools.partial(_create, conversation, rows))
+    return conversation, rows[-1], created
+
+
+def _create(conversation: Conversation, rows: list[Message]) -> None:
+    conversation.save(force_insert=True)
+    Message.objects.bulk_create(rows)
+
+
+async def astarted(turn: Turn) -> None:
+    """Wait until a new conversation's rows are saved; :class:`DatabaseUnavailable` if not.
+
+    Faces call this (through :class:`~copilotedge.chat.Turn`) before the first byte goes
+    out, so a conversation id a client is given always names a stored conversation.
+    """
+    transcript = turn.transcript
+    if transcript is None or transcript.created is None:
+        return
+    try:
+        await asyncio.shield(transcript.created)
+    except DatabaseError as error:
+        logger.warning("Could not save conversation %s: %s", transcript.conversation_id, error)
+        transcript.deleted = True  # nothing may point at it
+        raise exceptions.DatabaseUnavailable() from error
 
 
 async def _astore_turn(
@@ -326,11 +361,17 @@ async def aprepare(turn: Turn, admit: Callable[[], Awaitable[None]]) -> None:
     )
     if not store:
         return
-    conversation, answer = await _astore_turn(
-        principal, request.conversation_id, request.model, new, creating
-    )
+    created = None
+    if request.conversation_id is None:
+        conversation, answer, created = _new_conversation(principal, request.model, new)
+    else:
+        conversation, answer = await _astore_turn(
+            principal, request.conversation_id, request.model, new, creating
+        )
     request.conversation_id = conversation.id
-    turn.transcript = Transcript(answer.id, conversation.id, lambda: turn.answer.text)
+    turn.transcript = Transcript(
+        answer.id, conversation.id, lambda: turn.answer.text, created=created
+    )
 
 
 def finish(turn: Turn) -> None:

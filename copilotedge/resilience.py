@@ -46,6 +46,9 @@ class DeltaStream(Protocol):
 
     async def aclose(self) -> None: ...
 
+    async def abort(self, error: BaseException) -> None:
+        """End the stream unread: the turn failed before its first byte went out."""
+
 
 def counts_against_upstream(error: exceptions.CopilotEdgeError) -> bool:
     """Whether ``error`` says the upstream itself is unwell (what breakers count)."""
@@ -178,6 +181,12 @@ class TimedStream:
 
     async def aclose(self) -> None:
         await self._stream.aclose()
+
+    async def abort(self, error: BaseException) -> None:
+        await self.aclose()
+        if self.on_end is not None:
+            on_end, self.on_end = self.on_end, None
+            await on_end(error)
 
 
 async def _open_attempt(turn: Turn, candidate: Candidate, remaining: float) -> TimedStream:

@@ -18,6 +18,7 @@ which characters it still lacks: nothing is lost or sent twice.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 import time
@@ -77,6 +78,7 @@ async def adrain() -> None:
     loop = asyncio.get_running_loop()
     while mine := [task for task in _background if task.get_loop() is loop]:
         await asyncio.gather(*mine, return_exceptions=True)
+    await db.adrain()
 
 
 _PUBLISH_ERROR_LOG_INTERVAL = 30.0
@@ -99,6 +101,26 @@ async def publish(message_id: uuid.UUID, event: dict[str, Any]) -> None:
             logger.warning("Could not publish to %s", group_name(message_id), exc_info=True)
 
 
+async def _asave(message_id: uuid.UUID, *, streaming_only: bool = False, **fields: Any) -> int:
+    """Update the message row through the group-commit writer; the rows updated.
+
+    The writer runs jobs in order, so this lands after the row's creation if that is
+    still queued.
+    """
+    return await db.writer().submit(
+        functools.partial(
+            _save, message_id, streaming_only, fields | {"updated_at": timezone.now()}
+        )
+    )
+
+
+def _save(message_id: uuid.UUID, streaming_only: bool, fields: dict[str, Any]) -> int:
+    rows = Message.objects.filter(pk=message_id)
+    if streaming_only:
+        rows = rows.filter(status=Message.Status.STREAMING)
+    return rows.update(**fields)
+
+
 class Transcript:
     """Saves and publishes the text of one generating assistant message.
 
@@ -107,10 +129,17 @@ class Transcript:
     """
 
     def __init__(
-        self, message_id: uuid.UUID, conversation_id: uuid.UUID, text: Callable[[], str]
+        self,
+        message_id: uuid.UUID,
+        conversation_id: uuid.UUID,
+        text: Callable[[], str],
+        *,
+        created: asyncio.Future[None] | None = None,
     ) -> None:
         self.message_id = message_id
         self.conversation_id = conversation_id
+        #: Saving the row, when the writer was asked to create it (a new conversation).
+        self.created = created
         self._answer_text = text
         #: Characters confirmed saved; live events start there.
         self.saved = 0
@@ -166,9 +195,7 @@ class Transcript:
         text = self._text()
         self._unsaved_bytes = 0
         try:
-            updated = await Message.objects.filter(
-                pk=self.message_id, status=Message.Status.STREAMING
-            ).aupdate(content=text, updated_at=timezone.now())
+            updated = await _asave(self.message_id, content=text, streaming_only=True)
         except Exception:
             logger.warning("Could not save message %s", self.message_id, exc_info=True)
             updated = -1
@@ -243,9 +270,7 @@ class Transcript:
             await asyncio.gather(*pending, return_exceptions=True)
         text = self._text()
         try:
-            await Message.objects.filter(pk=self.message_id).aupdate(
-                content=text, updated_at=timezone.now(), **fields
-            )
+            await _asave(self.message_id, content=text, **fields)
         finally:
             active.pop(self.message_id, None)
             await publish(

@@ -323,6 +323,9 @@ def record_turn(turn: Turn) -> UsageRecord:
 
 async def adrain() -> None:
     """Wait until every queued record of this event loop is written (tests, shutdown)."""
+    # A record may wait for its conversation's rows (chat.Turn.finish): those first.
+    await db.adrain()
+    await asyncio.sleep(0)
     writer = _writers.get(asyncio.get_running_loop())
     while writer is not None and writer.task is not None and not writer.task.done():
         await asyncio.shield(writer.task)

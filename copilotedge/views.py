@@ -22,16 +22,12 @@ from . import cache, openapi, sse, wire
 from .auth import aauthenticate
 from .chat import Turn
 from .conf import settings
-from .exceptions import CopilotEdgeError, InvalidRequest, RequestTooLarge, ServiceUnavailable
+from .exceptions import CopilotEdgeError, DatabaseUnavailable, InvalidRequest, RequestTooLarge
 from .validation import parse_chat, parse_include_usage, parse_json, parse_model
 
 logger = logging.getLogger(__name__)
 
 CONVERSATION_HEADER = "X-CopilotEdge-Conversation"
-
-DATABASE_UNAVAILABLE = ServiceUnavailable(
-    "The service is busy; try again shortly.", code="database_unavailable", retry_after=1.0
-)
 
 View = Callable[..., Coroutine[Any, Any, HttpResponseBase]]
 
@@ -68,7 +64,7 @@ def api_view(*methods: str) -> Callable[[View], View]:
                 # The database is down or its pool had no connection in time: a
                 # capacity problem to retry, not a crash.
                 logger.exception("Database unavailable for %s", request.path)
-                return error_response(DATABASE_UNAVAILABLE)
+                return error_response(DatabaseUnavailable())
 
         return csrf_exempt(wrapper)
 

@@ -92,8 +92,10 @@ async def openai_stream(turn: Turn, *, include_usage: bool) -> AsyncIterator[byt
                 yield head + b"".join(frames)
                 head = b""
     except CopilotEdgeError as error:
+        await turn.asaved()
         yield head + sse.encode_json(error.to_dict()) + sse.DONE_FRAME
         return
+    await turn.asaved()
     tail = [head, _chunk(turn, {}, turn.answer.final_finish_reason())]
     if include_usage:
         tail.append(
@@ -147,8 +149,10 @@ async def run_stream(turn: Turn) -> AsyncIterator[bytes]:
             if frames:
                 yield b"".join(frames)
     except CopilotEdgeError as error:
+        await turn.asaved()
         yield sse.encode_json(run_error(error)) + sse.DONE_FRAME
         return
+    await turn.asaved()
     yield sse.encode_json({"response": "", "usage": usage_of(turn)}) + sse.DONE_FRAME
 
 

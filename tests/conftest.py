@@ -195,7 +195,7 @@ def django_db_setup(django_db_setup: None) -> Iterator[None]:
 def reset_limits() -> None:
     from django.core.cache import caches
 
-    from copilotedge import auth, ratelimit
+    from copilotedge import auth, preferences, ratelimit
     from copilotedge.conf import settings
     from copilotedge.ratelimit_stores import is_redis
 
@@ -207,6 +207,7 @@ def reset_limits() -> None:
         cache.clear()
     ratelimit.forget_spend()
     auth.forget_touches()
+    preferences.forget_all()  # user ids repeat between tests too
 
 
 @pytest.fixture(autouse=True)
