@@ -27,7 +27,7 @@ from django.utils import timezone
 from . import exceptions, history
 from .conf import settings
 from .models import Message
-from .transcript import group_name
+from .transcript import awatch, group_name
 from .ws_protocol import CANCELLED, DELTA, DONE, ERROR, START
 
 ChatId = str | int
@@ -116,6 +116,7 @@ class ResumeMixin:
         # Join before reading the row: no event published after the read can be missed.
         if self.channel_layer is not None:
             await self.channel_layer.group_add(group_name(message.id), self.channel_name)
+            await awatch(message.id)
         await self.reply(
             {
                 "type": START,

@@ -6,9 +6,14 @@ and background tasks, never an ``await`` per token) it
 - saves the text to the ``Message`` row every ``FLUSH_INTERVAL`` seconds or
   ``FLUSH_BYTES`` of new text, so a crash loses at most that much and a reader in
   another process sees progress;
-- publishes the text past the last save to the channel-layer group of the message every
-  ``LIVE_INTERVAL`` seconds (one coalesced event, never one per token), so a client that
-  resumes on any server process gets the live deltas.
+- once a resumer asked for it (:func:`awatch`, from any server process), publishes the
+  text past the last save to the channel-layer group of the message every
+  ``LIVE_INTERVAL`` seconds (one coalesced event, never one per token), so the resumer
+  gets the live deltas. An answer nobody resumes publishes only its end: at a thousand
+  streams, publishing them all would keep the channel layer busy for no one.
+
+A watch request goes to one group that every process joins with a channel of its own
+(:func:`ensure_listening`); the process generating the answer starts publishing at once.
 
 Each live event carries ``offset`` (the characters already saved) and ``text`` (all the
 text after it), so a resumer that read the row, then receives an event, can tell exactly
@@ -18,11 +23,13 @@ which characters it still lacks: nothing is lost or sent twice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import re
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -38,6 +45,11 @@ logger = logging.getLogger(__name__)
 #: Channel-layer event types; a consumer handles them as ``copilotedge_live_delta``/``_end``.
 LIVE_DELTA = "copilotedge.live.delta"
 LIVE_END = "copilotedge.live.end"
+#: A resumer asks the process generating a message to publish its deltas.
+LIVE_WATCH = "copilotedge.live.watch"
+WATCH_GROUP = "copilotedge.live.watchers"
+#: Groups expire in the channel layer (a day by default); the listener joins again sooner.
+_REJOIN_SECONDS = 3600.0
 
 #: Transcripts of the answers this process is generating, by message id.
 active: dict[uuid.UUID, Transcript] = {}
@@ -121,6 +133,66 @@ def _save(message_id: uuid.UUID, streaming_only: bool, fields: dict[str, Any]) -
     return rows.update(**fields)
 
 
+async def awatch(message_id: uuid.UUID) -> None:
+    """Ask whichever process generates ``message_id`` to publish its live deltas."""
+    transcript = active.get(message_id)
+    if transcript is not None:
+        transcript.watch()
+        return
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    try:
+        await layer.group_send(WATCH_GROUP, {"type": LIVE_WATCH, "message": message_id.hex})
+    except Exception:
+        # The resumer still follows the answer by reading its row (resume.py's watchdog).
+        logger.warning("Could not ask for the live deltas of %s", message_id, exc_info=True)
+
+
+_listeners: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task[None]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def ensure_listening() -> None:
+    """Start this event loop's listener for watch requests, once."""
+    loop = asyncio.get_running_loop()
+    task = _listeners.get(loop)
+    if (task is None or task.done()) and get_channel_layer() is not None:
+        _listeners[loop] = loop.create_task(_listen(), context=db.detached())
+
+
+async def _listen() -> None:
+    layer = get_channel_layer()
+    assert layer is not None
+    while True:
+        channel = ""
+        try:
+            # The layer's default prefix: channels-redis reads every channel of a process
+            # with that prefix in one loop, and a prefix of our own would stall it.
+            channel = await layer.new_channel()
+            await layer.group_add(WATCH_GROUP, channel)
+            joined = time.monotonic()
+            while time.monotonic() - joined < _REJOIN_SECONDS:
+                try:
+                    async with asyncio.timeout(_REJOIN_SECONDS):
+                        event = await layer.receive(channel)
+                except TimeoutError:
+                    break
+                if event.get("type") == LIVE_WATCH:
+                    transcript = active.get(uuid.UUID(hex=str(event.get("message"))))
+                    if transcript is not None:
+                        transcript.watch()
+        except asyncio.CancelledError:
+            if channel:
+                with contextlib.suppress(Exception):
+                    await layer.group_discard(WATCH_GROUP, channel)
+            raise
+        except Exception:
+            logger.warning("Listening for live watch requests failed; retrying", exc_info=True)
+            await asyncio.sleep(1.0)
+
+
 class Transcript:
     """Saves and publishes the text of one generating assistant message.
 
@@ -158,7 +230,10 @@ class Transcript:
         self.stopped = False
         #: The final save, once the turn ended (``history.finish``).
         self.saving: asyncio.Task[Any] | None = None
+        #: Set once a resumer asked for live deltas (:func:`awatch`).
+        self.watched = False
         active[message_id] = self
+        ensure_listening()
 
     def _text(self) -> str:
         return storable(self._answer_text())
@@ -178,8 +253,15 @@ class Transcript:
             self._start_flush()
         elif self._flush_timer is None and self._flushing is None:
             self._flush_timer = loop.call_later(settings.FLUSH_INTERVAL, self._start_flush)
-        if self._publish_timer is None:
+        if self.watched and self._publish_timer is None:
             self._publish_timer = loop.call_later(settings.LIVE_INTERVAL, self._start_publish)
+
+    def watch(self) -> None:
+        """Publish live deltas from now on, starting with what is unsaved."""
+        if self.watched or self._finished:
+            return
+        self.watched = True
+        self._start_publish()
 
     # Saving ---------------------------------------------------------------------------
 

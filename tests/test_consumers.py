@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -371,6 +372,32 @@ async def test_resume_mid_stream_gets_the_rest_exactly_once(session_cookie, upst
     assert before + text_of(messages, "again") == FULL
     assert messages[-1]["finish_reason"] == "stop"
     await second.disconnect()
+
+
+async def test_an_answer_publishes_live_deltas_only_once_a_resumer_watches(
+    ws, upstream, monkeypatch
+):
+    published: list[dict[str, Any]] = []
+    real_publish = transcript.publish
+
+    async def recording(message_id: Any, event: dict[str, Any]) -> None:
+        published.append(event)
+        await real_publish(message_id, event)
+
+    monkeypatch.setattr(transcript, "publish", recording)
+    slow_upstream(upstream, WordStream(WORDS, delay=0.03))
+    await ws.send_json_to(chat("w"))
+    start = (await receive_until(ws, "delta", "w"))[0]
+    await asyncio.sleep(0.4)  # two live intervals: nobody resumes, nothing is published
+    assert published == []
+
+    await transcript.awatch(uuid.UUID(start["message_id"]))
+    await receive_until(ws, "done", "w")
+    await settle()
+    kinds = [event["type"] for event in published]
+    assert kinds[0] == transcript.LIVE_DELTA
+    assert kinds.count(transcript.LIVE_DELTA) > 1  # every interval from the watch on
+    assert kinds[-1] == transcript.LIVE_END
 
 
 async def test_resume_of_a_finished_answer_replays_it_after_the_offset(ws, upstream):
