@@ -33,7 +33,7 @@ from .graphql_incremental import CONTENT_TYPE as MULTIPART
 from .graphql_incremental import PathFormat, multipart
 from .graphql_schema import get_schema
 from .models import Message
-from .views import api_view, event_stream, read_json
+from .views import api_view, event_stream, read_json, streamed
 
 # Reported as the runtime's version in ``info``; CopilotKit only displays it.
 RUNTIME_VERSION = "1.50.0"
@@ -274,7 +274,7 @@ async def graphql(request: HttpRequest, body: dict[str, Any]) -> HttpResponseBas
                 await result.subsequent_results.aclose()
 
     if "multipart/mixed" in request.headers.get("Accept", ""):
-        response = StreamingHttpResponse(multipart(payloads()), content_type=MULTIPART)
+        response = StreamingHttpResponse(streamed(multipart(payloads())), content_type=MULTIPART)
         response["Cache-Control"] = "no-cache"
         return response
     errors = [copilotkit_gql.format_error(e) for e in initial.errors or []]

@@ -75,6 +75,8 @@ SCRIPT_SHA = hashlib.sha1(GCRA_SCRIPT.encode()).hexdigest()
 
 # Used when the cache's OPTIONS set none: fail fast, so failing open is quick too.
 DEFAULT_TIMEOUT = 0.5
+#: Connections per event loop to the limiter's Redis.
+POOL_SIZE = 32
 
 
 def _args(ops: Sequence[Op], now: float) -> list[str]:
@@ -175,7 +177,17 @@ class RedisStore:
         options.setdefault("socket_timeout", DEFAULT_TIMEOUT)
         options.setdefault("socket_connect_timeout", DEFAULT_TIMEOUT)
         # No retries: a down Redis must cost one failed attempt, then fail open or closed.
-        return redis.asyncio.from_url(url, retry=Retry(NoBackoff(), 0), **options)
+        # A bounded pool that makes a burst queue for a connection: a check takes a
+        # fraction of a millisecond, and a thousand requests at once must not open (or,
+        # past redis-py's default cap, fail for want of) a thousand connections.
+        pool = redis.asyncio.BlockingConnectionPool.from_url(
+            url,
+            max_connections=POOL_SIZE,
+            timeout=options["socket_timeout"],
+            retry=Retry(NoBackoff(), 0),
+            **options,
+        )
+        return redis.asyncio.Redis(connection_pool=pool)
 
     @classmethod
     async def aclose(cls) -> None:

@@ -18,7 +18,7 @@ from django.http import HttpRequest, JsonResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from django.views.decorators.csrf import csrf_exempt
 
-from . import cache, openapi, sse, wire
+from . import cache, db, openapi, sse, wire
 from .auth import aauthenticate
 from .chat import Turn
 from .conf import settings
@@ -87,9 +87,18 @@ def read_json(request: HttpRequest) -> dict[str, Any]:
         raise too_large from None
 
 
+async def streamed(frames: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """``frames``, after letting the request's thread go (:func:`db.aretire_request_thread`):
+    a held stream costs no thread."""
+    await db.aretire_request_thread()
+    async for frame in frames:
+        yield frame
+
+
 def event_stream(frames: AsyncIterator[bytes]) -> StreamingHttpResponse:
     response = StreamingHttpResponse(
-        wire.with_keepalive(frames, settings.KEEPALIVE_SECONDS), content_type=sse.CONTENT_TYPE
+        streamed(wire.with_keepalive(frames, settings.KEEPALIVE_SECONDS)),
+        content_type=sse.CONTENT_TYPE,
     )
     for name, value in sse.HEADERS.items():
         response[name] = value
