@@ -18,10 +18,12 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import httpcore
 import httpx
 
 from . import exceptions, sse
 from .conf import settings
+from .network import AsyncioBackend
 
 logger = logging.getLogger(__name__)
 
@@ -140,13 +142,28 @@ def get_client() -> httpx.AsyncClient:
                 write=settings.CONNECT_TIMEOUT,
                 pool=settings.CONNECT_TIMEOUT,
             ),
-            limits=httpx.Limits(
-                max_connections=settings.MAX_CONNECTIONS, max_keepalive_connections=100
-            ),
+            transport=_transport(),
             headers={"User-Agent": "copilotedge"},
         )
         _clients[loop] = client
     return client
+
+
+def _transport() -> httpx.AsyncHTTPTransport:
+    """httpx's transport, on httpcore's pool with the asyncio backend (:mod:`.network`).
+
+    httpx takes no network backend, so its pool is swapped for one built the same way.
+    """
+    limits = httpx.Limits(max_connections=settings.MAX_CONNECTIONS, max_keepalive_connections=100)
+    transport = httpx.AsyncHTTPTransport(limits=limits)
+    transport._pool = httpcore.AsyncConnectionPool(
+        ssl_context=httpx.create_ssl_context(),
+        max_connections=limits.max_connections,
+        max_keepalive_connections=limits.max_keepalive_connections,
+        keepalive_expiry=limits.keepalive_expiry,
+        network_backend=AsyncioBackend(),
+    )
+    return transport
 
 
 async def aclose_client() -> None:
