@@ -60,8 +60,14 @@ def emulator_args(port: int, *, tokens: int, token_delay: float) -> list[str]:
     ]
 
 
+#: Twisted listens with a backlog of 50: a burst of a thousand connections would see
+#: SYNs dropped and retried after 1, 3, 7 s... (deploy/ sets the same).
+BACKLOG = 1024
+
+
 def daphne_args(port: int) -> list[str]:
-    return [PYTHON, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "project.asgi:application"]
+    endpoint = f"tcp:port={port}:interface=127.0.0.1:backlog={BACKLOG}"
+    return [PYTHON, "-m", "daphne", "-e", endpoint, "project.asgi:application"]
 
 
 def site_env(emulator_port: int, database_url: str, redis_url: str = "") -> dict[str, str]:

@@ -89,10 +89,9 @@ def main() -> int:
                         sys.executable,
                         "-m",
                         "daphne",
-                        "-b",
-                        host,
-                        "-p",
-                        str(p),
+                        # Twisted's default backlog of 50 drops connections in a burst.
+                        "-e",
+                        f"tcp:port={p}:interface={host}:backlog=1024",
                         "project.asgi:application",
                     ],
                     cwd=ROOT,
