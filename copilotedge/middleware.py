@@ -4,8 +4,10 @@ Thin over :mod:`copilotedge.ratelimit`, and dual-mode like django-cors-headers: 
 async under ASGI and sync under WSGI with the same helpers. It only looks at URLs of the
 ``copilotedge`` namespace (others pass untouched), authenticates the caller with
 :func:`~copilotedge.auth.aauthenticate` (which caches the principal on the request, so
-the view does not authenticate twice) and counts one request. Unauthenticated requests
-pass through to the view, which answers 401. Place it after ``AuthenticationMiddleware``.
+the view does not authenticate twice) and counts one request. A request that fails to
+authenticate is counted against its IP address and passes on to the view, which answers
+401: so guessing keys is rate limited too, and every answer carries the headers. Place
+it after ``AuthenticationMiddleware``.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from django.http.response import HttpResponseBase
 from django.urls import Resolver404, resolve
 
 from . import ratelimit
-from .auth import Principal, aauthenticate
+from .auth import Principal, aauthenticate, client_ip
 from .exceptions import CopilotEdgeError
 from .views import error_response
 
@@ -37,11 +39,12 @@ def applies_to(request: HttpRequest) -> bool:
     return not getattr(match.func, "copilotedge_ratelimit_exempt", False)
 
 
-async def aprincipal(request: HttpRequest) -> Principal | None:
+async def aprincipal(request: HttpRequest) -> Principal:
     try:
         return await aauthenticate(request)
     except CopilotEdgeError:
-        return None  # the view gives the same 401/403 answer
+        # The view gives the same 401/403 answer; the attempt counts against the address.
+        return Principal(ip=client_ip(request))
 
 
 def finalize(response: HttpResponseBase, tracked: ratelimit.Tracked) -> HttpResponseBase:
@@ -74,10 +77,9 @@ class RateLimitMiddleware:
             return self.get_response(request)
         with ratelimit.tracking() as tracked:
             principal = async_to_sync(aprincipal)(request)
-            if principal is not None:
-                decision = ratelimit.check_request(principal)
-                if decision.error is not None:
-                    return finalize(error_response(decision.error), tracked)
+            decision = ratelimit.check_request(principal)
+            if decision.error is not None:
+                return finalize(error_response(decision.error), tracked)
             response = cast(HttpResponseBase, self.get_response(request))
         return finalize(response, tracked)
 
@@ -87,9 +89,8 @@ class RateLimitMiddleware:
             return await get_response(request)
         with ratelimit.tracking() as tracked:
             principal = await aprincipal(request)
-            if principal is not None:
-                decision = await ratelimit.acheck_request(principal)
-                if decision.error is not None:
-                    return finalize(error_response(decision.error), tracked)
+            decision = await ratelimit.acheck_request(principal)
+            if decision.error is not None:
+                return finalize(error_response(decision.error), tracked)
             response = await get_response(request)
         return finalize(response, tracked)

@@ -215,9 +215,24 @@ async def test_unauthenticated_requests_reach_the_view(db: None) -> None:
     response = await AsyncClient().get(MODELS)
     assert response.status_code == 401
     assert response.json()["error"]["code"] == "invalid_api_key"
-    assert "x-ratelimit-limit-requests" not in response
+    assert response["x-ratelimit-remaining-requests"] == "59"  # counted against the IP
     wrong = await AsyncClient().get(MODELS, headers={"Authorization": "Bearer ce_nope"})
     assert wrong.status_code == 401
+    assert wrong["x-ratelimit-remaining-requests"] == "58"
+
+
+@override_settings(COPILOTEDGE_RATE_LIMIT="2/m")
+async def test_guessing_keys_is_limited_per_ip(db: None, auth: dict[str, str]) -> None:
+    guesses = [
+        await get_from("198.51.100.7", headers={"Authorization": f"Bearer ce_guess{i}"})
+        for i in range(3)
+    ]
+    assert [r.status_code for r in guesses] == [401, 401, 429]
+    assert "Retry-After" in guesses[-1]
+    # Another address, and the key's own owner, are not affected.
+    other = await get_from("198.51.100.8", headers={"Authorization": "Bearer ce_guess"})
+    assert other.status_code == 401
+    assert (await get_from("198.51.100.7", headers=auth)).status_code == 200
 
 
 async def test_other_urls_are_left_alone(auth: dict[str, str]) -> None:
