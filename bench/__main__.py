@@ -86,6 +86,14 @@ def main() -> None:
         )
         bare_env = {**env, "DJANGO_SETTINGS_MODULE": "bench.passthrough_settings"}
         run(processes.running(processes.daphne_args(site_ports[3]), site_ports[3], bare_env))
+        bare_slow_port = processes.free_port()
+        bare_slow_site = run(
+            processes.running(
+                processes.daphne_args(bare_slow_port),
+                bare_slow_port,
+                {**slow_env, "DJANGO_SETTINGS_MODULE": "bench.passthrough_settings"},
+            )
+        )
         bare = load.Target(
             "bare", f"http://127.0.0.1:{site_ports[3]}/copilotedge/v1/chat/completions"
         )
@@ -108,15 +116,21 @@ def main() -> None:
             slow = load.Target(
                 "slow", f"http://127.0.0.1:{site_ports[2]}/copilotedge/v1/chat/completions", auth
             )
-            result["capacity"] = asyncio.run(
-                capacity.hold_streams(
-                    slow,
-                    slow_site.pid,
-                    args.streams,
-                    f"http://127.0.0.1:{site_ports[2]}/copilotedge/metrics",
-                    METRICS_TOKEN,
-                )
+            metrics_url = f"http://127.0.0.1:{site_ports[2]}/copilotedge/metrics"
+            held = asyncio.run(
+                capacity.hold_streams(slow, slow_site.pid, args.streams, metrics_url, METRICS_TOKEN)
             )
+            bare_slow = load.Target(
+                "bare-slow", f"http://127.0.0.1:{bare_slow_port}/copilotedge/v1/chat/completions"
+            )
+            held_bare = asyncio.run(
+                capacity.hold_streams(bare_slow, bare_slow_site.pid, args.streams)
+            )
+            sizes = [n for n in (100, 250, 500) if n < args.streams]
+            rows = asyncio.run(
+                capacity.sweep(slow, slow_site.pid, sizes, metrics_url, METRICS_TOKEN)
+            )
+            result["capacity"] = {"copilotedge": held, "bare": held_bare, "sweep": rows}
         if "websocket" in sections:
             result["websocket"] = optional(
                 "websocket",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 from typing import Any
 
@@ -62,26 +63,65 @@ async def scrape(url: str, token: str) -> str:
         return response.text if response.status_code == 200 else ""
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of ``pid`` so far (from /proc, in clock ticks)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def hold_streams(
-    target: load.Target, pid: int, count: int, metrics_url: str, metrics_token: str
+    target: load.Target,
+    pid: int,
+    count: int,
+    metrics_url: str | None = None,
+    metrics_token: str = "",
 ) -> dict[str, Any]:
+    """Open ``count`` streams at once and hold them to their end; what that cost the server.
+
+    Without ``metrics_url`` (the bare relay exports no lag histogram) the lag is not read.
+    """
     # Warm the process up (imports, pools) before taking the baseline.
     await load.open_streams(target, 20)
     baseline = rss_kib(pid)
-    before = lag_buckets(await scrape(metrics_url, metrics_token))
+    before = lag_buckets(await scrape(metrics_url, metrics_token)) if metrics_url else {}
+    cpu_before = cpu_seconds(pid)
     stop = asyncio.Event()
     sampler = asyncio.create_task(sample_peaks(pid, stop))
     result = await load.open_streams(target, count, read_timeout=300)
     stop.set()
     peak, peak_threads = await sampler
-    after = lag_buckets(await scrape(metrics_url, metrics_token))
+    after = lag_buckets(await scrape(metrics_url, metrics_token)) if metrics_url else {}
     result.update(
         rss_baseline_kib=baseline,
         rss_peak_kib=peak,
         rss_growth_per_stream_kib=round((peak - baseline) / count, 1),
         threads_peak=peak_threads,
+        cpu_ms_per_stream=round((cpu_seconds(pid) - cpu_before) / count * 1000, 2),
         loop_lag_p99_ms_at_most=round(quantile_bound(before, after, 0.99) * 1000, 1)
         if after
         else None,
     )
     return result
+
+
+async def sweep(
+    target: load.Target, pid: int, sizes: list[int], metrics_url: str, metrics_token: str
+) -> list[dict[str, Any]]:
+    """Held streams at growing counts: where the event-loop lag stays low."""
+    rows = []
+    for size in sizes:
+        run = await hold_streams(target, pid, size, metrics_url, metrics_token)
+        rows.append(
+            {
+                key: run[key]
+                for key in (
+                    "streams",
+                    "completed",
+                    "seconds",
+                    "cpu_ms_per_stream",
+                    "loop_lag_p99_ms_at_most",
+                )
+            }
+            | {"ttft_p50_ms": run["ttft_ms"]["p50"]}
+        )
+    return rows

@@ -21,7 +21,9 @@ _clients: dict[int, httpx.AsyncClient] = {}
 async def relay(request: HttpRequest) -> StreamingHttpResponse:
     client = _clients.get(0)
     if client is None:
-        client = _clients[0] = httpx.AsyncClient(timeout=60)
+        # The same connection limit as copilotedge's client (COPILOTEDGE_MAX_CONNECTIONS).
+        limits = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
+        client = _clients[0] = httpx.AsyncClient(timeout=60, limits=limits)
     url = f"{settings.COPILOTEDGE_API_BASE_URL}/accounts/bench/ai/v1/chat/completions"
     upstream = await client.send(
         client.build_request(

@@ -69,6 +69,56 @@ def _streams(s: dict[str, Any]) -> list[str]:
     return rows
 
 
+def _capacity(c: dict[str, Any]) -> list[str]:
+    mine, bare = c["copilotedge"], c["bare"]
+    rows = [
+        _row(f"{mine['streams']} held streams, one process", "copilotedge", "bare Django relay"),
+        _row("---", "---", "---"),
+    ]
+    for key in (
+        "completed",
+        "errors",
+        "seconds",
+        "cpu_ms_per_stream",
+        "rss_growth_per_stream_kib",
+        "threads_peak",
+        "loop_lag_p99_ms_at_most",
+    ):
+        rows.append(_row(key, mine.get(key), bare.get(key)))
+    rows.append(
+        _row(
+            "ttft p50 / p99 ms",
+            *(f"{r['ttft_ms']['p50']} / {r['ttft_ms']['p99']}" for r in (mine, bare)),
+        )
+    )
+    if c.get("sweep"):
+        rows += [
+            "",
+            _row(
+                "held streams",
+                "completed",
+                "seconds",
+                "CPU ms/stream",
+                "TTFT p50 ms",
+                "loop lag p99 ms (at most)",
+            ),
+        ]
+        rows.append(_row(*["---"] * 6))
+        for r in c["sweep"] + [mine]:
+            ttft = r["ttft_p50_ms"] if "ttft_p50_ms" in r else r["ttft_ms"]["p50"]
+            rows.append(
+                _row(
+                    r["streams"],
+                    r["completed"],
+                    r["seconds"],
+                    r["cpu_ms_per_stream"],
+                    ttft,
+                    r["loop_lag_p99_ms_at_most"],
+                )
+            )
+    return rows
+
+
 def _flat(name: str, data: dict[str, Any]) -> list[str]:
     rows = [_row(name, "value"), _row("---", "---")]
     rows.extend(_row(k, v) for k, v in data.items())
@@ -79,7 +129,9 @@ def markdown(result: dict[str, Any]) -> str:
     parts: list[list[str]] = []
     if "streams" in result:
         parts.append(_streams(result["streams"]))
-    for name in ("capacity", "websocket", "ratelimit", "admin"):
+    if "capacity" in result:
+        parts.append(_capacity(result["capacity"]))
+    for name in ("websocket", "ratelimit", "admin"):
         if name in result:
             parts.append(_flat(name, result[name]))
     m = result["machine"]
