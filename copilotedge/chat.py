@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import iscoroutinefunction
 
-from . import db, exceptions, history, metrics, ratelimit, resilience, usage
+from . import admission, db, exceptions, history, metrics, ratelimit, resilience, usage
 from .auth import check_model
 from .cloudflare import Delta, ToolCallDelta, Usage
 from .conf import settings
@@ -175,6 +175,7 @@ class Turn:
         await self.prepare()
         await self.admit()
         await db.arelease_connections()  # not held for the whole stream
+        admission.release()  # from here it waits for upstream: let the next request in
         try:
             # Cache, retries, circuit breakers and fallbacks; counts self.attempts.
             stream = await resilience.open_stream(self)
@@ -231,6 +232,7 @@ class Turn:
         await self.prepare()
         await self.admit()
         await db.arelease_connections()  # not held while upstream thinks
+        admission.release()
         try:
             delta = await resilience.complete(self)
             await history.astarted(self)

@@ -104,6 +104,11 @@ class Settings:
         return int(_get("COPILOTEDGE_MAX_CONNECTIONS", 1000))
 
     @property
+    def ADMISSION_LIMIT(self) -> int:
+        """HTTP requests a process sets up at once (``AdmissionLimit``); 0: no limit."""
+        return int(_get("COPILOTEDGE_ADMISSION_LIMIT", 16))
+
+    @property
     def STREAM(self) -> bool:
         """Whether a request that does not say ``stream`` is streamed."""
         return bool(_get("COPILOTEDGE_STREAM", False))
