@@ -148,6 +148,7 @@ class TimedStream:
         self._iterator = iterator
         self._head = head
         self._deadline = deadline
+        self._read_timeout = settings.READ_TIMEOUT
         self.on_end: Callable[[BaseException | None], Awaitable[None]] | None = None
 
     async def batches(self) -> AsyncIterator[list[Delta]]:
@@ -158,14 +159,14 @@ class TimedStream:
             while True:
                 remaining = self._deadline - time.monotonic()
                 try:
-                    async with asyncio.timeout(min(settings.READ_TIMEOUT, max(remaining, 0))):
+                    async with asyncio.timeout(min(self._read_timeout, max(remaining, 0))):
                         batch = await anext(self._iterator)
                 except StopAsyncIteration:
                     break
                 except TimeoutError:
                     message = (
                         "The answer took longer than allowed."
-                        if remaining <= settings.READ_TIMEOUT
+                        if remaining <= self._read_timeout
                         else "The model provider stalled mid-answer."
                     )
                     raise exceptions.UpstreamTimeout(message) from None

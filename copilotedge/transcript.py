@@ -232,6 +232,10 @@ class Transcript:
         self.saving: asyncio.Task[Any] | None = None
         #: Set once a resumer asked for live deltas (:func:`awatch`).
         self.watched = False
+        # Read once per answer: grow() runs for every piece of text.
+        self._flush_bytes = settings.FLUSH_BYTES
+        self._flush_interval = settings.FLUSH_INTERVAL
+        self._live_interval = settings.LIVE_INTERVAL
         active[message_id] = self
         ensure_listening()
 
@@ -249,12 +253,12 @@ class Transcript:
         self.task = asyncio.current_task()
         loop = asyncio.get_running_loop()
         self._unsaved_bytes += len(piece.encode(errors="replace"))
-        if self._unsaved_bytes >= settings.FLUSH_BYTES:
+        if self._unsaved_bytes >= self._flush_bytes:
             self._start_flush()
         elif self._flush_timer is None and self._flushing is None:
-            self._flush_timer = loop.call_later(settings.FLUSH_INTERVAL, self._start_flush)
+            self._flush_timer = loop.call_later(self._flush_interval, self._start_flush)
         if self.watched and self._publish_timer is None:
-            self._publish_timer = loop.call_later(settings.LIVE_INTERVAL, self._start_publish)
+            self._publish_timer = loop.call_later(self._live_interval, self._start_publish)
 
     def watch(self) -> None:
         """Publish live deltas from now on, starting with what is unsaved."""
@@ -289,11 +293,11 @@ class Transcript:
             self.saved = max(self.saved, len(text))
         if self._finished:
             return
-        if self._unsaved_bytes >= settings.FLUSH_BYTES:
+        if self._unsaved_bytes >= self._flush_bytes:
             self._start_flush()
         elif self._unsaved_bytes and self._flush_timer is None:
             loop = asyncio.get_running_loop()
-            self._flush_timer = loop.call_later(settings.FLUSH_INTERVAL, self._start_flush)
+            self._flush_timer = loop.call_later(self._flush_interval, self._start_flush)
 
     async def _stopped_elsewhere(self) -> None:
         """The row is no longer ``streaming``: cancelled by another socket, or deleted."""
