@@ -51,10 +51,17 @@ def main() -> None:
     parser.add_argument("--sockets", type=int, default=500, help="concurrent WebSockets")
     parser.add_argument("--admin-rows", type=int, default=1_000_000)
     parser.add_argument("--only", action="append", choices=SECTIONS, help="run only these")
+    parser.add_argument(
+        "--client",
+        choices=("raw", "httpx"),
+        default="raw",
+        help="load generator's HTTP client (httpx: the streaming-core issue's method)",
+    )
     parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL", ""))
     parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", ""))
     args = parser.parse_args()
     sections = args.only or list(SECTIONS)
+    load.CLIENT = args.client
 
     tmp = tempfile.mkdtemp(prefix="copilotedge-bench-")
     database_url = args.database_url or f"sqlite:///{tmp}/bench.sqlite3"
@@ -65,7 +72,7 @@ def main() -> None:
     slow_env = {**env, "CLOUDFLARE_API_BASE_URL": f"http://127.0.0.1:{slow_port}/client/v4"}
     key = processes.prepare_database(env)
     auth = {"Authorization": f"Bearer {key}"}
-    result: dict[str, Any] = {"machine": machine()}
+    result: dict[str, Any] = {"machine": machine(), "client": args.client}
 
     with contextlib.ExitStack() as stack:
         run = stack.enter_context
@@ -142,11 +149,12 @@ def main() -> None:
         result["admin"] = optional("admin", lambda: _admin(args.database_url, args.admin_rows))
 
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "latest.json").write_text(json.dumps(result, indent=2) + "\n")
+    stem = "latest" if args.client == "raw" else f"latest-{args.client}"
+    (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     markdown = report.markdown(result)
-    (RESULTS / "latest.md").write_text(markdown + "\n")
+    (RESULTS / f"{stem}.md").write_text(markdown + "\n")
     with contextlib.suppress(ImportError):
-        report.plot(result, RESULTS / "latest.png")
+        report.plot(result, RESULTS / f"{stem}.png")
     print(markdown)
 
 

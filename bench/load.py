@@ -53,7 +53,15 @@ def percentiles(values: list[float]) -> dict[str, float]:
     }
 
 
+#: "raw" (bench.rawhttp) or "httpx" (bench.httpxclient); set by ``--client``.
+CLIENT = "raw"
+
+
 def connect(target: Target) -> Connection:
+    if CLIENT == "httpx":
+        from .httpxclient import HttpxConnection
+
+        return HttpxConnection(target.url, target.headers)  # type: ignore[return-value]
     return Connection(target.url, target.headers)
 
 
