@@ -3,6 +3,10 @@
 Event models and their SSE encoding come from the ``ag-ui-protocol`` package. The order
 is the one AG-UI clients verify: ``RUN_STARTED``, then text messages and tool calls
 (each opened, filled and closed), then exactly one of ``RUN_FINISHED``/``RUN_ERROR``.
+
+This module streams the events; the input side (``RunAgentInput`` to ``ChatRequest``) is
+:mod:`copilotedge.agui_input` and threads as stored conversations are
+:mod:`copilotedge.agui_threads`.
 """
 
 from __future__ import annotations
@@ -14,36 +18,46 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from ag_ui.core import (
-    AssistantMessage,
     BaseEvent,
-    FunctionCall,
     MessagesSnapshotEvent,
     RunAgentInput,
     RunErrorEvent,
     RunFinishedEvent,
     RunStartedEvent,
-    SystemMessage,
     TextMessageContentEvent,
     TextMessageEndEvent,
     TextMessageStartEvent,
     TokenUsage,
-    ToolCall,
     ToolCallArgsEvent,
     ToolCallEndEvent,
     ToolCallStartEvent,
-    ToolMessage,
-    UserMessage,
 )
 from ag_ui.encoder import EventEncoder
-from pydantic import ValidationError
 
 from . import wire
-from .agents import Agent
-from .auth import Principal
-from .chat import ChatRequest, Turn
-from .exceptions import CopilotEdgeError, InvalidRequest
-from .models import Conversation, Message
-from .validation import parse_messages
+from .agui_input import chat_request, context_message, openai_messages, parse_run_input
+from .agui_threads import aowned_conversation, snapshot_message, thread_conversation_id
+from .chat import Turn
+from .exceptions import CopilotEdgeError
+from .models import Message
+
+# The input and thread helpers were defined here; the views and tests still use them here.
+__all__ = [
+    "PROTOCOL_VERSION",
+    "PROVIDER",
+    "aowned_conversation",
+    "chat_request",
+    "connect_events",
+    "context_message",
+    "encode",
+    "openai_messages",
+    "parse_run_input",
+    "run_error",
+    "run_events",
+    "snapshot_message",
+    "thread_conversation_id",
+    "token_usage",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -55,131 +69,6 @@ _ENCODER = EventEncoder()
 
 def encode(event: BaseEvent) -> bytes:
     return _ENCODER.encode(event).encode()
-
-
-def _param(location: tuple[int | str, ...]) -> str:
-    param = ""
-    for part in location:
-        param += f"[{part}]" if isinstance(part, int) else (f".{part}" if param else part)
-    return param
-
-
-def parse_run_input(body: Any) -> RunAgentInput:
-    """Validate a ``RunAgentInput`` body, or a 400 naming the first bad field."""
-    if not isinstance(body, dict):
-        raise InvalidRequest("The body must be an AG-UI RunAgentInput object.", code="invalid_json")
-    try:
-        return RunAgentInput.model_validate(body)
-    except ValidationError as error:
-        first = error.errors()[0]
-        param = _param(tuple(first["loc"]))
-        raise InvalidRequest(
-            f"Invalid RunAgentInput at {param or 'body'}: {first['msg']}.",
-            param=param or None,
-            code="invalid_run_input",
-        ) from None
-
-
-def _text(content: Any, param: str) -> str:
-    """AG-UI content (a string or a list of parts) as plain text; only text parts are served."""
-    if content is None or isinstance(content, str):
-        return content or ""
-    texts = []
-    for i, part in enumerate(content):
-        if getattr(part, "type", None) != "text":
-            raise InvalidRequest("Only text content parts are supported.", param=f"{param}[{i}]")
-        texts.append(part.text)
-    return "".join(texts)
-
-
-def context_message(entries: list[tuple[str, str]]) -> dict[str, Any] | None:
-    """The application's context entries as one system message, or ``None``."""
-    if not entries:
-        return None
-    lines = ["The application provides this context:"]
-    lines += [f"\n{description}:\n{value}" for description, value in entries]
-    return {"role": "system", "content": "\n".join(lines)}
-
-
-def openai_messages(run_input: RunAgentInput) -> list[dict[str, Any]]:
-    """The conversation in OpenAI form; activity and reasoning messages are not sent upstream."""
-    messages: list[dict[str, Any]] = []
-    for i, message in enumerate(run_input.messages):
-        where = f"messages[{i}].content"
-        role = message.role
-        if role in ("system", "developer", "user"):
-            messages.append({"role": role, "content": _text(message.content, where)})
-        elif isinstance(message, AssistantMessage):
-            entry: dict[str, Any] = {"role": "assistant", "content": message.content or ""}
-            if message.tool_calls:
-                entry["tool_calls"] = [
-                    call.model_dump(by_alias=True) for call in message.tool_calls
-                ]
-            messages.append(entry)
-        elif isinstance(message, ToolMessage):
-            content = _text(message.content, where) or (message.error or "")
-            messages.append(
-                {"role": "tool", "content": content, "tool_call_id": message.tool_call_id}
-            )
-    return messages
-
-
-def chat_request(
-    agent: Agent, run_input: RunAgentInput, conversation_id: uuid.UUID | None = None
-) -> ChatRequest:
-    """What the agent sends upstream for this run: its prompt, the context, the messages."""
-    messages: list[dict[str, Any]] = []
-    if agent.system_prompt:
-        messages.append({"role": "system", "content": agent.system_prompt})
-    context = context_message([(c.description, c.value) for c in run_input.context or []])
-    if context is not None:
-        messages.append(context)
-    messages += openai_messages(run_input)
-    params = dict(agent.params)
-    if run_input.tools:
-        params["tools"] = [
-            {
-                "type": "function",
-                "function": {
-                    "name": tool.name,
-                    "description": tool.description,
-                    "parameters": tool.parameters or {"type": "object", "properties": {}},
-                },
-            }
-            for tool in run_input.tools
-        ]
-    return ChatRequest(
-        model=agent.model,
-        messages=parse_messages(messages),
-        params=params,
-        stream=True,
-        conversation_id=conversation_id,
-    )
-
-
-_THREADS = uuid.UUID("1c8c7d1e-6f0b-4b8e-9a52-2f4a6d1b3c77")
-
-
-def thread_conversation_id(principal: Principal, thread_id: str) -> uuid.UUID | None:
-    """The conversation a thread is stored as (None for anonymous callers, who store none).
-
-    A UUID threadId (CopilotKit makes them) is the conversation's id; any other is mapped
-    to a UUID derived from it and the caller, so two callers' "thread-1" never meet.
-    """
-    if principal.user_id is None:
-        return None
-    try:
-        return uuid.UUID(thread_id)
-    except ValueError:
-        return uuid.uuid5(_THREADS, f"{principal.user_id}:{thread_id}")
-
-
-async def aowned_conversation(principal: Principal, thread_id: str) -> Conversation | None:
-    """The caller's stored conversation of ``thread_id``, if there is one."""
-    conversation_id = thread_conversation_id(principal, thread_id)
-    if conversation_id is None:
-        return None
-    return await Conversation.objects.filter(id=conversation_id, user=principal.user).afirst()
 
 
 def token_usage(turn: Turn) -> TokenUsage:
@@ -326,27 +215,6 @@ async def _next_or_stop(deltas: AsyncIterator[Any], stopped: asyncio.Event) -> A
         if not following.done():
             following.cancel()
         await asyncio.gather(following, waiter, return_exceptions=True)
-
-
-def snapshot_message(message: Message) -> Any:
-    """A stored message as an AG-UI message."""
-    message_id = str(message.id)
-    if message.role == Message.Role.USER:
-        return UserMessage(id=message_id, content=message.content)
-    if message.role == Message.Role.SYSTEM:
-        return SystemMessage(id=message_id, content=message.content)
-    if message.role == Message.Role.TOOL:
-        return ToolMessage(
-            id=message_id, content=message.content, tool_call_id=message.tool_call_id
-        )
-    calls = [
-        ToolCall(id=call["id"], function=FunctionCall(**call["function"]))
-        for call in message.tool_calls or []
-        if isinstance(call, dict) and isinstance(call.get("function"), dict)
-    ]
-    return AssistantMessage(
-        id=message_id, content=message.content or None, tool_calls=calls or None
-    )
 
 
 async def connect_events(run_input: RunAgentInput, messages: list[Message]) -> AsyncIterator[bytes]:

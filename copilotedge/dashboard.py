@@ -2,7 +2,7 @@
 
 The numbers come from :mod:`copilotedge.report` (the same functions the
 ``copilotedge_usage_report`` command uses); the charts are inline SVG from
-:mod:`copilotedge.charts`. The admin classes in :mod:`copilotedge.admin` route to these views.
+:mod:`copilotedge.charts`. The admin classes in :mod:`copilotedge.admin_usage` route to these views.
 """
 
 from __future__ import annotations
