@@ -1,4 +1,4 @@
-"""Checks of the upstream and request-handling settings: copilotedge.E003-E006, W001-W002.
+"""Checks of the upstream and request-handling settings: copilotedge.E003-E007, W001-W002.
 
 Credentials for Workers AI, the route table, the timeouts and size limits, the
 ``ON_CHUNK`` callback and the price table: what every request depends on.
@@ -86,6 +86,17 @@ def check_upstream() -> list[CheckMessage]:
     else:
         if on_chunk is not None and not callable(on_chunk):
             errors.append(Error("COPILOTEDGE_ON_CHUNK is not callable.", id="copilotedge.E005"))
+    try:
+        admission = settings.ADMISSION_LIMIT
+    except (TypeError, ValueError):
+        admission = -1
+    if admission < 0:
+        errors.append(
+            Error(
+                "COPILOTEDGE_ADMISSION_LIMIT must be a whole number >= 0 (0: no limit).",
+                id="copilotedge.E007",
+            )
+        )
     try:
         settings.PRICES  # noqa: B018
     except (AttributeError, InvalidOperation, TypeError, ValueError):

@@ -114,6 +114,12 @@ def test_e004_accepts_numeric_strings_and_floats() -> None:
     assert ids(COPILOTEDGE_READ_TIMEOUT="30", COPILOTEDGE_KEEPALIVE_SECONDS=0.5) == []
 
 
+@pytest.mark.parametrize("value", [-1, "many", None])
+def test_e007_admission_limit(value: Any) -> None:
+    assert ids(COPILOTEDGE_ADMISSION_LIMIT=value) == ["copilotedge.E007"]
+    assert ids(COPILOTEDGE_ADMISSION_LIMIT=0) == []
+
+
 @pytest.mark.parametrize(
     "value", ["no.such.module.callback", "tests.test_checks.missing", "notdotted"]
 )
@@ -168,6 +174,7 @@ def test_e006_good_prices() -> None:
         ({"COPILOTEDGE_ON_CHUNK": "no.such.callback"}, "copilotedge.E005"),
         ({"COPILOTEDGE_PRICES": {"m": ("x", "y")}}, "copilotedge.E006"),
         ({"COPILOTEDGE_PRICES": ["m"]}, "copilotedge.E006"),
+        ({"COPILOTEDGE_ADMISSION_LIMIT": -1}, "copilotedge.E007"),
     ],
 )
 def test_errors_fail_the_check_command(overrides: dict[str, Any], expected: str) -> None:
