@@ -12,8 +12,10 @@ and background tasks, never an ``await`` per token) it
   gets the live deltas. An answer nobody resumes publishes only its end: at a thousand
   streams, publishing them all would keep the channel layer busy for no one.
 
-A watch request goes to one group that every process joins with a channel of its own
-(:func:`ensure_listening`); the process generating the answer starts publishing at once.
+In the process generating the answer a watch starts the publishing at once. From
+another process it is a short-lived key in the cache (``COPILOTEDGE_CACHE_ALIAS``, Redis
+when processes share it), which the generating process reads with its saves, at most every
+:data:`WATCH_CHECK_SECONDS`. No process keeps a receiver open on the channel layer for it.
 
 Each live event carries ``offset`` (the characters already saved) and ``text`` (all the
 text after it), so a resumer that read the row, then receives an event, can tell exactly
@@ -23,17 +25,16 @@ which characters it still lacks: nothing is lost or sent twice.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import re
 import time
 import uuid
-import weakref
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 from channels.layers import get_channel_layer
+from django.core.cache import caches
 from django.utils import timezone
 
 from . import db
@@ -45,11 +46,10 @@ logger = logging.getLogger(__name__)
 #: Channel-layer event types; a consumer handles them as ``copilotedge_live_delta``/``_end``.
 LIVE_DELTA = "copilotedge.live.delta"
 LIVE_END = "copilotedge.live.end"
-#: A resumer asks the process generating a message to publish its deltas.
-LIVE_WATCH = "copilotedge.live.watch"
-WATCH_GROUP = "copilotedge.live.watchers"
-#: Groups expire in the channel layer (a day by default); the listener joins again sooner.
-_REJOIN_SECONDS = 3600.0
+#: How long a watch request waits in the cache for the answer's next save.
+WATCH_SECONDS = 600
+#: How often a generating answer looks for a watch request from another process.
+WATCH_CHECK_SECONDS = 2.0
 
 #: Transcripts of the answers this process is generating, by message id.
 active: dict[uuid.UUID, Transcript] = {}
@@ -113,24 +113,8 @@ async def publish(message_id: uuid.UUID, event: dict[str, Any]) -> None:
             logger.warning("Could not publish to %s", group_name(message_id), exc_info=True)
 
 
-async def _asave(message_id: uuid.UUID, *, streaming_only: bool = False, **fields: Any) -> int:
-    """Update the message row through the group-commit writer; the rows updated.
-
-    The writer runs jobs in order, so this lands after the row's creation if that is
-    still queued.
-    """
-    return await db.writer().submit(
-        functools.partial(
-            _save, message_id, streaming_only, fields | {"updated_at": timezone.now()}
-        )
-    )
-
-
-def _save(message_id: uuid.UUID, streaming_only: bool, fields: dict[str, Any]) -> int:
-    rows = Message.objects.filter(pk=message_id)
-    if streaming_only:
-        rows = rows.filter(status=Message.Status.STREAMING)
-    return rows.update(**fields)
+def watch_key(message_id: uuid.UUID) -> str:
+    return f"copilotedge:live-watch:{message_id.hex}"
 
 
 async def awatch(message_id: uuid.UUID) -> None:
@@ -139,58 +123,43 @@ async def awatch(message_id: uuid.UUID) -> None:
     if transcript is not None:
         transcript.watch()
         return
-    layer = get_channel_layer()
-    if layer is None:
-        return
     try:
-        await layer.group_send(WATCH_GROUP, {"type": LIVE_WATCH, "message": message_id.hex})
+        await caches[settings.CACHE_ALIAS].aset(watch_key(message_id), 1, WATCH_SECONDS)
     except Exception:
         # The resumer still follows the answer by reading its row (resume.py's watchdog).
         logger.warning("Could not ask for the live deltas of %s", message_id, exc_info=True)
 
 
-_listeners: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task[None]] = (
-    weakref.WeakKeyDictionary()
-)
+async def _asave(
+    message_id: uuid.UUID, *, streaming_only: bool = False, check_watch: bool = False, **fields: Any
+) -> tuple[int, bool]:
+    """Update the message row through the group-commit writer: the rows updated, and
+    whether a resumer in another process asked for live deltas meanwhile.
+
+    The writer runs jobs in order, so this lands after the row's creation if that is
+    still queued.
+    """
+    return await db.writer().submit(
+        functools.partial(
+            _save, message_id, streaming_only, check_watch, fields | {"updated_at": timezone.now()}
+        )
+    )
 
 
-def ensure_listening() -> None:
-    """Start this event loop's listener for watch requests, once."""
-    loop = asyncio.get_running_loop()
-    task = _listeners.get(loop)
-    if (task is None or task.done()) and get_channel_layer() is not None:
-        _listeners[loop] = loop.create_task(_listen(), context=db.detached())
-
-
-async def _listen() -> None:
-    layer = get_channel_layer()
-    assert layer is not None
-    while True:
-        channel = ""
-        try:
-            # The layer's default prefix: channels-redis reads every channel of a process
-            # with that prefix in one loop, and a prefix of our own would stall it.
-            channel = await layer.new_channel()
-            await layer.group_add(WATCH_GROUP, channel)
-            joined = time.monotonic()
-            while time.monotonic() - joined < _REJOIN_SECONDS:
-                try:
-                    async with asyncio.timeout(_REJOIN_SECONDS):
-                        event = await layer.receive(channel)
-                except TimeoutError:
-                    break
-                if event.get("type") == LIVE_WATCH:
-                    transcript = active.get(uuid.UUID(hex=str(event.get("message"))))
-                    if transcript is not None:
-                        transcript.watch()
-        except asyncio.CancelledError:
-            if channel:
-                with contextlib.suppress(Exception):
-                    await layer.group_discard(WATCH_GROUP, channel)
-            raise
-        except Exception:
-            logger.warning("Listening for live watch requests failed; retrying", exc_info=True)
-            await asyncio.sleep(1.0)
+def _save(
+    message_id: uuid.UUID, streaming_only: bool, check_watch: bool, fields: dict[str, Any]
+) -> tuple[int, bool]:
+    rows = Message.objects.filter(pk=message_id)
+    if streaming_only:
+        rows = rows.filter(status=Message.Status.STREAMING)
+    updated = rows.update(**fields)
+    if not check_watch:
+        return updated, False
+    try:
+        watched = bool(caches[settings.CACHE_ALIAS].get(watch_key(message_id)))
+    except Exception:  # a cache outage must not cost the save
+        watched = False
+    return updated, watched
 
 
 class Transcript:
@@ -232,12 +201,12 @@ class Transcript:
         self.saving: asyncio.Task[Any] | None = None
         #: Set once a resumer asked for live deltas (:func:`awatch`).
         self.watched = False
+        self._watch_checked = -WATCH_CHECK_SECONDS
         # Read once per answer: grow() runs for every piece of text.
         self._flush_bytes = settings.FLUSH_BYTES
         self._flush_interval = settings.FLUSH_INTERVAL
         self._live_interval = settings.LIVE_INTERVAL
         active[message_id] = self
-        ensure_listening()
 
     def _text(self) -> str:
         return storable(self._answer_text())
@@ -281,7 +250,17 @@ class Transcript:
         text = self._text()
         self._unsaved_bytes = 0
         try:
-            updated = await _asave(self.message_id, content=text, streaming_only=True)
+            # Whether a resumer elsewhere asked for live deltas: a cache read, so not
+            # with every save of every answer (the resumer reads the row meanwhile).
+            now = time.monotonic()
+            check = not self.watched and now - self._watch_checked >= WATCH_CHECK_SECONDS
+            if check:
+                self._watch_checked = now
+            updated, watched = await _asave(
+                self.message_id, content=text, streaming_only=True, check_watch=check
+            )
+            if watched:
+                self.watch()
         except Exception:
             logger.warning("Could not save message %s", self.message_id, exc_info=True)
             updated = -1

@@ -212,11 +212,15 @@ def reset_limits() -> None:
 
 @pytest.fixture(autouse=True)
 async def _fresh_limits() -> AsyncIterator[None]:
-    from copilotedge import auth, ratelimit
+    from copilotedge import auth, ratelimit, transcript
     from copilotedge.ratelimit_stores import RedisStore
 
     reset_limits()
     yield
+    # Background saves (answers, conversations, the ledger) must land before the test's
+    # database is flushed: a write still under way would deadlock the flush.
+    await transcript.adrain()
+    await usage.adrain()
     await auth.adrain()
     await ratelimit.adrain()
     await RedisStore.aclose()
