@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
 from django.core.checks import CheckMessage, Error, Warning
 
 from .conf import settings
@@ -45,4 +48,40 @@ def check_conversation_settings() -> list[CheckMessage]:
                 id="copilotedge.W030",
             )
         )
+    errors.extend(_check_redis_read_timeout(layers))
+    return errors
+
+
+#: channels-redis blocks this long (BZPOPMIN) waiting for a message, per read.
+_LAYER_BLOCK_SECONDS = 5
+
+
+def _check_redis_read_timeout(layers: dict[str, Any]) -> list[CheckMessage]:
+    """redis-py 8 reads with a 5-s default timeout: a channels-redis consumer that gets
+    no message for 5 s then fails (django/channels_redis#422), so every idle WebSocket
+    drops. A host must say how long a read may wait."""
+    try:
+        major = int(version("redis").split(".")[0])
+    except (PackageNotFoundError, ValueError):
+        return []
+    if major < 8:
+        return []
+    errors: list[CheckMessage] = []
+    for alias, layer in layers.items():
+        if not str(layer.get("BACKEND", "")).startswith("channels_redis."):
+            continue
+        for host in (layer.get("CONFIG") or {}).get("hosts") or []:
+            timeout = host.get("socket_timeout", 0) if isinstance(host, dict) else 0
+            if timeout is not None and timeout <= _LAYER_BLOCK_SECONDS:
+                errors.append(
+                    Warning(
+                        f"CHANNEL_LAYERS[{alias!r}] reaches Redis with redis-py {major}'s "
+                        f"read timeout (5 s by default): a WebSocket with no message for "
+                        f"{_LAYER_BLOCK_SECONDS} s fails and disconnects.",
+                        hint='Give each host a longer read timeout: {"address": REDIS_URL, '
+                        '"socket_timeout": None}.',
+                        id="copilotedge.W031",
+                    )
+                )
+                break
     return errors

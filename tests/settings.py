@@ -95,7 +95,12 @@ if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL], "prefix": f"copilotedge-tests-{_PID}"},
+            # redis-py 8 reads with a 5-s timeout, as long as channels-redis blocks
+            # for a message: without this, an idle consumer fails every 5 s.
+            "CONFIG": {
+                "hosts": [{"address": REDIS_URL, "socket_timeout": None}],
+                "prefix": f"copilotedge-tests-{_PID}",
+            },
         }
     }
 else:

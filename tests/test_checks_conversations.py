@@ -1,4 +1,4 @@
-"""System checks of the conversation and WebSocket settings (copilotedge.E030/W030)."""
+"""System checks of the conversation and WebSocket settings (copilotedge.E030, W030, W031)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ def ids() -> list[str]:
 
 
 def test_the_suite_settings_pass():
-    assert not [i for i in ids() if i in ("copilotedge.E030", "copilotedge.W030")]
+    assert not [i for i in ids() if i.startswith(("copilotedge.E03", "copilotedge.W03"))]
 
 
 @pytest.mark.parametrize(
@@ -34,3 +34,33 @@ def test_a_non_positive_number_is_an_error(name, value):
 def test_no_channel_layer_is_a_warning():
     with override_settings(CHANNEL_LAYERS={}):
         assert "copilotedge.W030" in ids()
+
+
+REDIS_LAYER = "channels_redis.core.RedisChannelLayer"
+
+
+@pytest.mark.parametrize(
+    "hosts",
+    [["redis://127.0.0.1:6379/0"], [{"address": "redis://127.0.0.1:6379/0"}]],
+)
+def test_a_redis_layer_with_redis_py_8s_read_timeout_is_a_warning(monkeypatch, hosts):
+    monkeypatch.setattr("copilotedge.checks_conversations.version", lambda name: "8.1.0")
+    layers = {"default": {"BACKEND": REDIS_LAYER, "CONFIG": {"hosts": hosts}}}
+    with override_settings(CHANNEL_LAYERS=layers):
+        assert "copilotedge.W031" in ids()
+
+
+@pytest.mark.parametrize("timeout", [None, 30])
+def test_a_redis_layer_that_waits_longer_passes(monkeypatch, timeout):
+    monkeypatch.setattr("copilotedge.checks_conversations.version", lambda name: "8.1.0")
+    host = {"address": "redis://127.0.0.1:6379/0", "socket_timeout": timeout}
+    layers = {"default": {"BACKEND": REDIS_LAYER, "CONFIG": {"hosts": [host]}}}
+    with override_settings(CHANNEL_LAYERS=layers):
+        assert "copilotedge.W031" not in ids()
+
+
+def test_redis_py_7_waits_for_ever_by_default(monkeypatch):
+    monkeypatch.setattr("copilotedge.checks_conversations.version", lambda name: "7.4.0")
+    layers = {"default": {"BACKEND": REDIS_LAYER, "CONFIG": {"hosts": ["redis://x"]}}}
+    with override_settings(CHANNEL_LAYERS=layers):
+        assert "copilotedge.W031" not in ids()

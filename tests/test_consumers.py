@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from channels.testing import WebsocketCommunicator
+from django.conf import settings
 from django.test import AsyncClient, override_settings
 
 from copilotedge import consumers, transcript, usage
@@ -21,6 +22,7 @@ from .conftest import OPENAI_URL, ORIGIN, WS_PATH, WordStream, stream_response
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("drain_chats")]
 
 WORDS = [f"word{i} " for i in range(30)]
+ON_REDIS = "channels_redis" in settings.CHANNEL_LAYERS["default"]["BACKEND"]
 FULL = "".join(WORDS)
 
 
@@ -107,6 +109,17 @@ async def test_a_session_user_chats_and_the_answer_streams(ws, upstream, user):
     assert (record.protocol, record.outcome, record.conversation_id) == (
         "websocket", "ok", conversation.id,
     )  # fmt: skip
+
+
+@pytest.mark.skipif(not ON_REDIS, reason="only a Redis channel layer reads with a timeout")
+async def test_an_idle_socket_outlives_redis_py_8s_read_timeout(ws, upstream):
+    # The consumer blocks reading the channel layer; redis-py 8 gives up any read after
+    # 5 s unless the host says otherwise (copilotedge.W031), which used to end the socket.
+    slow_upstream(upstream, WordStream(WORDS[:3], delay=0))
+    await asyncio.sleep(6)
+    await ws.send_json_to(chat("a"))
+    messages = await receive_until(ws, "done", "a")
+    assert text_of(messages, "a") == "".join(WORDS[:3])
 
 
 async def test_an_api_key_client_is_ready_after_the_auth_message(api_key, upstream, user):
