@@ -53,9 +53,9 @@ def main() -> None:
     parser.add_argument("--only", action="append", choices=SECTIONS, help="run only these")
     parser.add_argument(
         "--client",
-        choices=("raw", "httpx"),
+        choices=("raw", "httpx", "openai"),
         default="raw",
-        help="load generator's HTTP client (httpx: the streaming-core issue's method)",
+        help="load generator's HTTP client: raw (lightest), httpx, or the openai SDK",
     )
     parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL", ""))
     parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", ""))

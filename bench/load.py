@@ -53,7 +53,8 @@ def percentiles(values: list[float]) -> dict[str, float]:
     }
 
 
-#: "raw" (bench.rawhttp) or "httpx" (bench.httpxclient); set by ``--client``.
+#: "raw" (bench.rawhttp), "httpx" (bench.httpxclient) or "openai" (bench.openaiclient);
+#: set by ``--client``.
 CLIENT = "raw"
 
 
@@ -62,6 +63,10 @@ def connect(target: Target) -> Connection:
         from .httpxclient import HttpxConnection
 
         return HttpxConnection(target.url, target.headers)  # type: ignore[return-value]
+    if CLIENT == "openai":
+        from .openaiclient import OpenAIConnection
+
+        return OpenAIConnection(target.url, target.headers)  # type: ignore[return-value]
     return Connection(target.url, target.headers)
 
 
