@@ -82,3 +82,32 @@ def test_hours_and_weeks(user):
 def test_a_bad_age_is_refused(age):
     with pytest.raises(CommandError, match="--older-than"):
         prune("--older-than", age)
+
+
+def answer(user: Any, status: str, minutes_ago: float) -> Message:
+    conversation = Conversation.objects.create(user=user)
+    when = timezone.now() - timedelta(minutes=minutes_ago)
+    return Message.objects.create(
+        conversation=conversation, sequence=0, role="assistant", content="half an ans",
+        status=status, created_at=when, updated_at=when,
+    )  # fmt: skip
+
+
+def test_answers_a_stopped_process_left_streaming_are_marked_incomplete(user):
+    # Longer ago than RETRY_DEADLINE + TOTAL_TIMEOUT (6 minutes by default): no server
+    # can still be generating it.
+    left = answer(user, "streaming", minutes_ago=60)
+    live = answer(user, "streaming", minutes_ago=2)
+    done = answer(user, "complete", minutes_ago=60)
+    assert "Would mark 1 abandoned answers incomplete." in prune("--dry-run")
+    assert Message.objects.get(pk=left.pk).status == "streaming"
+    assert "Marked 1 abandoned answers incomplete." in prune()
+    statuses = dict(Message.objects.values_list("pk", "status"))
+    assert statuses == {left.pk: "incomplete", live.pk: "streaming", done.pk: "complete"}
+
+
+@override_settings(COPILOTEDGE_TOTAL_TIMEOUT=7200)
+def test_an_answer_within_the_longest_it_can_run_stays_streaming(user):
+    live = answer(user, "streaming", minutes_ago=60)
+    prune()
+    assert Message.objects.get(pk=live.pk).status == "streaming"

@@ -1,4 +1,5 @@
-"""Delete conversations (and their messages) not active for a while, in batches."""
+"""Delete conversations (and their messages) not active for a while, in batches; close
+answers a stopped process left ``streaming``."""
 
 from __future__ import annotations
 
@@ -8,12 +9,16 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from copilotedge.conf import settings
 from copilotedge.models import Conversation, Message
 
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+#: Slack past the longest an answer can be generated, for clocks and slow saves.
+_ABANDON_MARGIN = timedelta(minutes=1)
 
 
 def parse_age(value: str) -> timedelta:
@@ -27,7 +32,8 @@ def parse_age(value: str) -> timedelta:
 class Command(BaseCommand):
     help = (
         "Delete conversations (with their messages) last active longer ago than "
-        "--older-than (default COPILOTEDGE_RETENTION_DAYS days). Usage records are kept."
+        "--older-than (default COPILOTEDGE_RETENTION_DAYS days). Usage records are kept. "
+        "Answers a stopped server process left 'streaming' are marked incomplete."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -55,6 +61,8 @@ class Command(BaseCommand):
                 f"Would delete {total} conversations ({messages} messages) "
                 f"last active before {cutoff:%Y-%m-%d %H:%M} UTC."
             )
+            left = abandoned_answers().count()
+            self.stdout.write(f"Would mark {left} abandoned answers incomplete.")
             return
         deleted = deleted_messages = 0
         while True:
@@ -74,3 +82,21 @@ class Command(BaseCommand):
                 f"last active before {cutoff:%Y-%m-%d %H:%M} UTC."
             )
         )
+        closed = abandoned_answers().update(
+            status=Message.Status.INCOMPLETE, updated_at=timezone.now()
+        )
+        if closed:
+            self.stdout.write(f"Marked {closed} abandoned answers incomplete.")
+
+
+def abandoned_answers() -> QuerySet[Message]:
+    """Answers still ``streaming`` though begun longer ago than any answer can run.
+
+    A turn gets its first delta within RETRY_DEADLINE (or waits as long for an identical
+    request's) and ends TOTAL_TIMEOUT after that at the latest, so such a row was left
+    by a server process that stopped mid-answer. A resume closes one it finds; this
+    closes the ones nobody resumes, which would otherwise say "streaming" for ever.
+    """
+    longest = timedelta(seconds=settings.RETRY_DEADLINE + settings.TOTAL_TIMEOUT)
+    started_before = timezone.now() - longest - _ABANDON_MARGIN
+    return Message.objects.filter(status=Message.Status.STREAMING, created_at__lt=started_before)
