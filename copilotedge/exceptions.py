@@ -81,6 +81,15 @@ class NotFound(CopilotEdgeError):
     default_message = "Not found."
 
 
+class AnswerStopped(CopilotEdgeError):
+    """The answer was stopped from elsewhere: a cancel, or its conversation deleted."""
+
+    status_code = 409
+    type = "invalid_request_error"
+    code = "cancelled"
+    default_message = "The answer was stopped before it finished."
+
+
 class RateLimited(CopilotEdgeError):
     status_code = 429
     type = "rate_limit_error"

@@ -10,7 +10,7 @@ from typing import Any
 from . import sse
 from .chat import Turn
 from .cloudflare import Delta
-from .exceptions import CopilotEdgeError
+from .exceptions import AnswerStopped, CopilotEdgeError
 from .usage import count_tokens
 
 
@@ -95,6 +95,12 @@ async def openai_stream(turn: Turn, *, include_usage: bool) -> AsyncIterator[byt
         await turn.asaved()
         yield head + sse.encode_json(error.to_dict()) + sse.DONE_FRAME
         return
+    except asyncio.CancelledError:
+        if (stopped := stopped_elsewhere(turn)) is None:
+            raise
+        await turn.asaved()
+        yield head + sse.encode_json(stopped.to_dict()) + sse.DONE_FRAME
+        return
     await turn.asaved()
     tail = [head, _chunk(turn, {}, turn.answer.final_finish_reason())]
     if include_usage:
@@ -152,8 +158,32 @@ async def run_stream(turn: Turn) -> AsyncIterator[bytes]:
         await turn.asaved()
         yield sse.encode_json(run_error(error)) + sse.DONE_FRAME
         return
+    except asyncio.CancelledError:
+        if (stopped := stopped_elsewhere(turn)) is None:
+            raise
+        await turn.asaved()
+        yield sse.encode_json(run_error(stopped)) + sse.DONE_FRAME
+        return
     await turn.asaved()
     yield sse.encode_json({"response": "", "usage": usage_of(turn)}) + sse.DONE_FRAME
+
+
+def stopped_elsewhere(turn: Turn) -> AnswerStopped | None:
+    """The error to end the stream with when its cancellation is the answer being stopped
+    elsewhere (a cancel from another socket, its conversation deleted), else ``None``:
+    the client hung up, and there is nobody to tell.
+
+    The cancellation is taken back, so the stream can still save and say how it ended.
+    """
+    transcript = turn.transcript
+    if transcript is None or not transcript.stopped:
+        return None
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        task.uncancel()
+    if transcript.deleted:
+        return AnswerStopped("The conversation was deleted while its answer streamed.")
+    return AnswerStopped()
 
 
 async def with_keepalive(frames: AsyncIterator[bytes], interval: float) -> AsyncIterator[bytes]:

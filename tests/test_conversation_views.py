@@ -211,6 +211,28 @@ async def test_delete_removes_the_conversation_and_its_messages(auth, user):
 
 
 @pytest.mark.django_db(transaction=True)
+async def test_deleting_a_conversation_ends_its_streaming_answer_with_an_error(auth, upstream):
+    words = [f"w{i} " for i in range(40)]
+    upstream.post(OPENAI_URL).mock(return_value=stream_response(WordStream(words, delay=0.05)))
+    client = AsyncClient()
+    body = {"messages": [{"role": "user", "content": "hi"}], "stream": True}
+    response = await client.post(
+        f"{BASE}/v1/chat/completions", body, content_type="application/json", headers=auth
+    )
+    frames = aiter(response.streaming_content)
+    first = await anext(frames)
+    assert b'"content"' in first
+    conversation_id = response[CONVERSATION_HEADER]
+    deleted = await client.delete(f"{BASE}/conversations/{conversation_id}/", headers=auth)
+    assert deleted.status_code == 204
+    rest = b"".join([frame async for frame in frames]).decode()
+    assert rest.endswith("data: [DONE]\n\n")
+    error = json.loads(rest.split("data: ")[-2])["error"]
+    assert error["code"] == "cancelled" and "deleted" in error["message"]
+    await drain()
+
+
+@pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("method", ["get", "delete"])
 async def test_another_users_conversation_is_404_never_403(auth, other_user, method):
     theirs = await Conversation.objects.acreate(user=other_user, title="secret")
