@@ -164,6 +164,11 @@ class _Parked(ThreadPoolExecutor):
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         pass
 
+    def __bool__(self) -> bool:
+        # asgiref ends a request by joining its executor from a new thread, started
+        # ``if executor:``; there is nothing to join here, so spare the thread.
+        return False
+
 
 _parked = _Parked(max_workers=1, thread_name_prefix="copilotedge-parked")
 
