@@ -30,6 +30,7 @@ import logging
 import re
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -97,12 +98,31 @@ _PUBLISH_ERROR_LOG_INTERVAL = 30.0
 _last_publish_error = -_PUBLISH_ERROR_LOG_INTERVAL
 
 
+#: Publications under way at once, per event loop. A ``group_send`` holds a Redis
+#: connection for several commands, and a thousand answers ending together would ask
+#: channels-redis for a thousand; redis-py 8's pool refuses past 100 ("Too many
+#: connections"), and those answers' ends would be lost.
+PUBLISH_CONCURRENCY = 32
+_publish_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _publish_slot() -> asyncio.Semaphore:
+    loop = asyncio.get_running_loop()
+    slots = _publish_slots.get(loop)
+    if slots is None:
+        slots = _publish_slots[loop] = asyncio.Semaphore(PUBLISH_CONCURRENCY)
+    return slots
+
+
 async def publish(message_id: uuid.UUID, event: dict[str, Any]) -> None:
     layer = get_channel_layer()
     if layer is None:
         return
     try:
-        await layer.group_send(group_name(message_id), event)
+        async with _publish_slot():
+            await layer.group_send(group_name(message_id), event)
     except Exception:
         # Live delivery is best effort: a resumer falls back to the stored text. Logged
         # at most every 30 s, since when the layer is overloaded every answer fails here.
