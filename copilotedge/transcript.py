@@ -103,6 +103,9 @@ _last_publish_error = -_PUBLISH_ERROR_LOG_INTERVAL
 #: channels-redis for a thousand; redis-py 8's pool refuses past 100 ("Too many
 #: connections"), and those answers' ends would be lost.
 PUBLISH_CONCURRENCY = 32
+#: Live delivery is best effort, and an answer's end waits for its last publication: a
+#: stalled channel layer must not hold every answer back from its ``[DONE]``.
+PUBLISH_TIMEOUT = 2.0
 _publish_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
     weakref.WeakKeyDictionary()
 )
@@ -121,7 +124,7 @@ async def publish(message_id: uuid.UUID, event: dict[str, Any]) -> None:
     if layer is None:
         return
     try:
-        async with _publish_slot():
+        async with asyncio.timeout(PUBLISH_TIMEOUT), _publish_slot():
             await layer.group_send(group_name(message_id), event)
     except Exception:
         # Live delivery is best effort: a resumer falls back to the stored text. Logged
@@ -217,6 +220,8 @@ class Transcript:
         self.deleted = False
         #: Set by :meth:`stop`; the answer ends (cancelled) at its next piece at the latest.
         self.stopped = False
+        #: The task :meth:`stop` cancelled, if it cancelled one.
+        self.cancelled_task: asyncio.Task[Any] | None = None
         #: The final save, once the turn ended (``history.finish``).
         self.saving: asyncio.Task[Any] | None = None
         #: Set once a resumer asked for live deltas (:func:`awatch`).
@@ -309,12 +314,13 @@ class Transcript:
         self.stop()
 
     def stop(self) -> None:
-        """Cancel the generating task (and with it the upstream request)."""
-        if self._finished:
+        """Cancel the generating task (and with it the upstream request), once."""
+        if self._finished or self.stopped:
             return
         self.stopped = True
         if self.task is not None and not self.task.done():
             self.task.cancel()
+            self.cancelled_task = self.task
 
     # Publishing -----------------------------------------------------------------------
 

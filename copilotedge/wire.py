@@ -171,16 +171,22 @@ async def run_stream(turn: Turn) -> AsyncIterator[bytes]:
 def stopped_elsewhere(turn: Turn) -> AnswerStopped | None:
     """The error to end the stream with when its cancellation is the answer being stopped
     elsewhere (a cancel from another socket, its conversation deleted), else ``None``:
-    the client hung up, and there is nobody to tell.
+    the client hung up (perhaps at the same moment), and there is nobody to tell.
 
-    The cancellation is taken back, so the stream can still save and say how it ended.
+    The stop's cancellation is taken back, so the stream can still save and say how it
+    ended; any other cancellation of the task stands. (A stop that lands while a slow
+    client's queue is full still ends the stream without the frame.)
     """
     transcript = turn.transcript
     if transcript is None or not transcript.stopped:
         return None
     task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        task.uncancel()
+    if task is not None:
+        ours = 1 if transcript.cancelled_task is task else 0
+        if task.cancelling() > ours:
+            return None  # cancelled by someone else too: the client left
+        if ours:
+            task.uncancel()
     if transcript.deleted:
         return AnswerStopped("The conversation was deleted while its answer streamed.")
     return AnswerStopped()

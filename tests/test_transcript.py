@@ -47,3 +47,15 @@ async def test_a_thousand_answer_ends_fit_the_redis_pool(caplog):
     ends = [transcript.publish(uuid.uuid4(), {"type": transcript.LIVE_END}) for _ in range(1000)]
     await asyncio.gather(*ends)
     assert not [r for r in caplog.records if "Could not publish" in r.getMessage()]
+
+
+class StalledLayer:
+    async def group_send(self, group: str, event: dict[str, Any]) -> None:
+        await asyncio.sleep(3600)
+
+
+async def test_a_stalled_channel_layer_holds_a_publication_back_only_briefly(monkeypatch):
+    monkeypatch.setattr(transcript, "get_channel_layer", StalledLayer)
+    monkeypatch.setattr(transcript, "PUBLISH_TIMEOUT", 0.05)
+    async with asyncio.timeout(1):
+        await transcript.publish(uuid.uuid4(), {"type": transcript.LIVE_END})

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 
 import pytest
 
-from copilotedge import exceptions, sse, tokens, wire
+from copilotedge import exceptions, sse, tokens, transcript, wire
 from copilotedge.auth import Principal
 from copilotedge.chat import ChatRequest, Turn
 from copilotedge.cloudflare import Delta, ToolCallDelta, Usage
@@ -129,3 +130,48 @@ def test_usage_of_prefers_upstream_and_estimates_otherwise() -> None:
     completion = tokens.estimate_tokens("abcd" * 3)
     assert estimated["completion_tokens"] == completion > 0
     assert estimated["total_tokens"] == estimated["prompt_tokens"] + completion
+
+
+async def cancelled_while_streaming(turn: Turn, *, hang_up: bool) -> tuple[object, asyncio.Task]:
+    """Stop ``turn``'s answer (and, if asked, cancel its task as a hang-up would, at
+    the same moment); returns what ``stopped_elsewhere`` said and the task."""
+    said: list[object] = []
+
+    async def streaming() -> None:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            said.append(wire.stopped_elsewhere(turn))
+            if said[0] is None:
+                raise
+
+    task = asyncio.create_task(streaming())
+    await asyncio.sleep(0)
+    assert turn.transcript is not None
+    turn.transcript.task = task
+    turn.transcript.stop()
+    if hang_up:
+        task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    return said[0], task
+
+
+@pytest.fixture
+def streaming_turn():
+    turn = turn_with()
+    turn.transcript = transcript.Transcript(uuid.uuid4(), uuid.uuid4(), lambda: "")
+    yield turn
+    transcript.active.pop(turn.transcript.message_id, None)
+
+
+async def test_a_stop_from_elsewhere_is_taken_back_to_end_the_stream(streaming_turn):
+    said, task = await cancelled_while_streaming(streaming_turn, hang_up=False)
+    assert isinstance(said, exceptions.AnswerStopped)
+    assert not task.cancelled() and task.cancelling() == 0
+
+
+async def test_a_stop_and_a_hang_up_at_once_stay_a_cancellation(streaming_turn):
+    # Both cancellations arrive as one; taking one back would leave the task running
+    # with nobody reading it.
+    said, task = await cancelled_while_streaming(streaming_turn, hang_up=True)
+    assert said is None and task.cancelled()
