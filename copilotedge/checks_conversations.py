@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from django.core.checks import CheckMessage, Error, Warning
 
@@ -68,20 +69,36 @@ def _check_redis_read_timeout(layers: dict[str, Any]) -> list[CheckMessage]:
         return []
     errors: list[CheckMessage] = []
     for alias, layer in layers.items():
-        if not str(layer.get("BACKEND", "")).startswith("channels_redis."):
+        # The pub/sub layer polls rather than blocks, so only the core layer is at risk.
+        if not str(layer.get("BACKEND", "")).startswith("channels_redis.core."):
             continue
-        for host in (layer.get("CONFIG") or {}).get("hosts") or []:
-            timeout = host.get("socket_timeout", 0) if isinstance(host, dict) else 0
-            if timeout is not None and timeout <= _LAYER_BLOCK_SECONDS:
-                errors.append(
-                    Warning(
-                        f"CHANNEL_LAYERS[{alias!r}] reaches Redis with redis-py {major}'s "
-                        f"read timeout (5 s by default): a WebSocket with no message for "
-                        f"{_LAYER_BLOCK_SECONDS} s fails and disconnects.",
-                        hint='Give each host a longer read timeout: {"address": REDIS_URL, '
-                        '"socket_timeout": None}.',
-                        id="copilotedge.W031",
-                    )
+        # No hosts: channels-redis connects to localhost with the defaults.
+        hosts = (layer.get("CONFIG") or {}).get("hosts") or ["redis://localhost:6379"]
+        if any(_reads_too_briefly(host) for host in hosts):
+            errors.append(
+                Warning(
+                    f"CHANNEL_LAYERS[{alias!r}] reaches Redis with redis-py {major}'s "
+                    f"read timeout (5 s by default): a WebSocket with no message for "
+                    f"{_LAYER_BLOCK_SECONDS} s fails and disconnects.",
+                    hint='Give each host a longer read timeout: {"address": REDIS_URL, '
+                    '"socket_timeout": None}.',
+                    id="copilotedge.W031",
                 )
-                break
+            )
     return errors
+
+
+def _reads_too_briefly(host: Any) -> bool:
+    if isinstance(host, str):
+        values = parse_qs(urlsplit(host).query).get("socket_timeout")
+        timeout: Any = values[-1] if values else 0
+    elif isinstance(host, dict):
+        timeout = host.get("socket_timeout", 0)
+    else:  # a (host, port) pair: redis-py's defaults
+        timeout = 0
+    if timeout is None:
+        return False
+    try:
+        return float(timeout) <= _LAYER_BLOCK_SECONDS
+    except (TypeError, ValueError):
+        return False  # not ours to judge; redis-py reports it

@@ -40,20 +40,32 @@ REDIS_LAYER = "channels_redis.core.RedisChannelLayer"
 
 
 @pytest.mark.parametrize(
-    "hosts",
-    [["redis://127.0.0.1:6379/0"], [{"address": "redis://127.0.0.1:6379/0"}]],
+    "config",
+    [
+        {"hosts": ["redis://127.0.0.1:6379/0"]},
+        {"hosts": [{"address": "redis://127.0.0.1:6379/0"}]},
+        {"hosts": [{"address": "redis://127.0.0.1:6379/0", "socket_timeout": 5}]},
+        {"hosts": [("127.0.0.1", 6379)]},
+        {},  # localhost, with the defaults
+    ],
 )
-def test_a_redis_layer_with_redis_py_8s_read_timeout_is_a_warning(monkeypatch, hosts):
+def test_a_redis_layer_with_redis_py_8s_read_timeout_is_a_warning(monkeypatch, config):
     monkeypatch.setattr("copilotedge.checks_conversations.version", lambda name: "8.1.0")
-    layers = {"default": {"BACKEND": REDIS_LAYER, "CONFIG": {"hosts": hosts}}}
+    layers = {"default": {"BACKEND": REDIS_LAYER, "CONFIG": config}}
     with override_settings(CHANNEL_LAYERS=layers):
         assert "copilotedge.W031" in ids()
 
 
-@pytest.mark.parametrize("timeout", [None, 30])
-def test_a_redis_layer_that_waits_longer_passes(monkeypatch, timeout):
+@pytest.mark.parametrize(
+    "host",
+    [
+        {"address": "redis://127.0.0.1:6379/0", "socket_timeout": None},
+        {"address": "redis://127.0.0.1:6379/0", "socket_timeout": 30},
+        "redis://127.0.0.1:6379/0?socket_timeout=30",
+    ],
+)
+def test_a_redis_layer_that_waits_longer_passes(monkeypatch, host):
     monkeypatch.setattr("copilotedge.checks_conversations.version", lambda name: "8.1.0")
-    host = {"address": "redis://127.0.0.1:6379/0", "socket_timeout": timeout}
     layers = {"default": {"BACKEND": REDIS_LAYER, "CONFIG": {"hosts": [host]}}}
     with override_settings(CHANNEL_LAYERS=layers):
         assert "copilotedge.W031" not in ids()
@@ -62,5 +74,13 @@ def test_a_redis_layer_that_waits_longer_passes(monkeypatch, timeout):
 def test_redis_py_7_waits_for_ever_by_default(monkeypatch):
     monkeypatch.setattr("copilotedge.checks_conversations.version", lambda name: "7.4.0")
     layers = {"default": {"BACKEND": REDIS_LAYER, "CONFIG": {"hosts": ["redis://x"]}}}
+    with override_settings(CHANNEL_LAYERS=layers):
+        assert "copilotedge.W031" not in ids()
+
+
+def test_the_pub_sub_layer_polls_and_is_not_warned(monkeypatch):
+    monkeypatch.setattr("copilotedge.checks_conversations.version", lambda name: "8.1.0")
+    backend = "channels_redis.pubsub.RedisPubSubChannelLayer"
+    layers = {"default": {"BACKEND": backend, "CONFIG": {"hosts": ["redis://x"]}}}
     with override_settings(CHANNEL_LAYERS=layers):
         assert "copilotedge.W031" not in ids()
