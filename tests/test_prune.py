@@ -94,8 +94,8 @@ def answer(user: Any, status: str, minutes_ago: float) -> Message:
 
 
 def test_answers_a_stopped_process_left_streaming_are_marked_incomplete(user):
-    # Longer ago than RETRY_DEADLINE + TOTAL_TIMEOUT (6 minutes by default): no server
-    # can still be generating it.
+    # Longer ago than RETRY_DEADLINE + TOTAL_TIMEOUT + READ_TIMEOUT (8 minutes by default): no
+    # server can still be generating it.
     left = answer(user, "streaming", minutes_ago=60)
     live = answer(user, "streaming", minutes_ago=2)
     done = answer(user, "complete", minutes_ago=60)

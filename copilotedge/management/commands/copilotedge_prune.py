@@ -93,10 +93,13 @@ def abandoned_answers() -> QuerySet[Message]:
     """Answers still ``streaming`` though begun longer ago than any answer can run.
 
     A turn gets its first delta within RETRY_DEADLINE (or waits as long for an identical
-    request's) and ends TOTAL_TIMEOUT after that at the latest, so such a row was left
-    by a server process that stopped mid-answer. A resume closes one it finds; this
-    closes the ones nobody resumes, which would otherwise say "streaming" for ever.
+    request's) and ends TOTAL_TIMEOUT after that, checked between reads, so at most a
+    READ_TIMEOUT later; such a row was left by a server process that stopped mid-answer.
+    A resume closes one it finds; this closes the ones nobody resumes, which would
+    otherwise say "streaming" for ever.
     """
-    longest = timedelta(seconds=settings.RETRY_DEADLINE + settings.TOTAL_TIMEOUT)
+    longest = timedelta(
+        seconds=settings.RETRY_DEADLINE + settings.TOTAL_TIMEOUT + settings.READ_TIMEOUT
+    )
     started_before = timezone.now() - longest - _ABANDON_MARGIN
     return Message.objects.filter(status=Message.Status.STREAMING, created_at__lt=started_before)
