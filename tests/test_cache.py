@@ -224,13 +224,23 @@ async def test_a_partial_answer_is_never_cached(
     assert route.call_count == 2
 
 
+@pytest.mark.parametrize("first_streams", [True, False])
 async def test_identical_concurrent_requests_share_one_upstream_call(
-    upstream: respx.MockRouter, auth: dict[str, str], question: Any
+    upstream: respx.MockRouter, auth: dict[str, str], question: Any, first_streams: bool
 ) -> None:
-    slow = SlowStream(0.3, sse_body(openai_chunk("Forty-two"), openai_chunk(finish_reason="stop")))
-    route = upstream.post(OPENAI_URL).mock(
-        return_value=httpx.Response(200, stream=slow, headers={"content-type": "text/event-stream"})
-    )
+    async def answer(request: httpx.Request) -> httpx.Response:
+        # Whichever request leads, streamed or not, upstream answers in its shape.
+        if json.loads(request.content).get("stream"):
+            body = sse_body(openai_chunk("Forty-two"), openai_chunk(finish_reason="stop"))
+            slow = SlowStream(0.3, body)
+            return httpx.Response(200, stream=slow, headers={"content-type": "text/event-stream"})
+        await asyncio.sleep(0.3)
+        message = {"role": "assistant", "content": "Forty-two"}
+        return httpx.Response(
+            200, json={"choices": [{"index": 0, "message": message, "finish_reason": "stop"}]}
+        )
+
+    route = upstream.post(OPENAI_URL).mock(side_effect=answer)
 
     async def one(stream: bool) -> tuple[str, str]:
         response = await chat(auth, question, temperature=0, stream=stream)
@@ -243,7 +253,7 @@ async def test_identical_concurrent_requests_share_one_upstream_call(
             text = response.json()["choices"][0]["message"]["content"]
         return response[cache.HEADER], text
 
-    results = await asyncio.gather(*(one(stream=i % 2 == 0) for i in range(6)))
+    results = await asyncio.gather(*(one(stream=(i % 2 == 0) == first_streams) for i in range(6)))
     assert route.call_count == 1
     assert {text for _, text in results} == {"Forty-two"}
     assert sorted(status for status, _ in results) == ["HIT"] * 5 + ["MISS"]
