@@ -39,8 +39,8 @@ from asgiref.sync import sync_to_async
 from django.core.cache import caches
 
 from . import cloudflare
-from .cloudflare import Delta, ToolCallDelta, Usage
 from .conf import settings
+from .deltas import Delta, ToolCallDelta, Usage
 from .exceptions import CopilotEdgeError, InvalidRequest
 
 if TYPE_CHECKING:

@@ -19,8 +19,8 @@ from asgiref.sync import iscoroutinefunction
 
 from . import admission, db, exceptions, history, metrics, ratelimit, resilience, usage
 from .auth import check_model
-from .cloudflare import Delta, ToolCallDelta, Usage
 from .conf import settings
+from .deltas import Delta, ToolCallDelta, Usage
 
 if TYPE_CHECKING:
     from .auth import Principal

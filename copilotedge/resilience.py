@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from . import cache, cloudflare, exceptions
 from .breaker import CircuitBreaker, acircuit_states, circuit_states
-from .cloudflare import Delta
 from .conf import settings
+from .deltas import Delta
 from .fallbacks import Candidate, candidates_for
 
 if TYPE_CHECKING:

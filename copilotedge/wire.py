@@ -9,7 +9,7 @@ from typing import Any
 
 from . import sse
 from .chat import Turn
-from .cloudflare import Delta
+from .deltas import Delta
 from .exceptions import AnswerStopped, CopilotEdgeError
 from .usage import count_tokens
 

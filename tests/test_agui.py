@@ -11,7 +11,7 @@ from copilotedge import agui
 from copilotedge.agents import Agent
 from copilotedge.auth import Principal
 from copilotedge.chat import ChatRequest, Turn
-from copilotedge.cloudflare import Delta, ToolCallDelta
+from copilotedge.deltas import Delta, ToolCallDelta
 from copilotedge.exceptions import InvalidRequest
 from copilotedge.models import Message
 

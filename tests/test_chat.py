@@ -13,7 +13,7 @@ import respx
 from copilotedge import exceptions, usage
 from copilotedge.auth import Principal
 from copilotedge.chat import Answer, ChatRequest, Turn
-from copilotedge.cloudflare import Delta, ToolCallDelta, Usage
+from copilotedge.deltas import Delta, ToolCallDelta, Usage
 from copilotedge.models import ApiKey, Conversation, UsageRecord
 from tests.conftest import (
     OPENAI_URL,

@@ -15,7 +15,8 @@ import respx
 from django.test import override_settings
 
 from copilotedge import cloudflare, exceptions
-from copilotedge.cloudflare import Delta, ToolCallDelta, Upstream, Usage
+from copilotedge.cloudflare import Upstream
+from copilotedge.deltas import Delta, ToolCallDelta, Usage
 from copilotedge.testing import EmulatorServer
 from tests.conftest import (
     OPENAI_URL,

@@ -19,7 +19,7 @@ from django.test import AsyncClient, override_settings
 from copilotedge import cache, tokens, usage
 from copilotedge.auth import Principal
 from copilotedge.chat import ChatRequest, Turn
-from copilotedge.cloudflare import Delta, Usage
+from copilotedge.deltas import Delta, Usage
 from copilotedge.models import UsageRecord
 
 from .conftest import OPENAI_URL, openai_chunk, run_url, sse_body

@@ -11,7 +11,7 @@ import pytest
 from copilotedge import exceptions, sse, tokens, transcript, wire
 from copilotedge.auth import Principal
 from copilotedge.chat import ChatRequest, Turn
-from copilotedge.cloudflare import Delta, ToolCallDelta, Usage
+from copilotedge.deltas import Delta, ToolCallDelta, Usage
 
 
 class Producer:
