@@ -7,7 +7,8 @@ is guarded by its upstream's circuit breaker (:mod:`copilotedge.breaker`) and re
 exponential backoff and full jitter. Everything happens before the first byte reaches
 the client: a stream is handed back only once its first delta has arrived, so a hang
 before the first token is retried too. After that, a stalled stream ends with an error
-(between-token and overall timeouts), never a hang.
+(between-token and overall timeouts), never a hang. One attempt at one candidate, with
+those time limits, is :mod:`copilotedge.attempts`.
 
 Retried: connection errors, timeouts before the first delta, 5xx, 429 capacity (3040).
 Not retried: other 4xx, the daily quota (3036), validation errors. A ``Retry-After``
@@ -24,7 +25,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from . import cache, cloudflare, exceptions
+from . import attempts, cache, exceptions
 from .breaker import CircuitBreaker, acircuit_states, circuit_states
 from .conf import settings
 from .deltas import Delta
@@ -130,112 +131,6 @@ async def _call(
     raise last_error
 
 
-class TimedStream:
-    """An opened upstream stream whose first meaningful delta is already in hand.
-
-    ``batches()`` enforces the between-token (``READ_TIMEOUT``) and overall
-    (``TOTAL_TIMEOUT``) limits, and calls ``on_end`` once with how it ended.
-    """
-
-    def __init__(
-        self,
-        stream: cloudflare.UpstreamStream,
-        iterator: AsyncIterator[list[Delta]],
-        head: list[list[Delta]],
-        deadline: float,
-    ) -> None:
-        self._stream = stream
-        self._iterator = iterator
-        self._head = head
-        self._deadline = deadline
-        self._read_timeout = settings.READ_TIMEOUT
-        self.on_end: Callable[[BaseException | None], Awaitable[None]] | None = None
-
-    async def batches(self) -> AsyncIterator[list[Delta]]:
-        ended: BaseException | None = None
-        try:
-            while self._head:
-                yield self._head.pop(0)
-            while True:
-                remaining = self._deadline - time.monotonic()
-                try:
-                    async with asyncio.timeout(min(self._read_timeout, max(remaining, 0))):
-                        batch = await anext(self._iterator)
-                except StopAsyncIteration:
-                    break
-                except TimeoutError:
-                    message = (
-                        "The answer took longer than allowed."
-                        if remaining <= self._read_timeout
-                        else "The model provider stalled mid-answer."
-                    )
-                    raise exceptions.UpstreamTimeout(message) from None
-                yield batch
-        except BaseException as error:
-            ended = error
-            raise
-        finally:
-            await self.aclose()
-            if self.on_end is not None:
-                on_end, self.on_end = self.on_end, None
-                await on_end(ended)
-
-    async def aclose(self) -> None:
-        await self._stream.aclose()
-
-    async def abort(self, error: BaseException) -> None:
-        await self.aclose()
-        if self.on_end is not None:
-            on_end, self.on_end = self.on_end, None
-            await on_end(error)
-
-
-async def _open_attempt(turn: Turn, candidate: Candidate, remaining: float) -> TimedStream:
-    limit = min(settings.FIRST_TOKEN_TIMEOUT, remaining)
-    stream: cloudflare.UpstreamStream | None = None
-    try:
-        async with asyncio.timeout(limit):
-            stream = await cloudflare.open_stream(
-                candidate.model, turn.messages, turn.request.params, candidate.upstream
-            )
-            iterator = stream.batches()
-            head = await _first_batches(iterator)
-    except TimeoutError:
-        if stream is not None:
-            await stream.aclose()
-        raise exceptions.UpstreamTimeout(
-            f"The model provider sent nothing within {limit:.0f} s."
-        ) from None
-    except BaseException:
-        if stream is not None:
-            await stream.aclose()
-        raise
-    return TimedStream(stream, iterator, head, turn.started + settings.TOTAL_TIMEOUT)
-
-
-async def _first_batches(iterator: AsyncIterator[list[Delta]]) -> list[list[Delta]]:
-    """Batches up to the first delta that carries something (a role-only frame does not)."""
-    head: list[list[Delta]] = []
-    async for batch in iterator:
-        head.append(batch)
-        if any(d.text or d.tool_calls or d.finish_reason or d.usage for d in batch):
-            break
-    return head
-
-
-async def _complete_attempt(turn: Turn, candidate: Candidate, remaining: float) -> Delta:
-    # The whole answer is "before the first byte" here, so only the connect and first-token
-    # limits differ from the streamed case: the overall limit bounds the rest.
-    limit = max(0.0, turn.started + settings.TOTAL_TIMEOUT - time.monotonic())
-    try:
-        async with asyncio.timeout(limit):
-            return await cloudflare.complete(
-                candidate.model, turn.messages, turn.request.params, candidate.upstream
-            )
-    except TimeoutError:
-        raise exceptions.UpstreamTimeout("The answer took longer than allowed.") from None
-
-
 async def _consult_cache(turn: Turn, plan: cache.Plan) -> tuple[cache.Entry | None, cache.Plan]:
     """A cached (or coalesced) answer, or none; the plan loses its key if the cache is down."""
     if plan.key is None:
@@ -299,7 +194,7 @@ async def open_stream(turn: Turn) -> DeltaStream:
     if entry is not None:
         return cache.ReplayStream(entry)
     try:
-        stream, candidate = await _call(turn, lambda c, r: _open_attempt(turn, c, r))
+        stream, candidate = await _call(turn, lambda c, r: attempts.open_attempt(turn, c, r))
     except BaseException as error:
         _land(plan, flight, None, error)
         raise
@@ -326,7 +221,7 @@ async def complete(turn: Turn) -> Delta:
     if entry is not None:
         return cache.delta_from_entry(entry)
     try:
-        delta, _ = await _call(turn, lambda c, r: _complete_attempt(turn, c, r))
+        delta, _ = await _call(turn, lambda c, r: attempts.complete_attempt(turn, c, r))
     except BaseException as error:
         _land(plan, flight, None, error)
         raise
