@@ -38,10 +38,10 @@ from typing import TYPE_CHECKING, Any
 from asgiref.sync import sync_to_async
 from django.core.cache import caches
 
-from . import cloudflare
 from .conf import settings
 from .deltas import Delta, ToolCallDelta, Usage
 from .exceptions import CopilotEdgeError, InvalidRequest
+from .upstream_requests import OPENAI_PARAMS
 
 if TYPE_CHECKING:
     from .chat import Turn
@@ -75,9 +75,7 @@ def parse_directive(headers: Mapping[str, str]) -> str:
 def normalised_params(params: Mapping[str, Any]) -> dict[str, Any]:
     """The parameters that change an answer, with numbers in one spelling (0 == 0.0)."""
     result = {
-        name: value
-        for name, value in params.items()
-        if name in cloudflare.OPENAI_PARAMS and value is not None
+        name: value for name, value in params.items() if name in OPENAI_PARAMS and value is not None
     }
     for name in _FLOAT_PARAMS:
         if name in result:

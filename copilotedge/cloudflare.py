@@ -1,8 +1,9 @@
 """The upstream client: Workers AI (or any OpenAI-compatible server) over httpx.
 
-This is the only module that imports httpx. It sends requests, reads both upstream
-stream shapes (``{"response": …}`` frames from ``/ai/run`` and OpenAI ``choices[].delta``
-frames) and hands each payload to :mod:`copilotedge.deltas`, which turns it into a
+This is the only module that imports httpx. It sends the requests
+:mod:`copilotedge.upstream_requests` shapes, reads both upstream stream shapes
+(``{"response": …}`` frames from ``/ai/run`` and OpenAI ``choices[].delta`` frames) and
+hands each payload to :mod:`copilotedge.deltas`, which turns it into a
 :class:`~copilotedge.deltas.Delta`; every upstream failure becomes an exception from
 :mod:`copilotedge.exceptions`. Upstream bodies and credentials never leave it.
 """
@@ -10,13 +11,11 @@ frames) and hands each payload to :mod:`copilotedge.deltas`, which turns it into
 from __future__ import annotations
 
 import asyncio
-import fnmatch
 import json
 import time
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import httpcore
 import httpx
@@ -25,68 +24,10 @@ from . import exceptions, sse
 from .conf import settings
 from .deltas import Delta, error_for, parse_payload
 from .network import AsyncioBackend
+from .upstream_requests import Upstream, build_payload, route_for
 
-Route = Literal["openai", "run"]
-
-# Parameters each route accepts; the rest of an OpenAI request is not forwarded.
-OPENAI_PARAMS = frozenset(
-    {
-        "temperature",
-        "max_tokens",
-        "top_p",
-        "stop",
-        "seed",
-        "frequency_penalty",
-        "presence_penalty",
-        "tools",
-        "tool_choice",
-        "response_format",
-    }
-)
-RUN_PARAMS = OPENAI_PARAMS - {"stop", "tool_choice"}
 _MAX_ERROR_BODY = 64 * 1024
 JSON = "application/json"
-
-
-@dataclass(frozen=True, slots=True)
-class Upstream:
-    """Where requests go: Workers AI (with an account) or a plain OpenAI-compatible base."""
-
-    base_url: str
-    api_token: str
-    account_id: str = ""
-    name: str = "workers-ai"
-
-    @classmethod
-    def default(cls) -> Upstream:
-        return cls(settings.API_BASE_URL, settings.API_TOKEN, settings.ACCOUNT_ID)
-
-    def url(self, route: Route, model: str) -> str:
-        if not self.account_id:
-            return f"{self.base_url}/chat/completions"
-        prefix = f"{self.base_url}/accounts/{self.account_id}/ai"
-        return f"{prefix}/v1/chat/completions" if route == "openai" else f"{prefix}/run/{model}"
-
-
-def route_for(model: str) -> Route:
-    for pattern, route in settings.ROUTES.items():
-        if fnmatch.fnmatchcase(model, pattern):
-            return "openai" if route == "openai" else "run"
-    return "run"
-
-
-def build_payload(
-    route: Route, model: str, messages: list[dict[str, Any]], params: dict[str, Any], stream: bool
-) -> dict[str, Any]:
-    allowed = OPENAI_PARAMS if route == "openai" else RUN_PARAMS
-    payload: dict[str, Any] = {k: v for k, v in params.items() if k in allowed and v is not None}
-    payload["messages"] = messages
-    payload["stream"] = stream
-    if route == "openai":
-        payload["model"] = model
-        if stream:
-            payload["stream_options"] = {"include_usage": True}
-    return payload
 
 
 _clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (

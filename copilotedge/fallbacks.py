@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .cloudflare import Upstream
 from .conf import settings
+from .upstream_requests import Upstream
 
 
 @dataclass(frozen=True, slots=True)

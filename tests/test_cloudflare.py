@@ -14,10 +14,10 @@ import pytest
 import respx
 from django.test import override_settings
 
-from copilotedge import cloudflare, exceptions
-from copilotedge.cloudflare import Upstream
+from copilotedge import cloudflare, exceptions, upstream_requests
 from copilotedge.deltas import Delta, ToolCallDelta, Usage
 from copilotedge.testing import EmulatorServer
+from copilotedge.upstream_requests import Upstream
 from tests.conftest import (
     OPENAI_URL,
     USAGE,
@@ -68,26 +68,26 @@ def texts(deltas: list[Delta]) -> str:
     ],
 )
 def test_default_routes(model: str, route: str) -> None:
-    assert cloudflare.route_for(model) == route
+    assert upstream_requests.route_for(model) == route
 
 
 @override_settings(COPILOTEDGE_ROUTES={"@cf/qwen/*": "openai", "*": "run"})
 def test_custom_routes_replace_the_default_table() -> None:
-    assert cloudflare.route_for(QWEN) == "openai"
-    assert cloudflare.route_for(META) == "run"
+    assert upstream_requests.route_for(QWEN) == "openai"
+    assert upstream_requests.route_for(META) == "run"
 
 
 @override_settings(
     COPILOTEDGE_ROUTES={"@cf/meta/llama-3.1-8b-instruct": "run", "@cf/meta/*": "openai"}
 )
 def test_first_matching_glob_wins() -> None:
-    assert cloudflare.route_for(META) == "run"
-    assert cloudflare.route_for("@cf/meta/llama-3.2-1b-instruct") == "openai"
+    assert upstream_requests.route_for(META) == "run"
+    assert upstream_requests.route_for("@cf/meta/llama-3.2-1b-instruct") == "openai"
 
 
 @override_settings(COPILOTEDGE_ROUTES={"@cf/meta/*": "openai"})
 def test_a_model_no_glob_matches_goes_to_ai_run() -> None:
-    assert cloudflare.route_for(QWEN) == "run"
+    assert upstream_requests.route_for(QWEN) == "run"
 
 
 @override_settings(COPILOTEDGE_ROUTES={"@cf/qwen/*": "openai", "*": "run"})

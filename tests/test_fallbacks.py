@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from copilotedge.cloudflare import Upstream
 from copilotedge.fallbacks import candidates_for, configured_upstreams
+from copilotedge.upstream_requests import Upstream
 
 MODEL = "@cf/meta/llama-3.1-8b-instruct"
 
