@@ -3,9 +3,9 @@
 :func:`aprepare` runs before a turn goes upstream. It applies the caller's
 :class:`~copilotedge.models.Preference` where the request says nothing, loads the stored
 history of ``conversation_id`` (the caller's own only), fits it to the history budget,
-stores the new messages and an empty ``streaming`` assistant message, and gives the
-turn a :class:`~copilotedge.transcript.Transcript`. A new conversation needs no reads,
-so its rows go to the group-commit writer (:mod:`copilotedge.db`) and are saved while
+stores the new messages and an empty ``streaming`` assistant message
+(:mod:`copilotedge.history_store`), and gives the turn a
+:class:`~copilotedge.transcript.Transcript`. A new conversation's rows are saved while
 upstream starts answering; :func:`astarted` waits for them before the first byte goes
 out. :func:`finish` saves the final answer. Every face (OpenAI, AG-UI, WebSocket) gets this through
 :class:`~copilotedge.chat.Turn`.
@@ -18,25 +18,21 @@ the stored ones, only the rest is new.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
-import re
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from asgiref.sync import sync_to_async
-from django.db import DatabaseError, IntegrityError, transaction
-from django.db.models import Max
+from django.db import DatabaseError
 from django.utils import timezone
 
-from . import db, exceptions
+from . import exceptions
 from .conf import settings
+from .history_store import astore_turn, new_conversation, storable_json
 from .models import Conversation, Message
 from .preferences import apply_preference, apreference
 from .tokens import estimate_message_tokens
-from .transcript import Transcript, active, spawn, storable
+from .transcript import Transcript, active, spawn
 from .usage import count_tokens
 
 if TYPE_CHECKING:
@@ -45,14 +41,12 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-TITLE_LENGTH = 80
 _SYSTEM = Message.Role.SYSTEM
 _STATUS_OF_OUTCOME = {
     "ok": Message.Status.COMPLETE,
     "cancelled": Message.Status.CANCELLED,
     "incomplete": Message.Status.INCOMPLETE,
 }
-_STORE_ATTEMPTS = 3
 
 
 def message_tokens(message: dict[str, Any]) -> int:
@@ -112,18 +106,6 @@ def split_new(
     return stored + incoming, incoming
 
 
-def derive_title(messages: Sequence[dict[str, Any]]) -> str:
-    """The first user message, on one line, cut at a word near :data:`TITLE_LENGTH`."""
-    for message in messages:
-        if message["role"] == Message.Role.USER:
-            text = re.sub(r"\s+", " ", str(message.get("content") or "")).strip()
-            if len(text) <= TITLE_LENGTH:
-                return text
-            cut = text[:TITLE_LENGTH].rsplit(" ", 1)[0] or text[:TITLE_LENGTH]
-            return cut.rstrip(" ,.;:") + "…"
-    return ""
-
-
 async def aowned(principal: Principal, conversation_id: uuid.UUID) -> Conversation:
     """The caller's conversation, or :class:`NotFound` (also for another's: no leak)."""
     conversation = None
@@ -156,127 +138,6 @@ async def astored(conversation: Conversation) -> tuple[list[dict[str, Any]], boo
     return [m.as_openai() for m in ordered], truncated
 
 
-def _store_turn(
-    principal: Principal,
-    conversation_id: uuid.UUID | None,
-    model: str,
-    new: list[dict[str, Any]],
-    create: bool,
-) -> tuple[Conversation, Message]:
-    """Save the new messages and an empty streaming answer (one transaction)."""
-    for attempt in range(1, _STORE_ATTEMPTS + 1):
-        try:
-            with transaction.atomic():
-                return _store_turn_once(principal, conversation_id, model, new, create)
-        except IntegrityError:
-            # A concurrent turn took the same sequence number (or created the same
-            # conversation): the next attempt sees its rows.
-            if attempt == _STORE_ATTEMPTS:
-                raise
-    raise AssertionError("unreachable")
-
-
-def _storable_json(value: Any) -> Any:
-    """``value`` with :func:`storable` strings (jsonb refuses ``\\u0000`` too)."""
-    if isinstance(value, str):
-        return storable(value)
-    if isinstance(value, list):
-        return [_storable_json(item) for item in value]
-    if isinstance(value, dict):
-        return {storable(str(key)): _storable_json(item) for key, item in value.items()}
-    return value
-
-
-def _not_found() -> exceptions.NotFound:
-    return exceptions.NotFound(
-        "No conversation with this id.", param="conversation_id", code="conversation_not_found"
-    )
-
-
-def _store_turn_once(
-    principal: Principal,
-    conversation_id: uuid.UUID | None,
-    model: str,
-    new: list[dict[str, Any]],
-    create: bool,
-) -> tuple[Conversation, Message]:
-    now = timezone.now()
-    conversation = None
-    if conversation_id is not None:
-        conversation = Conversation.objects.select_for_update().filter(pk=conversation_id).first()
-        if conversation is None and not create:
-            raise _not_found()  # deleted since it was loaded
-        if conversation is not None and conversation.user_id != principal.user.pk:
-            raise _not_found()
-    if conversation is None:
-        conversation = Conversation.objects.create(
-            id=conversation_id or uuid.uuid4(), user=principal.user, api_key=principal.api_key,
-            model=model, title=storable(derive_title(new)), created_at=now, updated_at=now,
-        )  # fmt: skip
-        sequence = 0
-    else:
-        last = conversation.messages.aggregate(last=Max("sequence"))["last"]
-        sequence = 0 if last is None else last + 1
-        conversation.updated_at = now
-        conversation.model = model
-        conversation.title = conversation.title or storable(derive_title(new))
-        conversation.save(update_fields=["updated_at", "model", "title"])
-    rows = _message_rows(conversation, sequence, new, now)
-    Message.objects.bulk_create(rows)
-    return conversation, rows[-1]
-
-
-def _message_rows(
-    conversation: Conversation, sequence: int, new: list[dict[str, Any]], now: datetime
-) -> list[Message]:
-    """The new messages from ``sequence`` on, then the empty ``streaming`` answer."""
-    rows = [
-        Message(
-            conversation=conversation,
-            sequence=sequence + i,
-            role=m["role"],
-            content=storable(str(m.get("content") or "")),
-            tool_calls=_storable_json(m.get("tool_calls") or None),
-            tool_call_id=storable(str(m.get("tool_call_id") or "")),
-            created_at=now,
-            updated_at=now,
-        )
-        for i, m in enumerate(new)
-    ]
-    answer = Message(
-        conversation=conversation,
-        sequence=sequence + len(new),
-        role=Message.Role.ASSISTANT,
-        status=Message.Status.STREAMING,
-        created_at=now,
-        updated_at=now,
-    )
-    return [*rows, answer]
-
-
-def _new_conversation(
-    principal: Principal, model: str, new: list[dict[str, Any]]
-) -> tuple[Conversation, Message, asyncio.Future[None]]:
-    """A conversation that starts with ``new``: built now, saved by the writer.
-
-    Nothing can conflict with a fresh id, so nothing needs reading first; the rows are
-    saved while upstream starts answering, and :func:`astarted` waits for them.
-    """
-    now = timezone.now()
-    conversation = Conversation(
-        id=uuid.uuid4(), user=principal.user, api_key=principal.api_key, model=model,
-        title=storable(derive_title(new)), created_at=now, updated_at=now,
-    )  # fmt: skip
-    rows = _message_rows(conversation, 0, new, now)
-    created = db.writer().submit(functools.partial(_create, conversation, rows))
-    return conversation, rows[-1], created
-
-
-def _create(conversation: Conversation, rows: list[Message]) -> None:
-    conversation.save(force_insert=True)
-    Message.objects.bulk_create(rows)
-
-
 async def astarted(turn: Turn) -> None:
     """Wait until a new conversation's rows are saved; :class:`DatabaseUnavailable` if not.
 
@@ -292,35 +153,6 @@ async def astarted(turn: Turn) -> None:
         logger.warning("Could not save conversation %s: %s", transcript.conversation_id, error)
         transcript.deleted = True  # nothing may point at it
         raise exceptions.DatabaseUnavailable() from error
-
-
-async def _astore_turn(
-    principal: Principal,
-    conversation_id: uuid.UUID | None,
-    model: str,
-    new: list[dict[str, Any]],
-    create: bool,
-) -> tuple[Conversation, Message]:
-    saving = asyncio.ensure_future(
-        sync_to_async(_store_turn)(principal, conversation_id, model, new, create)
-    )
-    try:
-        return await asyncio.shield(saving)
-    except asyncio.CancelledError:
-        # The rows may still be written: close the answer so it does not stay "streaming".
-        saving.add_done_callback(_close_abandoned)
-        raise
-
-
-def _close_abandoned(saving: asyncio.Future[tuple[Conversation, Message]]) -> None:
-    if saving.cancelled() or saving.exception() is not None:
-        return
-    answer = saving.result()[1]
-    spawn(
-        Message.objects.filter(pk=answer.pk).aupdate(
-            status=Message.Status.CANCELLED, updated_at=timezone.now()
-        )
-    )
 
 
 async def aprepare(turn: Turn, admit: Callable[[], Awaitable[None]]) -> None:
@@ -363,9 +195,9 @@ async def aprepare(turn: Turn, admit: Callable[[], Awaitable[None]]) -> None:
         return
     created = None
     if request.conversation_id is None:
-        conversation, answer, created = _new_conversation(principal, request.model, new)
+        conversation, answer, created = new_conversation(principal, request.model, new)
     else:
-        conversation, answer = await _astore_turn(
+        conversation, answer = await astore_turn(
             principal, request.conversation_id, request.model, new, creating
         )
     request.conversation_id = conversation.id
@@ -396,7 +228,7 @@ async def _afinish(turn: Turn, transcript: Transcript) -> None:
     answer = turn.answer
     status = _STATUS_OF_OUTCOME.get(turn.outcome, Message.Status.ERROR)
     counted = count_tokens(turn)  # the ledger's own counts, upstream's or estimated
-    tool_calls = _storable_json([call.as_openai() for call in answer.tool_calls.values()] or None)
+    tool_calls = storable_json([call.as_openai() for call in answer.tool_calls.values()] or None)
     finish_reason = answer.final_finish_reason() if status == Message.Status.COMPLETE else ""
     try:
         await transcript.afinish(

@@ -27,7 +27,8 @@ from django.utils import timezone
 from . import exceptions, history
 from .conf import settings
 from .models import Message
-from .transcript import awatch, group_name
+from .transcript import awatch
+from .transcript_live import group_name
 from .ws_protocol import CANCELLED, DELTA, DONE, ERROR, START
 
 ChatId = str | int
@@ -209,7 +210,7 @@ class ResumeMixin:
         for state in list(self.resumes.values()):
             await self._leave(state)
 
-    # Channel-layer events (published by copilotedge.transcript) ------------------------
+    # Channel-layer events (published by copilotedge.transcript_live) -------------------
 
     async def copilotedge_live_delta(self, event: dict[str, Any]) -> None:
         state = self.resumes.get(event["message"])

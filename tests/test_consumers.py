@@ -13,7 +13,7 @@ from channels.testing import WebsocketCommunicator
 from django.conf import settings
 from django.test import AsyncClient, override_settings
 
-from copilotedge import consumers, transcript, usage
+from copilotedge import consumers, transcript, transcript_live, usage
 from copilotedge.models import Conversation, Message, UsageRecord
 from tests.asgi import application
 
@@ -408,9 +408,9 @@ async def test_an_answer_publishes_live_deltas_only_once_a_resumer_watches(
     await receive_until(ws, "done", "w")
     await settle()
     kinds = [event["type"] for event in published]
-    assert kinds[0] == transcript.LIVE_DELTA
-    assert kinds.count(transcript.LIVE_DELTA) > 1  # every interval from the watch on
-    assert kinds[-1] == transcript.LIVE_END
+    assert kinds[0] == transcript_live.LIVE_DELTA
+    assert kinds.count(transcript_live.LIVE_DELTA) > 1  # every interval from the watch on
+    assert kinds[-1] == transcript_live.LIVE_END
 
 
 async def test_resume_of_a_finished_answer_replays_it_after_the_offset(ws, upstream):

@@ -14,7 +14,7 @@ from copilotedge import transcript, usage
 from copilotedge.auth import Principal
 from copilotedge.chat import ChatRequest, Turn
 from copilotedge.exceptions import NotFound
-from copilotedge.history import derive_title, fit_history, message_tokens, split_new
+from copilotedge.history import fit_history, message_tokens, split_new
 from copilotedge.models import Conversation, Message, Preference, UsageRecord
 
 from .conftest import OPENAI_URL, WordStream, stream_response
@@ -69,13 +69,6 @@ def test_split_new_appends_new_messages_or_recognises_a_resent_conversation():
     older = [msg("user", "first"), msg("assistant", "reply")]
     assert split_new(stored, older + resent, truncated=True) == (older + resent, new)
     assert split_new(stored, older + resent)[1] == older + resent
-
-
-def test_title_is_the_first_user_message_on_one_line_cut_at_a_word():
-    assert derive_title([msg("system", "x"), msg("user", "  Hello\n  world ")]) == "Hello world"
-    title = derive_title([msg("user", "word " * 40)])
-    assert title.endswith("…") and len(title) <= 81 and "  " not in title
-    assert derive_title([msg("assistant", "x")]) == ""
 
 
 # Turns with stored conversations ----------------------------------------------------------

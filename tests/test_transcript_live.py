@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from channels.layers import get_channel_layer
 
-from copilotedge import transcript
+from copilotedge import transcript_live
 
 
 class CountingLayer:
@@ -29,11 +29,14 @@ class CountingLayer:
 
 async def test_a_burst_of_answer_ends_is_published_a_few_at_a_time(monkeypatch):
     layer = CountingLayer()
-    monkeypatch.setattr(transcript, "get_channel_layer", lambda: layer)
-    ends = [transcript.publish(uuid.uuid4(), {"type": transcript.LIVE_END}) for _ in range(200)]
+    monkeypatch.setattr(transcript_live, "get_channel_layer", lambda: layer)
+    ends = [
+        transcript_live.publish(uuid.uuid4(), {"type": transcript_live.LIVE_END})
+        for _ in range(200)
+    ]
     await asyncio.gather(*ends)
     assert layer.sent == 200
-    assert layer.most == transcript.PUBLISH_CONCURRENCY
+    assert layer.most == transcript_live.PUBLISH_CONCURRENCY
 
 
 @pytest.mark.skipif(
@@ -43,8 +46,11 @@ async def test_a_burst_of_answer_ends_is_published_a_few_at_a_time(monkeypatch):
 async def test_a_thousand_answer_ends_fit_the_redis_pool(caplog):
     # redis-py 8 refuses a 101st connection; these all land without a warning.
     caplog.set_level(logging.WARNING, logger="copilotedge.transcript")
-    transcript._last_publish_error = -transcript._PUBLISH_ERROR_LOG_INTERVAL
-    ends = [transcript.publish(uuid.uuid4(), {"type": transcript.LIVE_END}) for _ in range(1000)]
+    transcript_live._last_publish_error = -transcript_live._PUBLISH_ERROR_LOG_INTERVAL
+    ends = [
+        transcript_live.publish(uuid.uuid4(), {"type": transcript_live.LIVE_END})
+        for _ in range(1000)
+    ]
     await asyncio.gather(*ends)
     assert not [r for r in caplog.records if "Could not publish" in r.getMessage()]
 
@@ -55,7 +61,7 @@ class StalledLayer:
 
 
 async def test_a_stalled_channel_layer_holds_a_publication_back_only_briefly(monkeypatch):
-    monkeypatch.setattr(transcript, "get_channel_layer", StalledLayer)
-    monkeypatch.setattr(transcript, "PUBLISH_TIMEOUT", 0.05)
+    monkeypatch.setattr(transcript_live, "get_channel_layer", StalledLayer)
+    monkeypatch.setattr(transcript_live, "PUBLISH_TIMEOUT", 0.05)
     async with asyncio.timeout(1):
-        await transcript.publish(uuid.uuid4(), {"type": transcript.LIVE_END})
+        await transcript_live.publish(uuid.uuid4(), {"type": transcript_live.LIVE_END})
