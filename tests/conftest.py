@@ -18,7 +18,7 @@ from django.db import connections
 from django.test import Client
 from django.utils import timezone
 
-from copilotedge import usage
+from copilotedge import usage_writer
 from copilotedge.models import ApiKey, UsageRecord
 from copilotedge.testing import EmulatorApp, EmulatorServer
 from tests.servers import DaphneServer
@@ -37,6 +37,17 @@ def sse_body(*frames: Any, done: bool = True) -> bytes:
     if done:
         parts.append("data: [DONE]\n\n")
     return "".join(parts).encode()
+
+
+async def read_stream(response: Any) -> list[dict[str, Any] | str]:
+    """The SSE frames a client received: parsed JSON, or the raw text of ``[DONE]``."""
+    raw = b"".join([chunk async for chunk in response.streaming_content]).decode()
+    frames: list[dict[str, Any] | str] = []
+    for event in raw.split("\n\n"):
+        if event.startswith("data: "):
+            data = event[len("data: ") :]
+            frames.append(data if data == "[DONE]" else json.loads(data))
+    return frames
 
 
 def openai_chunk(
@@ -81,7 +92,7 @@ def upstream() -> Iterator[respx.MockRouter]:
 @pytest.fixture
 async def drain_usage() -> AsyncIterator[None]:
     yield
-    await usage.adrain()
+    await usage_writer.adrain()
 
 
 # ---- core-tests (issue 2): upstream bodies that stream slowly and record being closed ----
@@ -220,7 +231,7 @@ async def _fresh_limits() -> AsyncIterator[None]:
     # Background saves (answers, conversations, the ledger) must land before the test's
     # database is flushed: a write still under way would deadlock the flush.
     await transcript.adrain()
-    await usage.adrain()
+    await usage_writer.adrain()
     await auth.adrain()
     await ratelimit.adrain()
     await RedisStore.aclose()
@@ -303,7 +314,7 @@ async def drain_chats() -> AsyncIterator[None]:
 
     await consumers.adrain()
     await transcript.adrain()
-    await usage.adrain()
+    await usage_writer.adrain()
 
 
 # -- Reliability (issue 7): upstream behaviours for retries, breakers and the cache. --
@@ -402,7 +413,7 @@ def usage_row() -> UsageRowCheck:
     """Wait for ledger writes, require exactly one usage row, check it (see above)."""
 
     async def check(**expected: Any) -> UsageRecord:
-        await usage.adrain()
+        await usage_writer.adrain()
         rows = [row async for row in UsageRecord.objects.all()]
         assert len(rows) == 1, f"expected one usage row, found {len(rows)}: {rows}"
         check_usage_invariants(rows[0])

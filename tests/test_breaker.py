@@ -12,7 +12,7 @@ import respx
 from django.core.cache import caches
 from django.test import AsyncClient
 
-from copilotedge import breaker, usage
+from copilotedge import breaker, usage_writer
 from copilotedge.breaker import CircuitBreaker, LocalStore
 from copilotedge.models import UsageRecord
 from tests.conftest import OPENAI_URL, capacity_error, reset_circuits
@@ -62,7 +62,7 @@ async def test_failures_open_the_circuit_and_then_it_fails_fast(
     assert response["Retry-After"] == "1"
     assert route.call_count == 3  # the fourth request never left
     assert elapsed < 0.1
-    await usage.adrain()
+    await usage_writer.adrain()
     last = await UsageRecord.objects.order_by("-created_at").afirst()
     assert last is not None
     assert (last.status_code, last.attempts, last.error_code) == (503, 0, "service_unavailable")

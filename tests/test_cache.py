@@ -13,7 +13,7 @@ import pytest
 import respx
 from django.test import AsyncClient
 
-from copilotedge import cache, usage
+from copilotedge import cache, usage_writer
 from copilotedge.models import UsageRecord
 from tests.conftest import OPENAI_URL, SlowStream, openai_chunk, reset_circuits, sse_body
 
@@ -71,7 +71,7 @@ async def frames(response: Any) -> list[Any]:
 
 
 async def records() -> list[UsageRecord]:
-    await usage.adrain()
+    await usage_writer.adrain()
     return [r async for r in UsageRecord.objects.order_by("created_at")]
 
 

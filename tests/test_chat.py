@@ -10,7 +10,7 @@ import httpx
 import pytest
 import respx
 
-from copilotedge import exceptions, usage
+from copilotedge import exceptions, usage, usage_writer
 from copilotedge.auth import Principal
 from copilotedge.chat import Answer, ChatRequest, Turn
 from copilotedge.deltas import Delta, ToolCallDelta, Usage
@@ -101,7 +101,7 @@ def make_turn(principal: Principal, *, model: str = MODEL, stream: bool = True) 
 
 
 async def record_of(turn: Turn) -> UsageRecord:
-    await usage.adrain()
+    await usage_writer.adrain()
     return await UsageRecord.objects.aget(request_id=turn.id)
 
 
@@ -327,7 +327,7 @@ async def test_a_turn_is_recorded_once(principal: Principal, upstream: respx.Moc
     turn = make_turn(principal)
     await consume(turn)
     turn.finish()
-    await usage.adrain()
+    await usage_writer.adrain()
     assert await UsageRecord.objects.filter(request_id=turn.id).acount() == 1
 
 

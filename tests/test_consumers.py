@@ -13,7 +13,7 @@ from channels.testing import WebsocketCommunicator
 from django.conf import settings
 from django.test import AsyncClient, override_settings
 
-from copilotedge import consumers, transcript, transcript_live, usage
+from copilotedge import consumers, transcript, transcript_live, usage_writer
 from copilotedge.models import Conversation, Message, UsageRecord
 from tests.asgi import application
 
@@ -75,7 +75,7 @@ def text_of(messages: list[dict[str, Any]], chat_id: Any) -> str:
 async def settle() -> None:
     await consumers.adrain()
     await transcript.adrain()
-    await usage.adrain()
+    await usage_writer.adrain()
 
 
 # Authentication and the handshake ---------------------------------------------------------

@@ -12,7 +12,7 @@ import pytest
 from django.test import AsyncClient, override_settings
 from django.utils import timezone
 
-from copilotedge import transcript, usage
+from copilotedge import transcript, usage_writer
 from copilotedge.models import ApiKey, Conversation, Message, Preference
 
 from .conftest import OPENAI_URL, WordStream, stream_response
@@ -39,7 +39,7 @@ class Answers:
 
 async def drain() -> None:
     await transcript.adrain()
-    await usage.adrain()
+    await usage_writer.adrain()
 
 
 async def post_chat(client: AsyncClient, auth: dict[str, str], **body: Any) -> Any:

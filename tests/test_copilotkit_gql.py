@@ -9,7 +9,7 @@ import httpx
 import pytest
 from django.test import AsyncClient, override_settings
 
-from copilotedge import usage
+from copilotedge import usage_writer
 from copilotedge.models import UsageRecord
 
 from .conftest import OPENAI_URL, openai_chunk, sse_body
@@ -136,7 +136,7 @@ async def test_plain_json_answer_when_nothing_is_deferred(auth, upstream):
     assert message["__typename"] == "TextMessageOutput"
     assert (message["role"], message["content"]) == ("assistant", ["Hel", "lo"])
     assert message["status"] == {"code": "Success"}
-    await usage.adrain()
+    await usage_writer.adrain()
     record = await UsageRecord.objects.aget()
     assert (record.protocol, record.outcome) == ("graphql", "ok")
 
@@ -292,7 +292,7 @@ async def test_upstream_failure_is_a_failed_response_status(auth, upstream):
     assert result["status"]["code"] == "Failed"
     assert result["status"]["reason"] == "UNKNOWN_ERROR"
     assert result["status"]["details"]["code"] == "upstream_error"
-    await usage.adrain()
+    await usage_writer.adrain()
     assert (await UsageRecord.objects.aget()).outcome == "error"
 
 

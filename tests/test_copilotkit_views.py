@@ -11,7 +11,7 @@ import httpx
 import pytest
 from django.test import AsyncClient, override_settings
 
-from copilotedge import agui_runs, transcript, usage
+from copilotedge import agui_runs, transcript, usage_writer
 from copilotedge.models import ApiKey, Conversation, Message, UsageRecord
 
 from .conftest import OPENAI_URL, openai_chunk, sse_body
@@ -126,7 +126,7 @@ async def test_run_streams_a_text_answer_and_records_agui_usage(auth, upstream, 
         "total_tokens": 10,
     }
     assert finished["usage"][0]["inputTokens"] == 7 and finished["usage"][0]["outputTokens"] == 3
-    await usage.adrain()
+    await usage_writer.adrain()
     record = await UsageRecord.objects.aget()
     assert record.protocol == "agui"
     assert record.api_key_id == api_key[0].pk
@@ -255,7 +255,7 @@ async def test_an_upstream_refusal_is_a_run_error_event(auth, upstream):
     events = await events_of(response)
     assert types(events) == ["RUN_STARTED", "RUN_ERROR"]
     assert events[1]["code"] == "upstream_error"
-    await usage.adrain()
+    await usage_writer.adrain()
     record = await UsageRecord.objects.aget()
     assert (record.protocol, record.outcome) == ("agui", "error")
 
@@ -427,7 +427,7 @@ async def test_stop_cancels_a_running_run(auth, upstream):
     assert types(tail) == ["TEXT_MESSAGE_END", "RUN_FINISHED"]
     assert tail[-1]["result"]["stopped"] is True
     assert b"never" not in rest
-    await usage.adrain()
+    await usage_writer.adrain()
     record = await UsageRecord.objects.aget()
     assert (record.protocol, record.outcome) == ("agui", "cancelled")
 
@@ -458,7 +458,7 @@ async def test_usage_row_links_an_owned_uuid_thread(auth, upstream, user):
     fresh = str(uuid.uuid4())
     response = await post(f"{BASE}/agent/default/run", run_input(threadId=fresh), auth)
     await events_of(response)
-    await usage.adrain()
+    await usage_writer.adrain()
     linked = [r.conversation_id async for r in UsageRecord.objects.order_by("created_at")]
     assert linked[0] == conversation.id
     # A new thread starts the caller's conversation of that id.

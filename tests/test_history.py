@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from django.test import override_settings
 
-from copilotedge import transcript, usage
+from copilotedge import transcript, usage_writer
 from copilotedge.auth import Principal
 from copilotedge.chat import ChatRequest, Turn
 from copilotedge.exceptions import NotFound
@@ -88,7 +88,7 @@ async def run_turn(request: ChatRequest, principal: Principal) -> Turn:
     async for _ in turn.deltas():
         pass
     await transcript.adrain()
-    await usage.adrain()
+    await usage_writer.adrain()
     return turn
 
 
@@ -221,7 +221,7 @@ async def test_a_growing_answer_is_saved_as_streaming_while_it_grows(user, upstr
     partial = [c for s, c in seen if s == "streaming" and 0 < len(c) < len(final.content)]
     assert partial, "no save happened while the answer grew"
     assert all(final.content.startswith(c) for c in partial)
-    await usage.adrain()
+    await usage_writer.adrain()
 
 
 @pytest.mark.django_db(transaction=True)
@@ -236,7 +236,7 @@ async def test_a_growing_answer_is_saved_every_flush_bytes(user, upstream):
         await asyncio.sleep(0.01)
         lengths.append(len((await Message.objects.aget(role="assistant")).content))
     await transcript.adrain()
-    await usage.adrain()
+    await usage_writer.adrain()
     assert any(0 < n < 240 for n in lengths)  # saved mid-answer although the interval is 60 s
 
 
@@ -251,7 +251,7 @@ async def test_an_upstream_failure_is_stored_with_its_status(user, upstream):
         async for _ in turn.deltas():
             pass
     await transcript.adrain()
-    await usage.adrain()
+    await usage_writer.adrain()
     row = await Message.objects.aget(role="assistant")
     assert (row.status, row.content) == ("incomplete", "partial ")
 
@@ -263,7 +263,7 @@ async def test_an_upstream_refusal_before_any_token_is_stored_as_error(user, ups
     with pytest.raises(Exception, match="capacity"):
         await turn.open()
     await transcript.adrain()
-    await usage.adrain()
+    await usage_writer.adrain()
     statuses = [(m.role, m.status) async for m in Message.objects.all()]
     assert statuses == [("user", "complete"), ("assistant", "error")]
 

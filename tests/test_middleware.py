@@ -21,7 +21,7 @@ from django.http import HttpRequest, HttpResponse
 from django.test import AsyncClient, RequestFactory, override_settings
 from django.urls import include, path
 
-from copilotedge import ratelimit, usage
+from copilotedge import ratelimit, usage_writer
 from copilotedge.middleware import RateLimitMiddleware
 from copilotedge.models import ApiKey, UsageRecord
 from copilotedge.usage import estimate_prompt_tokens
@@ -141,7 +141,7 @@ async def test_tokens_refused_up_front_and_debited_after(
     ok = await chat(auth, max_tokens=600)
     assert ok.status_code == 200
     assert ok["x-ratelimit-remaining-tokens"] == str(1000 - estimate_prompt_tokens(HELLO) - 600)
-    await usage.adrain()
+    await usage_writer.adrain()
     await ratelimit.adrain()  # the real 50 tokens are charged, the rest given back
     listed = await AsyncClient().get(MODELS, headers=auth)
     assert listed["x-ratelimit-remaining-tokens"] == "950"

@@ -12,7 +12,7 @@ import pytest
 import respx
 from django.test import AsyncClient
 
-from copilotedge import resilience, usage
+from copilotedge import resilience, usage_writer
 from copilotedge.models import UsageRecord
 from tests.conftest import (
     OPENAI_URL,
@@ -80,7 +80,7 @@ def text_of(events: list[Any]) -> str:
 
 
 async def records() -> list[UsageRecord]:
-    await usage.adrain()
+    await usage_writer.adrain()
     return [r async for r in UsageRecord.objects.order_by("created_at")]
 
 
