@@ -4,14 +4,13 @@ Every ``chat`` runs as its own task over a :class:`~copilotedge.chat.Turn` and s
 tokens with ``self.send`` (the channel layer carries no per-token traffic). A dropped
 socket leaves its chats running detached, bounded by ``WS_DETACHED_TIMEOUT``, so they
 finish and are stored; ``resume`` (see :mod:`copilotedge.resume`) picks an answer up again
-from any server process.
+from any server process. What a client sends is checked in :mod:`copilotedge.ws_input`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import logging
 from typing import Any
 
@@ -19,10 +18,10 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from . import exceptions, history, ratelimit, wire
 from .auth import Principal, akey_for_token
-from .chat import ChatRequest, Turn
+from .chat import Turn
 from .conf import settings
 from .resume import ResumeMixin
-from .validation import parse_conversation_id, parse_messages, parse_model, parse_params
+from .ws_input import ChatId, client_id, parse_chat_message, parse_frame, require_id
 from .ws_protocol import (
     AUTH,
     CANCEL,
@@ -41,9 +40,6 @@ from .ws_protocol import (
 
 logger = logging.getLogger(__name__)
 
-MAX_ID_LENGTH = 200
-ChatId = str | int
-
 #: Every chat task of this process, attached or detached (the loop keeps only weak refs).
 _running: set[asyncio.Task[None]] = set()
 
@@ -59,46 +55,11 @@ def _cancel_timer(timer: asyncio.TimerHandle, task: asyncio.Task[None]) -> None:
     timer.cancel()
 
 
-def client_id(content: dict[str, Any]) -> ChatId | None:
-    """The message's ``id`` if it is one a reply may echo (a short string or an integer)."""
-    value = content.get("id")
-    if isinstance(value, str) and 0 < len(value) <= MAX_ID_LENGTH:
-        return value
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    return None
-
-
-def require_id(content: dict[str, Any]) -> ChatId:
-    value = client_id(content)
-    if value is None:
-        raise exceptions.InvalidRequest(
-            f"'id' must be a string of 1 to {MAX_ID_LENGTH} characters or an integer.",
-            param="id",
-        )
-    return value
-
-
 def error_body(error: exceptions.CopilotEdgeError) -> dict[str, Any]:
     message = error.message
     if error.param and error.param not in message:
         message = f"{message} ({error.param})"
     return {"message": message, "code": error.code}
-
-
-def parse_chat_message(content: dict[str, Any]) -> ChatRequest:
-    """A ``chat`` message into a :class:`ChatRequest`, or a 4xx naming the field."""
-    params = content.get("params")
-    if params is not None and not isinstance(params, dict):
-        raise exceptions.InvalidRequest("'params' must be an object.", param="params")
-    return ChatRequest(
-        model=parse_model(content.get("model")),
-        messages=parse_messages(content.get("messages")),
-        params=parse_params(params or {}),
-        stream=True,
-        conversation_id=parse_conversation_id(content.get("conversation_id")),
-        model_given=content.get("model") is not None,
-    )
 
 
 class ChatConsumer(ResumeMixin, AsyncJsonWebsocketConsumer):  # type: ignore[misc]
@@ -161,23 +122,9 @@ class ChatConsumer(ResumeMixin, AsyncJsonWebsocketConsumer):  # type: ignore[mis
     async def receive(
         self, text_data: str | None = None, bytes_data: bytes | None = None, **kwargs: Any
     ) -> None:
-        size = len(text_data.encode()) if text_data is not None else len(bytes_data or b"")
-        if size > settings.WS_MAX_MESSAGE_BYTES:
-            await self.reply_error(
-                None,
-                exceptions.RequestTooLarge(
-                    f"Messages are limited to {settings.WS_MAX_MESSAGE_BYTES} bytes."
-                ),
-            )
-            return
         try:
-            content = json.loads(text_data) if text_data is not None else None
-        except ValueError:
-            content = None
-        if not isinstance(content, dict):
-            error = exceptions.InvalidRequest(
-                "Each message must be a JSON object in a text frame.", code="invalid_json"
-            )
+            content = parse_frame(text_data, bytes_data)
+        except exceptions.CopilotEdgeError as error:
             await self.reply_error(None, error)
             return
         await self.handle(content)

@@ -29,9 +29,8 @@ from .conf import settings
 from .models import Message
 from .transcript import awatch
 from .transcript_live import group_name
+from .ws_input import ChatId, require_id
 from .ws_protocol import CANCELLED, DELTA, DONE, ERROR, START
-
-ChatId = str | int
 
 #: Silence (besides ``READ_TIMEOUT``) after which a ``streaming`` row is taken for dead.
 STALE_MARGIN = 10.0
@@ -80,7 +79,6 @@ class ResumeMixin:
         return None
 
     async def on_resume(self, content: dict[str, Any]) -> None:
-        from .consumers import require_id
         from .validation import parse_conversation_id
 
         conversation_id = parse_conversation_id(content.get("conversation_id"))
