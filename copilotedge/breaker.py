@@ -7,24 +7,28 @@ fallback) for ``CIRCUIT_COOLDOWN`` seconds. After that it is *half-open*: one pr
 is let through (one across all processes); its success closes the circuit, its failure
 opens it for another cool-down.
 
-Failures are counted in a window rather than as a run of consecutive ones so that a
-success costs nothing: a healthy request reads one key and writes none.
+Failures are counted against calls in a window, so a handful of failures among many
+answers is noise, not an outage.
 
 The state lives in the Django cache ``CACHE_ALIAS`` when that is Redis, so every server
 process sees one circuit per upstream; with any other cache (or while Redis is down) each
-process keeps its own state in memory, which is correct, only not shared.
+process keeps its own state in memory, which is correct, only not shared
+(:mod:`copilotedge.breaker_stores`). On Redis a healthy request waits for no round trip:
+a process trusts the state it read for :data:`STATE_TTL` seconds (its own changes it
+sees at once), and adds its successes to the shared count in the background.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
-import threading
 import time
 from typing import Any
 
 from asgiref.sync import sync_to_async
-from django.core.cache import caches
 
+from .breaker_stores import LocalStore, arun, store
 from .conf import settings
 from .exceptions import ServiceUnavailable
 from .fallbacks import configured_upstreams
@@ -36,144 +40,16 @@ OPEN = "open"
 HALF_OPEN = "half_open"
 
 _KEY = "copilotedge:circuit:{name}:{part}"
-_STORE_ERROR_LOG_INTERVAL = 30.0
 
-
-class LocalStore:
-    """A tiny in-process key/value store with expiry and atomic ``add``/``incr``."""
-
-    def __init__(self) -> None:
-        self._data: dict[str, tuple[Any, float]] = {}
-        self._lock = threading.Lock()
-
-    def _live(self, key: str) -> Any:
-        item = self._data.get(key)
-        if item is None:
-            return None
-        if item[1] <= time.monotonic():
-            del self._data[key]
-            return None
-        return item[0]
-
-    def get(self, key: str) -> Any:
-        with self._lock:
-            return self._live(key)
-
-    def set(self, key: str, value: Any, ttl: float) -> None:
-        with self._lock:
-            self._data[key] = (value, time.monotonic() + ttl)
-
-    def add(self, key: str, value: Any, ttl: float) -> bool:
-        with self._lock:
-            if self._live(key) is not None:
-                return False
-            self._data[key] = (value, time.monotonic() + ttl)
-            return True
-
-    def incr(self, key: str, ttl: float) -> int:
-        """Add one to ``key``; a missing key starts at 1 and expires ``ttl`` s from now."""
-        with self._lock:
-            value = self._live(key)
-            if value is None:
-                self._data[key] = (1, time.monotonic() + ttl)
-                return 1
-            expires = self._data[key][1]
-            self._data[key] = (int(value) + 1, expires)
-            return int(value) + 1
-
-    def delete(self, *keys: str) -> None:
-        with self._lock:
-            for key in keys:
-                self._data.pop(key, None)
-
-
-class CacheStore:
-    """The same operations on a shared Django cache; falls back to memory when it fails."""
-
-    def __init__(self, alias: str, fallback: LocalStore) -> None:
-        self.alias = alias
-        self.fallback = fallback
-
-    def _cache(self) -> Any:
-        return caches[self.alias]
-
-    def _failed(self) -> None:
-        global _last_store_error
-        now = time.monotonic()
-        if now - _last_store_error > _STORE_ERROR_LOG_INTERVAL:
-            _last_store_error = now
-            logger.warning(
-                "The cache %r is unavailable: circuit state is kept per process until it is back.",
-                self.alias,
-                exc_info=True,
-            )
-
-    def get(self, key: str) -> Any:
-        try:
-            return self._cache().get(key)
-        except Exception:
-            self._failed()
-            return self.fallback.get(key)
-
-    def set(self, key: str, value: Any, ttl: float) -> None:
-        try:
-            self._cache().set(key, value, timeout=ttl)
-        except Exception:
-            self._failed()
-            self.fallback.set(key, value, ttl)
-
-    def add(self, key: str, value: Any, ttl: float) -> bool:
-        try:
-            return bool(self._cache().add(key, value, timeout=ttl))
-        except Exception:
-            self._failed()
-            return self.fallback.add(key, value, ttl)
-
-    def incr(self, key: str, ttl: float) -> int:
-        try:
-            cache = self._cache()
-            if cache.add(key, 1, timeout=ttl):
-                return 1
-            try:
-                return int(cache.incr(key))
-            except ValueError:  # expired between add and incr
-                cache.add(key, 1, timeout=ttl)
-                return 1
-        except Exception:
-            self._failed()
-            return self.fallback.incr(key, ttl)
-
-    def delete(self, *keys: str) -> None:
-        try:
-            self._cache().delete_many(list(keys))
-        except Exception:
-            self._failed()
-        self.fallback.delete(*keys)
-
-
-_local = LocalStore()
-_last_store_error = -_STORE_ERROR_LOG_INTERVAL
-
-
-def is_shared_cache(alias: str) -> bool:
-    """Whether the cache ``alias`` is Redis (so state in it is seen by every process)."""
-    try:
-        backend = type(caches[alias])
-    except Exception:
-        return False
-    return "redis" in f"{backend.__module__}.{backend.__name__}".lower()
-
-
-def store() -> LocalStore | CacheStore:
-    alias = settings.CACHE_ALIAS
-    return CacheStore(alias, _local) if is_shared_cache(alias) else _local
-
-
-async def _run(function: Any, *args: Any) -> Any:
-    # A shared store does network I/O: off the event loop, and not on the ORM's thread.
-    if isinstance(function.__self__, CacheStore):
-        return await sync_to_async(function, thread_sensitive=False)(*args)
-    return function(*args)
+#: Seconds a process trusts the ``open_until`` it read from a shared store: another
+#: process's opening is seen this much later at most, and a healthy request reads nothing.
+STATE_TTL = 1.0
+#: key -> (``open_until`` as read or written here, when, by ``time.monotonic``)
+_known: dict[str, tuple[Any, float]] = {}
+#: window key -> successes not yet added to the shared count
+_unsent: dict[str, int] = {}
+#: window key -> the task adding them
+_sending: dict[str, asyncio.Task[None]] = {}
 
 
 class CircuitBreaker:
@@ -197,12 +73,27 @@ class CircuitBreaker:
         result: str = await sync_to_async(self.state, thread_sensitive=False)()
         return result
 
+    async def _aopen_until(self) -> Any:
+        key = self._key("open_until")
+        if isinstance(self._store, LocalStore):
+            return self._store.get(key)
+        known = _known.get(key)
+        now = time.monotonic()
+        if known is not None and now - known[1] < STATE_TTL:
+            return known[0]
+        value = await arun(self._store.get, key)
+        _known[key] = (value, now)
+        return value
+
+    def _note_open_until(self, value: Any) -> None:
+        _known[self._key("open_until")] = (value, time.monotonic())
+
     async def abefore_call(self) -> bool:
         """Let a call through or raise :class:`ServiceUnavailable` with ``retry_after``.
 
         Returns whether the call is the half-open probe, whose outcome decides the state.
         """
-        open_until = await _run(self._store.get, self._key("open_until"))
+        open_until = await self._aopen_until()
         if open_until is None:
             return False
         remaining = float(open_until) - time.time()
@@ -211,7 +102,7 @@ class CircuitBreaker:
                 "The model provider is failing; try again shortly.", retry_after=remaining
             )
         probe_ttl = settings.CONNECT_TIMEOUT + settings.FIRST_TOKEN_TIMEOUT + 1
-        if await _run(self._store.add, self._key("probe"), 1, probe_ttl):
+        if await arun(self._store.add, self._key("probe"), 1, probe_ttl):
             logger.info("Circuit %s is half-open: probing the upstream.", self.name)
             return True
         raise ServiceUnavailable(
@@ -225,26 +116,51 @@ class CircuitBreaker:
 
     async def asuccess(self, probe: bool) -> None:
         if not probe:
-            window = settings.CIRCUIT_FAILURE_WINDOW
-            await _run(self._store.incr, self._window_key("calls"), window)
+            self._count_success()
             return
-        if probe:
-            await _run(
-                self._store.delete,
-                self._key("open_until"),
-                self._window_key("failures"),
-                self._window_key("calls"),
-                self._key("probe"),
-            )
-            logger.warning("Circuit %s closed: the upstream answered again.", self.name)
+        await arun(
+            self._store.delete,
+            self._key("open_until"),
+            self._window_key("failures"),
+            self._window_key("calls"),
+            self._key("probe"),
+        )
+        self._note_open_until(None)
+        logger.warning("Circuit %s closed: the upstream answered again.", self.name)
+
+    def _count_success(self) -> None:
+        key, window = self._window_key("calls"), settings.CIRCUIT_FAILURE_WINDOW
+        if isinstance(self._store, LocalStore):
+            self._store.incr(key, window)
+            return
+        # A shared store is a round trip: the answer does not wait for it, and the
+        # successes that arrive meanwhile go in one INCRBY.
+        _unsent[key] = _unsent.get(key, 0) + 1
+        if _sending_here(key) is None:
+            task = asyncio.get_running_loop().create_task(self._asend(key, window))
+            _sending[key] = task
+            task.add_done_callback(functools.partial(_sent, key))
+
+    async def _asend(self, key: str, window: float) -> None:
+        while count := _unsent.pop(key, 0):
+            await arun(self._store.incr, key, window, count)
+
+    async def _acalls(self, window: float) -> int:
+        """The window's calls, this one included, once this process's successes are in."""
+        key = self._window_key("calls")
+        sending = _sending_here(key)
+        if sending is not None:
+            await asyncio.shield(sending)
+        count: int = await arun(self._store.incr, key, window, 1 + _unsent.pop(key, 0))
+        return count
 
     async def afailure(self, probe: bool) -> None:
         if not probe:
             # Open on a failure rate, not a count: at hundreds of requests a second a
             # handful of failed answers is noise, not an outage.
             window = settings.CIRCUIT_FAILURE_WINDOW
-            failures = await _run(self._store.incr, self._window_key("failures"), window)
-            calls = await _run(self._store.incr, self._window_key("calls"), window)
+            failures = await arun(self._store.incr, self._window_key("failures"), window)
+            calls = await self._acalls(window)
             if (
                 failures < settings.CIRCUIT_FAILURE_THRESHOLD
                 or failures < settings.CIRCUIT_FAILURE_RATIO * calls
@@ -252,12 +168,12 @@ class CircuitBreaker:
                 return
         await self._open()
         if probe:
-            await _run(self._store.delete, self._key("probe"))
+            await arun(self._store.delete, self._key("probe"))
 
     async def arelease(self, probe: bool) -> None:
         """The call ended without telling (cancelled): free the probe slot for another."""
         if probe:
-            await _run(self._store.delete, self._key("probe"))
+            await arun(self._store.delete, self._key("probe"))
 
     def reset(self) -> None:
         """Close the circuit and forget its failures (operators, tests)."""
@@ -267,13 +183,17 @@ class CircuitBreaker:
             self._window_key("calls"),
             self._key("probe"),
         )
+        _known.pop(self._key("open_until"), None)
+        _unsent.pop(self._window_key("calls"), None)
 
     async def _open(self) -> None:
         cooldown = settings.CIRCUIT_COOLDOWN
         # The key outlives the cool-down so that "past it" reads as half-open, not closed.
         ttl = max(600.0, 10 * cooldown)
-        await _run(self._store.set, self._key("open_until"), time.time() + cooldown, ttl)
-        await _run(self._store.delete, self._window_key("failures"), self._window_key("calls"))
+        open_until = time.time() + cooldown
+        await arun(self._store.set, self._key("open_until"), open_until, ttl)
+        self._note_open_until(open_until)
+        await arun(self._store.delete, self._window_key("failures"), self._window_key("calls"))
         logger.warning("Circuit %s opened for %.0f s.", self.name, cooldown)
 
 
@@ -290,3 +210,22 @@ def circuit_states() -> dict[str, str]:
 async def acircuit_states() -> dict[str, str]:
     result: dict[str, str] = await sync_to_async(circuit_states, thread_sensitive=False)()
     return result
+
+
+def _sent(key: str, task: asyncio.Task[None]) -> None:
+    if _sending.get(key) is task:
+        del _sending[key]
+
+
+def _sending_here(key: str) -> asyncio.Task[None] | None:
+    """The task adding ``key``'s successes on this event loop, if one is under way."""
+    task = _sending.get(key)
+    if task is None or task.done() or task.get_loop() is not asyncio.get_running_loop():
+        return None
+    return task
+
+
+async def adrain() -> None:
+    """Wait until this event loop's counted successes are in the shared store (tests)."""
+    while pending := [key for key in list(_sending) if _sending_here(key) is not None]:
+        await asyncio.gather(*(_sending[key] for key in pending), return_exceptions=True)

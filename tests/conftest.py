@@ -223,7 +223,7 @@ def reset_limits() -> None:
 
 @pytest.fixture(autouse=True)
 async def _fresh_limits() -> AsyncIterator[None]:
-    from copilotedge import auth, ratelimit, transcript
+    from copilotedge import auth, breaker, ratelimit, transcript
     from copilotedge.ratelimit_stores import RedisStore
 
     reset_limits()
@@ -234,6 +234,7 @@ async def _fresh_limits() -> AsyncIterator[None]:
     await usage_writer.adrain()
     await auth.adrain()
     await ratelimit.adrain()
+    await breaker.adrain()
     await RedisStore.aclose()
 
 

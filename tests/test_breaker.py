@@ -12,8 +12,10 @@ import respx
 from django.core.cache import caches
 from django.test import AsyncClient
 
-from copilotedge import breaker, usage_writer
-from copilotedge.breaker import CircuitBreaker, LocalStore
+from copilotedge import breaker, breaker_stores, usage_writer
+from copilotedge.breaker import CircuitBreaker
+from copilotedge.breaker_stores import CacheStore, LocalStore
+from copilotedge.exceptions import ServiceUnavailable
 from copilotedge.models import UsageRecord
 from tests.conftest import OPENAI_URL, capacity_error, reset_circuits
 
@@ -163,7 +165,7 @@ def test_local_store_expires_and_counts() -> None:
 
 
 async def test_state_is_shared_through_redis_when_the_cache_is_redis(settings: Any) -> None:
-    if not breaker.is_shared_cache("default"):
+    if not breaker_stores.is_shared_cache("default"):
         pytest.skip("the suite's cache is not Redis (REDIS_URL unset)")
     circuit = CircuitBreaker("shared-test")
     for _ in range(3):
@@ -171,7 +173,7 @@ async def test_state_is_shared_through_redis_when_the_cache_is_redis(settings: A
     # What every other process reads: the key in Redis, not this process's memory.
     open_until = caches["default"].get("copilotedge:circuit:shared-test:open_until")
     assert open_until is not None and open_until > time.time()
-    assert breaker._local.get("copilotedge:circuit:shared-test:open_until") is None
+    assert breaker_stores._local.get("copilotedge:circuit:shared-test:open_until") is None
     circuit.reset()
 
 
@@ -186,7 +188,7 @@ async def test_a_dead_shared_cache_falls_back_to_memory(settings: Any) -> None:
     }
     settings.COPILOTEDGE_CACHE_ALIAS = "dead"
     circuit = CircuitBreaker("dead-cache-test")
-    assert isinstance(circuit._store, breaker.CacheStore)
+    assert isinstance(circuit._store, CacheStore)
     for _ in range(3):
         await circuit.afailure(False)
     assert circuit.state() == breaker.OPEN
@@ -209,3 +211,41 @@ async def test_a_few_failures_among_many_answers_do_not_open_the_circuit() -> No
         if await circuit.astate() == "open":
             break
     assert await circuit.astate() == "open"
+
+
+def needs_redis() -> None:
+    if not breaker_stores.is_shared_cache("default"):
+        pytest.skip("the suite's cache is not Redis (REDIS_URL unset)")
+
+
+async def test_on_redis_healthy_calls_read_the_state_once_and_count_in_the_background(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    needs_redis()
+    circuit = CircuitBreaker("quiet-test")
+    circuit.reset()
+    reads: list[str] = []
+    read = CacheStore.get
+    monkeypatch.setattr(CacheStore, "get", lambda store, key: reads.append(key) or read(store, key))
+    for _ in range(10):
+        await circuit.asuccess(await circuit.abefore_call())
+    await breaker.adrain()
+    assert len(reads) == 1  # then trusted for STATE_TTL
+    assert caches["default"].get(circuit._window_key("calls")) == 10  # every success counted
+    circuit.reset()
+
+
+async def test_on_redis_another_process_opening_the_circuit_is_seen_within_the_ttl(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    needs_redis()
+    monkeypatch.setattr(breaker, "STATE_TTL", 0.1)
+    circuit = CircuitBreaker("elsewhere-test")
+    circuit.reset()
+    assert await circuit.abefore_call() is False
+    # Another process opens it: its key appears in Redis.
+    caches["default"].set(circuit._key("open_until"), time.time() + 30, timeout=60)
+    await asyncio.sleep(0.15)
+    with pytest.raises(ServiceUnavailable):
+        await circuit.abefore_call()
+    circuit.reset()
