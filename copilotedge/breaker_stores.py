@@ -17,11 +17,10 @@ from asgiref.sync import sync_to_async
 from django.core.cache import caches
 
 from .conf import settings
+from .throttle import Throttle
 
 # Named as before the split, so logging configured for the breaker still applies.
 logger = logging.getLogger("copilotedge.breaker")
-
-_STORE_ERROR_LOG_INTERVAL = 30.0
 
 
 class LocalStore:
@@ -83,10 +82,7 @@ class CacheStore:
         return caches[self.alias]
 
     def _failed(self) -> None:
-        global _last_store_error
-        now = time.monotonic()
-        if now - _last_store_error > _STORE_ERROR_LOG_INTERVAL:
-            _last_store_error = now
+        if _store_errors.ready():
             logger.warning(
                 "The cache %r is unavailable: circuit state is kept per process until it is back.",
                 self.alias,
@@ -137,7 +133,7 @@ class CacheStore:
 
 
 _local = LocalStore()
-_last_store_error = -_STORE_ERROR_LOG_INTERVAL
+_store_errors = Throttle()
 
 
 def is_shared_cache(alias: str) -> bool:

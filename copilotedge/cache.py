@@ -29,7 +29,6 @@ import asyncio
 import hashlib
 import json
 import logging
-import time
 import weakref
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ from django.core.cache import caches
 from .conf import settings
 from .deltas import Delta, ToolCallDelta, Usage
 from .exceptions import CopilotEdgeError, InvalidRequest
+from .throttle import Throttle
 from .upstream_requests import OPENAI_PARAMS
 
 if TYPE_CHECKING:
@@ -56,8 +56,7 @@ DIRECTIVES = frozenset({USE, REFRESH, BYPASS.lower()})
 _KEY_PREFIX = "copilotedge:response:"
 _VERSION = 1
 _FLOAT_PARAMS = ("temperature", "top_p", "frequency_penalty", "presence_penalty")
-_ERROR_LOG_INTERVAL = 30.0
-_last_error_log = -_ERROR_LOG_INTERVAL
+_errors = Throttle()
 
 Entry = dict[str, Any]
 
@@ -122,10 +121,7 @@ def plan_for(turn: Turn) -> Plan:
 
 
 def _log_failure(action: str) -> None:
-    global _last_error_log
-    now = time.monotonic()
-    if now - _last_error_log > _ERROR_LOG_INTERVAL:
-        _last_error_log = now
+    if _errors.ready():
         logger.warning(
             "Response cache %r unavailable (%s); serving without it.",
             settings.CACHE_ALIAS,

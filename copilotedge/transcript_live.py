@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 import uuid
 import weakref
 from typing import Any
@@ -25,6 +24,7 @@ from channels.layers import get_channel_layer
 from django.core.cache import caches
 
 from .conf import settings
+from .throttle import Throttle
 
 # Named as before the split, so logging configured for transcripts still applies.
 logger = logging.getLogger("copilotedge.transcript")
@@ -41,8 +41,7 @@ def group_name(message_id: uuid.UUID) -> str:
     return f"copilotedge.live.{message_id.hex}"
 
 
-_PUBLISH_ERROR_LOG_INTERVAL = 30.0
-_last_publish_error = -_PUBLISH_ERROR_LOG_INTERVAL
+_publish_errors = Throttle()
 
 
 #: Publications under way at once, per event loop. A ``group_send`` holds a Redis
@@ -76,10 +75,7 @@ async def publish(message_id: uuid.UUID, event: dict[str, Any]) -> None:
     except Exception:
         # Live delivery is best effort: a resumer falls back to the stored text. Logged
         # at most every 30 s, since when the layer is overloaded every answer fails here.
-        global _last_publish_error
-        now = time.monotonic()
-        if now - _last_publish_error > _PUBLISH_ERROR_LOG_INTERVAL:
-            _last_publish_error = now
+        if _publish_errors.ready():
             logger.warning("Could not publish to %s", group_name(message_id), exc_info=True)
 
 

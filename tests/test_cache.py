@@ -290,7 +290,7 @@ async def test_an_unavailable_cache_is_skipped_and_logged(
         },
     }
     settings.COPILOTEDGE_CACHE_ALIAS = "dead"
-    cache._last_error_log = -1e9
+    cache._errors.reset()
     route = upstream.post(OPENAI_URL).mock(return_value=whole())
     for _ in range(2):
         response = await chat(auth, question, temperature=0)

@@ -46,7 +46,7 @@ async def test_a_burst_of_answer_ends_is_published_a_few_at_a_time(monkeypatch):
 async def test_a_thousand_answer_ends_fit_the_redis_pool(caplog):
     # redis-py 8 refuses a 101st connection; these all land without a warning.
     caplog.set_level(logging.WARNING, logger="copilotedge.transcript")
-    transcript_live._last_publish_error = -transcript_live._PUBLISH_ERROR_LOG_INTERVAL
+    transcript_live._publish_errors.reset()
     ends = [
         transcript_live.publish(uuid.uuid4(), {"type": transcript_live.LIVE_END})
         for _ in range(1000)
