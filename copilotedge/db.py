@@ -125,11 +125,14 @@ def _run_batch(jobs: list[Callable[[], Any]]) -> list[tuple[bool, Any]]:
     outcomes: list[tuple[bool, Any]] = []
     for job in jobs:
         try:
+            # Foreign keys are checked at COMMIT: the job is only done once it is out.
             with transaction.atomic():
-                outcomes.append((True, job()))
+                value = job()
         except Exception as error:
             close_old_connections()
             outcomes.append((False, error))
+        else:
+            outcomes.append((True, value))
     return outcomes
 
 
