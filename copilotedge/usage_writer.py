@@ -1,17 +1,19 @@
 """Writing the usage ledger: group-committed batches, retries, and ``usage_recorded``.
 
 :func:`enqueue` hands a built :class:`~copilotedge.models.UsageRecord` (see
-:mod:`copilotedge.usage`) to its event loop's writer, which inserts the records in batches
-from one background task, so the response never waits for the database. A failing batch
-falls back to saving each record on its own with retries; a record that never lands is
-logged whole. Either way each record is announced on :data:`usage_recorded`.
-:func:`adrain` waits for the queue to empty.
+:mod:`copilotedge.usage`) to its event loop's writer, so the response never waits for the
+database. The records go into the same group-commit transactions as the conversations'
+rows (:mod:`copilotedge.db`): a turn's last answer save and its record usually share one
+commit. A failing insert falls back to saving each record on its own with retries; a
+record that never lands is logged whole. Either way each record is announced on
+:data:`usage_recorded`. :func:`adrain` waits for all of it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import weakref
 from typing import Any
 
@@ -40,24 +42,15 @@ def describe(record: UsageRecord) -> dict[str, Any]:
     return {f.attname: getattr(record, f.attname) for f in UsageRecord._meta.concrete_fields}
 
 
-async def asave_batch(records: list[UsageRecord]) -> None:
-    """Insert records in one statement; never raises.
+async def _asettle(records: list[UsageRecord], error: BaseException | None) -> None:
+    """Announce a batch the group commit inserted, or save each record of a failed one.
 
-    If the batch fails, each record is saved on its own, so one bad record (say, of a
-    conversation deleted meanwhile) cannot lose the others' spend. Either way each
-    record is then announced on ``usage_recorded``.
+    If the batch failed, each record is saved on its own, so one bad record (say, of a
+    conversation deleted meanwhile) cannot lose the others' spend.
     """
-    try:
-        await UsageRecord.objects.abulk_create(records)
-    except asyncio.CancelledError:
-        raise
-    except Exception:
-        await sync_to_async(close_old_connections)()
-        for record in records:
-            await _announce(record, saved=await _asave_one(record))
-    else:
-        for record in records:
-            await _announce(record, saved=True)
+    for record in records:
+        saved = True if error is None else await _asave_one(record)
+        await _announce(record, saved=saved)
 
 
 async def _asave_one(record: UsageRecord) -> bool:
@@ -114,28 +107,62 @@ async def _announce(record: UsageRecord, *, saved: bool) -> None:
 
 
 class _Writer:
-    """Collects one event loop's records and inserts them in batches from one task.
+    """One event loop's records, inserted as a job of the loop's :class:`db.GroupCommit`.
 
-    Group commit: a record is written at once when the writer is idle, and records that
-    arrive while a write is under way go together in the next one. Under load this turns
-    a write per request into a write per batch, with no delay added when idle.
+    At most one insert waits in the group commit at a time: records that arrive
+    meanwhile join it, those that arrive once it has begun wait for the next one. The
+    job takes its records in the worker thread, hence the lock.
     """
 
     def __init__(self) -> None:
+        self.lock = threading.Lock()
         self.queue: list[UsageRecord] = []
-        self.task: asyncio.Task[None] | None = None
+        self.waiting = False  # an insert is queued and has not taken its records yet
+        self.tasks: set[asyncio.Task[None]] = set()
 
     def add(self, record: UsageRecord) -> None:
-        self.queue.append(record)
-        if self.task is None or self.task.done():
-            # A fresh context: the writer outlives the request that started it, so it
-            # must not run its queries in that request's thread.
-            self.task = asyncio.get_running_loop().create_task(self._run(), context=db.detached())
+        with self.lock:
+            self.queue.append(record)
+            if self.waiting:
+                return
+            self.waiting = True
+        insert = _Insert(self)
+        db.writer().submit(insert).add_done_callback(insert.settle)
 
-    async def _run(self) -> None:
-        while self.queue:
-            batch, self.queue = self.queue[:_BATCH_SIZE], self.queue[_BATCH_SIZE:]
-            await asave_batch(batch)
+    def take(self) -> list[UsageRecord]:
+        with self.lock:
+            records, self.queue, self.waiting = self.queue, [], False
+        return records
+
+
+class _Insert:
+    """The group-commit job: insert what the writer holds when the job runs.
+
+    The group commit runs a job again on its own when the batch it was in fails, so
+    the job keeps the records it took for that second try.
+    """
+
+    def __init__(self, writer: _Writer) -> None:
+        self.writer = writer
+        self.records: list[UsageRecord] | None = None
+
+    def __call__(self) -> None:
+        if self.records is None:
+            self.records = self.writer.take()
+        for record in self.records:
+            record.pk = None  # a failed batch left the ids of rows it rolled back
+        UsageRecord.objects.bulk_create(self.records, batch_size=_BATCH_SIZE)
+
+    def settle(self, inserted: asyncio.Future[None]) -> None:
+        """On the event loop, once the job is done: announce or fall back, off the caller."""
+        if self.records is None:  # the group commit ended before the job ran
+            self.records = self.writer.take()
+        error = inserted.exception() if not inserted.cancelled() else asyncio.CancelledError()
+        task = asyncio.get_running_loop().create_task(
+            _asettle(self.records, error), context=db.detached()
+        )
+        self.writer.tasks.add(task)
+        task.add_done_callback(self.writer.tasks.discard)
 
 
 _writers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Writer] = (
@@ -154,9 +181,9 @@ def enqueue(record: UsageRecord) -> None:
 
 async def adrain() -> None:
     """Wait until every queued record of this event loop is written (tests, shutdown)."""
-    # A record may wait for its conversation's rows (chat.Turn.finish): those first.
     await db.adrain()
-    await asyncio.sleep(0)
     writer = _writers.get(asyncio.get_running_loop())
-    while writer is not None and writer.task is not None and not writer.task.done():
-        await asyncio.shield(writer.task)
+    while writer is not None and (writer.tasks or writer.waiting):
+        if writer.tasks:
+            await asyncio.gather(*writer.tasks, return_exceptions=True)
+        await db.adrain()

@@ -479,11 +479,14 @@ async def test_a_failing_usage_write_never_reaches_the_client(
     for name, value in reliability(emulator.api_base_url).items():
         setattr(settings, name, value)
 
+    def broken_batch(*args: Any, **kwargs: Any) -> None:
+        raise OperationalError("disk I/O error")
+
     async def broken(self: Any, *args: Any, **kwargs: Any) -> None:
         raise OperationalError("disk I/O error")
 
     # The database is down: the batch insert fails, and so does each record on its own.
-    monkeypatch.setattr(type(UsageRecord.objects), "abulk_create", broken)
+    monkeypatch.setattr(UsageRecord.objects, "bulk_create", broken_batch)
     monkeypatch.setattr(UsageRecord, "asave", broken)
     client = AsyncClient()
     whole = await client.post(PATH, body(), content_type="application/json", headers=auth)
@@ -507,17 +510,16 @@ async def test_a_transient_usage_write_failure_is_retried(
 ) -> None:
     for name, value in reliability(emulator.api_base_url).items():
         setattr(settings, name, value)
-    manager = type(UsageRecord.objects)
-    real = manager.abulk_create
+    real = UsageRecord.objects.bulk_create
     failures = iter([OperationalError("database is locked")])
 
-    async def flaky(self: Any, *args: Any, **kwargs: Any) -> Any:
+    def flaky(*args: Any, **kwargs: Any) -> Any:
         error = next(failures, None)
         if error is not None:
             raise error
-        return await real(self, *args, **kwargs)
+        return real(*args, **kwargs)
 
-    monkeypatch.setattr(manager, "abulk_create", flaky)
+    monkeypatch.setattr(UsageRecord.objects, "bulk_create", flaky)
     response = await AsyncClient().post(PATH, body(), content_type="application/json", headers=auth)
     assert response.status_code == 200
     await usage_writer.adrain()

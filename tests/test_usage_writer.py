@@ -33,7 +33,7 @@ async def test_failed_writes_are_retried_without_touching_the_response(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    async def broken_batch(records: list[UsageRecord], *args: Any, **kwargs: Any) -> Any:
+    def broken_batch(records: list[UsageRecord], *args: Any, **kwargs: Any) -> Any:
         raise OperationalError("database is locked")
 
     real_asave = UsageRecord.asave
@@ -46,7 +46,7 @@ async def test_failed_writes_are_retried_without_touching_the_response(
         await real_asave(self, *args, **kwargs)
 
     # The batch insert fails, then the record's own insert twice, then it lands.
-    monkeypatch.setattr(UsageRecord.objects, "abulk_create", broken_batch)
+    monkeypatch.setattr(UsageRecord.objects, "bulk_create", broken_batch)
     monkeypatch.setattr(UsageRecord, "asave", flaky_asave)
     upstream.post(OPENAI_URL).respond(
         200, content=sse_body(openai_chunk("Hi"), {"choices": [], "usage": UPSTREAM_USAGE})
@@ -70,7 +70,7 @@ async def test_a_write_that_committed_but_failed_is_not_written_twice(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    async def broken_batch(records: list[UsageRecord], *args: Any, **kwargs: Any) -> Any:
+    def broken_batch(records: list[UsageRecord], *args: Any, **kwargs: Any) -> Any:
         raise OperationalError("server closed the connection unexpectedly")
 
     real_asave = UsageRecord.asave
@@ -83,7 +83,7 @@ async def test_a_write_that_committed_but_failed_is_not_written_twice(
         if calls == 1:  # the row is in, but the client never hears so
             raise OperationalError("server closed the connection unexpectedly")
 
-    monkeypatch.setattr(UsageRecord.objects, "abulk_create", broken_batch)
+    monkeypatch.setattr(UsageRecord.objects, "bulk_create", broken_batch)
     monkeypatch.setattr(UsageRecord, "asave", lost_reply)
     flags: list[bool] = []
 
@@ -115,13 +115,13 @@ async def test_a_write_that_never_lands_is_logged_whole_and_still_signalled(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    async def broken_batch(records: list[UsageRecord], *args: Any, **kwargs: Any) -> Any:
+    def broken_batch(records: list[UsageRecord], *args: Any, **kwargs: Any) -> Any:
         raise OperationalError("disk full")
 
     async def broken_asave(self: UsageRecord, *args: Any, **kwargs: Any) -> None:
         raise OperationalError("disk full")
 
-    monkeypatch.setattr(UsageRecord.objects, "abulk_create", broken_batch)
+    monkeypatch.setattr(UsageRecord.objects, "bulk_create", broken_batch)
     monkeypatch.setattr(UsageRecord, "asave", broken_asave)
     signalled: list[tuple[UsageRecord, bool]] = []
 
