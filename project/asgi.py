@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 
 from django.core.asgi import get_asgi_application
@@ -26,3 +27,10 @@ application = ProtocolTypeRouter(
         "lifespan": lifespan,
     }
 )
+
+# What is loaded by now lives as long as the process: keep it out of the collector's
+# full passes (each took about 50 ms of the event loop before), and collect the young
+# generation less often: a streamed answer allocates thousands of objects, nearly all
+# freed by reference counting, and a pass every 700 of them cost more than it found.
+gc.freeze()
+gc.set_threshold(7_000, 10, 10)
