@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -20,7 +21,7 @@ from django.test import AsyncClient
 from copilotedge import usage_writer
 from copilotedge.models import UsageRecord
 from copilotedge.testing import EmulatorApp, EmulatorServer
-from tests.servers import DaphneServer, RedisServer, free_port
+from tests.servers import DaphneServer, RedisServer
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(90)]
 
@@ -191,12 +192,16 @@ async def test_daily_quota_3036_is_a_429_at_once(
 async def test_connection_refused_is_retried_then_a_502(
     emulator: EmulatorServer, http: httpx.AsyncClient, auth: dict[str, str]
 ) -> None:
-    closed = f"http://127.0.0.1:{free_port()}/client/v4"  # nothing listens there
-    with DaphneServer(reliability(closed)) as site:
-        started = time.monotonic()
-        response = await http.post(site.url + PATH, json=body(stream=True), headers=auth)
-        elapsed = time.monotonic() - started
-        [row] = await ledger()  # before the server stops: the ledger writes in batches
+    # Bound but not listening: connections are refused, and the port cannot be handed
+    # to the site itself (a free port alone once was, and the site answered its own 404).
+    with socket.socket() as refusing:
+        refusing.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{refusing.getsockname()[1]}/client/v4"
+        with DaphneServer(reliability(closed)) as site:
+            started = time.monotonic()
+            response = await http.post(site.url + PATH, json=body(stream=True), headers=auth)
+            elapsed = time.monotonic() - started
+            [row] = await ledger()  # before the server stops: the ledger writes in batches
     assert response.status_code == 502
     assert response.json()["error"]["code"] == "upstream_unreachable"
     assert elapsed < 2.0
