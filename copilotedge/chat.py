@@ -221,6 +221,10 @@ class Turn:
                         if delta.text and on_chunk is not None:
                             await self._call(on_chunk, delta.text)
                     yield batch
+                    # Let the face's writer send what it made of that batch before reading
+                    # on: upstream data already buffered would be read and encoded first.
+                    # (Here, not in the face: a stop from elsewhere must land in a read.)
+                    await asyncio.sleep(0)
         except BaseException as error:
             self._fail(error)
             raise

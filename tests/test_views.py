@@ -351,6 +351,19 @@ async def test_no_keepalive_while_frames_flow(
     assert b": keep-alive" not in raw
 
 
+async def test_each_frame_goes_out_before_upstream_data_already_there_is_read(
+    auth: dict[str, str], upstream: respx.MockRouter
+) -> None:
+    body = UpstreamBody(*sse_chunks(*(openai_chunk(word) for word in "abcdefgh")))
+    upstream.post(OPENAI_URL).mock(side_effect=respond_with(body))
+    response = await post(CHAT, {"messages": HI, "stream": True}, auth)
+    first = await anext(aiter(response.streaming_content))
+    assert b'"content":"a"' in first
+    # Not held back while the rest, ready at once, was read and encoded first.
+    assert body.sent <= 2
+    await read(response)
+
+
 @override_settings(COPILOTEDGE_STREAM=True)
 async def test_stream_setting_is_the_default(
     auth: dict[str, str], upstream: respx.MockRouter
