@@ -2,9 +2,9 @@
 
 Under ASGI, Django runs each ``MiddlewareMixin`` hook (``process_request``,
 ``process_view``, ``process_response``) in a thread of its own request, one hop there
-and back per hook: the security, session, common, CSRF, auth, message and
-clickjacking middlewares make thirteen hops a request, 0.1 to 0.2 ms each on a busy
-two-core machine, most of them before a streamed answer's first byte. :class:`SyncGroup` runs a list
+and back per hook: the session, common, CSRF, auth, message and clickjacking
+middlewares make eleven hops a request, 0.1 to 0.2 ms each on a busy two-core machine,
+most of them before a streamed answer's first byte. :class:`SyncGroup` runs a list
 of them in three hops (request, view, response) with the same order and the same
 outcomes as when each is in ``MIDDLEWARE`` on its own:
 
@@ -23,14 +23,14 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, ClassVar
 
 from asgiref.sync import markcoroutinefunction, sync_to_async
-from django.core.exceptions import ImproperlyConfigured
+from django.core.exceptions import ImproperlyConfigured, MiddlewareNotUsed
 from django.core.handlers.exception import response_for_exception
 from django.http import HttpRequest
 from django.http.response import HttpResponseBase
+from django.utils.deprecation import MiddlewareMixin
 from django.utils.module_loading import import_string
 
 GetResponse = Callable[[HttpRequest], Awaitable[HttpResponseBase]]
-HOOKS = ("process_request", "process_view", "process_response")
 
 
 def _unused(request: HttpRequest) -> HttpResponseBase:  # pragma: no cover - never called
@@ -38,7 +38,11 @@ def _unused(request: HttpRequest) -> HttpResponseBase:  # pragma: no cover - nev
 
 
 class SyncGroup:
-    """The middlewares named in :attr:`middleware`, as one async middleware."""
+    """The middlewares named in :attr:`middleware`, as one async middleware.
+
+    Only ``MiddlewareMixin`` middlewares can be grouped: their whole work is in their
+    hooks. One that raises ``MiddlewareNotUsed`` is left out, as Django leaves it out.
+    """
 
     middleware: ClassVar[Sequence[str]] = ()
     sync_capable = False
@@ -49,14 +53,30 @@ class SyncGroup:
         markcoroutinefunction(self)
         self.members: list[Any] = []
         for path in self.middleware:
-            member = import_string(path)(_unused)
-            if not any(hasattr(member, hook) for hook in HOOKS):
+            factory = import_string(path)
+            plain = isinstance(factory, type) and issubclass(factory, MiddlewareMixin)
+            if not plain or factory.__call__ is not MiddlewareMixin.__call__:
                 raise ImproperlyConfigured(
-                    f"{path} has no process_* hooks: list it in MIDDLEWARE itself."
+                    f"{path} is not a plain MiddlewareMixin: list it in MIDDLEWARE itself."
                 )
-            self.members.append(member)
+            try:
+                self.members.append(factory(_unused))
+            except MiddlewareNotUsed:
+                continue
         self._request = sync_to_async(self.request_phase, thread_sensitive=True)
         self._response = sync_to_async(self.response_phase, thread_sensitive=True)
+        # Django calls (and hops to the thread for) a hook the group has: only offer those
+        # a member has.
+        if self._hooks("process_view"):
+            self.process_view = self._process_view
+        if self._hooks("process_template_response"):
+            self.process_template_response = self._process_template_response
+        if self._hooks("process_exception"):
+            self.process_exception = self._process_exception
+
+    def _hooks(self, name: str, members: Sequence[Any] | None = None) -> list[Any]:
+        members = self.members if members is None else members
+        return [hook for member in members if (hook := getattr(member, name, None))]
 
     async def __call__(self, request: HttpRequest) -> HttpResponseBase:
         entered, response = await self._request(request)
@@ -81,52 +101,48 @@ class SyncGroup:
     def response_phase(
         self, request: HttpRequest, response: HttpResponseBase, entered: int
     ) -> HttpResponseBase:
-        for member in reversed(self.members[:entered]):
-            hook = getattr(member, "process_response", None)
-            if hook is None:
-                continue
+        for hook in reversed(self._hooks("process_response", self.members[:entered])):
             try:
                 response = hook(request, response)
             except Exception as error:
                 response = response_for_exception(request, error)
         return response
 
-    def process_view(
+    def _process_view(
         self,
         request: HttpRequest,
         view: Callable[..., Any],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> HttpResponseBase | None:
-        for member in self.members:
-            hook = getattr(member, "process_view", None)
-            if hook is None:
-                continue
+        for hook in self._hooks("process_view"):
             response: HttpResponseBase | None = hook(request, view, args, kwargs)
             if response is not None:
                 return response
         return None
 
-    def process_template_response(self, request: HttpRequest, response: Any) -> Any:
-        for member in reversed(self.members):
-            hook = getattr(member, "process_template_response", None)
-            if hook is not None:
-                response = hook(request, response)
+    def _process_template_response(self, request: HttpRequest, response: Any) -> Any:
+        for hook in reversed(self._hooks("process_template_response")):
+            response = hook(request, response)
+            if response is None:
+                raise ValueError(
+                    f"{hook.__qualname__} didn't return an HttpResponse object. "
+                    "It returned None instead."
+                )
         return response
 
-    def process_exception(self, request: HttpRequest, error: Exception) -> Any:
-        for member in reversed(self.members):
-            hook = getattr(member, "process_exception", None)
-            if hook is not None and (response := hook(request, error)) is not None:
+    def _process_exception(self, request: HttpRequest, error: Exception) -> Any:
+        for hook in reversed(self._hooks("process_exception")):
+            if (response := hook(request, error)) is not None:
                 return response
         return None
 
 
 class SiteMiddleware(SyncGroup):
-    """Django's standard middlewares, which the demo's admin and chat pages need."""
+    """Django's standard middlewares after security and static files: what the admin and
+    the chat page need (see :mod:`project.checks` for the checks that look for them)."""
 
     middleware = (
-        "django.middleware.security.SecurityMiddleware",
         "django.contrib.sessions.middleware.SessionMiddleware",
         "django.middleware.common.CommonMiddleware",
         "django.middleware.csrf.CsrfViewMiddleware",

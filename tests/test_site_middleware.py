@@ -7,13 +7,20 @@ from typing import Any
 
 import pytest
 from django.contrib.auth import get_user_model
-from django.core.exceptions import ImproperlyConfigured, PermissionDenied
+from django.core.checks.security import base, csrf
+from django.core.exceptions import ImproperlyConfigured, MiddlewareNotUsed, PermissionDenied
 from django.http import HttpRequest, HttpResponse
 from django.test import AsyncClient, RequestFactory, override_settings
 from django.utils.deprecation import MiddlewareMixin
 
+from project.checks import check_grouped_middleware
 from project.middleware import SyncGroup
 
+SITE = [  # the demo's, without static files
+    "django.middleware.security.SecurityMiddleware",
+    "project.middleware.SiteMiddleware",
+    "copilotedge.middleware.RateLimitMiddleware",
+]
 LOG: list[str] = []
 THREADS: set[int] = set()
 
@@ -55,6 +62,11 @@ SecondAnswers = recording("Second", answers="request")
 SecondRaisesOnRequest = recording("Second", raises="request")
 SecondRaisesOnResponse = recording("Second", raises="response")
 SecondAnswersView = recording("Second", answers="view")
+
+
+class NotUsed(MiddlewareMixin):
+    def __init__(self, get_response: Any) -> None:
+        raise MiddlewareNotUsed
 
 
 class AsyncOnly:
@@ -119,12 +131,39 @@ async def test_view_hooks_run_in_order_and_the_first_answer_wins() -> None:
     assert LOG == ["first.view", "second.view"]
 
 
-def test_a_middleware_without_hooks_cannot_be_grouped() -> None:
+def test_a_middleware_whose_work_is_not_in_its_hooks_cannot_be_grouped() -> None:
     with pytest.raises(ImproperlyConfigured, match="AsyncOnly"):
         group("First", "AsyncOnly")
 
 
-SITE = ["project.middleware.SiteMiddleware", "copilotedge.middleware.RateLimitMiddleware"]
+async def test_a_middleware_not_used_is_left_out_and_the_rest_run() -> None:
+    middleware = group("First", "NotUsed", "Second")
+    await middleware(RequestFactory().get("/"))
+    assert LOG == ["first.request", "second.request", "view", "second.response", "first.response"]
+
+
+def test_only_hooks_a_member_has_are_offered_to_django() -> None:
+    # Django calls each offered hook through a thread hop, so an empty one would cost one.
+    middleware = group("First")
+    assert hasattr(middleware, "process_view")
+    assert not hasattr(middleware, "process_template_response")
+    assert not hasattr(middleware, "process_exception")
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        ({"CSRF_COOKIE_SECURE": True, "X_FRAME_OPTIONS": "DENY"}, []),
+        ({"CSRF_COOKIE_SECURE": False, "X_FRAME_OPTIONS": "DENY"}, [csrf.W016]),
+        ({"CSRF_COOKIE_SECURE": True, "X_FRAME_OPTIONS": "SAMEORIGIN"}, [base.W019]),
+        ({"CSRF_COOKIE_SECURE": False, "CSRF_USE_SESSIONS": True}, []),
+    ],
+)
+def test_the_deploy_checks_the_group_hides_are_still_given(
+    settings: dict[str, Any], expected: list[Any]
+) -> None:
+    with override_settings(MIDDLEWARE=SITE, **settings):
+        assert check_grouped_middleware() == expected
 
 
 @override_settings(MIDDLEWARE=SITE)
