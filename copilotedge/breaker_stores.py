@@ -113,13 +113,13 @@ class CacheStore:
     def incr(self, key: str, ttl: float, by: int = 1) -> int:
         try:
             cache = self._cache()
-            if cache.add(key, by, timeout=ttl):
-                return by
+            # The key is there but once a window: try the one round trip first.
             try:
                 return int(cache.incr(key, by))
-            except ValueError:  # expired between add and incr
-                cache.add(key, by, timeout=ttl)
-                return by
+            except ValueError:  # a new window
+                if cache.add(key, by, timeout=ttl):
+                    return by
+                return int(cache.incr(key, by))  # another process began it meanwhile
         except Exception:
             self._failed()
             return self.fallback.incr(key, ttl, by)
