@@ -13,10 +13,9 @@ import asyncio
 import contextvars
 import weakref
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from asgiref.sync import SyncToAsync, sync_to_async
+from asgiref.sync import sync_to_async
 from django.db import close_old_connections, connections, transaction
 
 T = TypeVar("T")
@@ -56,6 +55,31 @@ async def arelease_connections() -> None:
     """
     if _opened.get():
         _opened.set(await sync_to_async(_release)())
+
+
+async def ahand_back(*, close: bool) -> bool:
+    """Before a request's thread is given up: close its connections (``close``) or leave
+    them as ``CONN_MAX_AGE`` says (for a thread that serves more requests). False, and
+    nothing done, if one is inside a transaction: then the thread must stay the request's.
+    """
+    if not _opened.get():
+        return True
+    free = await sync_to_async(_hand_back)(close)
+    if free:
+        _opened.set(False)
+    return free
+
+
+def _hand_back(close: bool) -> bool:
+    initialized = connections.all(initialized_only=True)
+    if any(connection.in_atomic_block for connection in initialized):
+        return False
+    for connection in initialized:
+        if close:
+            connection.close()
+        else:
+            connection.close_if_unusable_or_obsolete()
+    return True
 
 
 def detached() -> contextvars.Context:
@@ -155,61 +179,3 @@ async def adrain() -> None:
     found = _writers.get(asyncio.get_running_loop())
     if found is not None:
         await found.adrain()
-
-
-class _Parked(ThreadPoolExecutor):
-    """One thread where streaming requests run their last thread-sensitive calls.
-
-    It stands in for a request's own executor, which Django's ASGI handler shuts down
-    at the request's end; so shutting it down does nothing.
-    """
-
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        pass
-
-    def __bool__(self) -> bool:
-        # asgiref ends a request by joining its executor from a new thread, started
-        # ``if executor:``; there is nothing to join here, so spare the thread.
-        return False
-
-
-_parked = _Parked(max_workers=1, thread_name_prefix="copilotedge-parked")
-
-
-async def aretire_request_thread() -> None:
-    """Let the thread Django gave this request go while its response streams.
-
-    Django runs each ASGI request's sync code (signals, ``MiddlewareMixin``) in a thread
-    of the request's own, kept until the response ends. For a streamed answer that is a
-    sleeping thread per open stream: a thousand streams, a thousand threads and their
-    stacks. Once the response has started, nothing of the request needs that thread
-    but ``request_finished`` at the very end, so this closes its database connections,
-    ends the thread, and sends the rest to one shared thread instead.
-
-    This reaches into asgiref's ``ThreadSensitiveContext`` bookkeeping; if that ever
-    changes shape, the thread is simply kept, as Django would.
-    """
-    registry = getattr(SyncToAsync, "context_to_thread_executor", None)
-    context_var = getattr(SyncToAsync, "thread_sensitive_context", None)
-    context = context_var.get(None) if context_var is not None else None
-    if registry is None or context is None:
-        return
-    executor = registry.get(context)
-    if executor is None or executor is _parked:
-        return
-    if _opened.get():
-        if not await SyncToAsync(_close_for_retirement, thread_sensitive=True)():
-            return  # a transaction is open in that thread: it must stay
-        _opened.set(False)
-    registry[context] = _parked
-    executor.shutdown(wait=False)
-
-
-def _close_for_retirement() -> bool:
-    """Close this thread's connections; False if one is inside a transaction."""
-    initialized = connections.all(initialized_only=True)
-    if any(connection.in_atomic_block for connection in initialized):
-        return False
-    for connection in initialized:
-        connection.close()
-    return True

@@ -18,7 +18,7 @@ from django.http import HttpRequest, JsonResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from django.views.decorators.csrf import csrf_exempt
 
-from . import cache, db, openapi, sse, wire
+from . import cache, openapi, sse, threads, wire
 from .auth import aauthenticate
 from .chat import Turn
 from .conf import settings
@@ -88,9 +88,9 @@ def read_json(request: HttpRequest) -> dict[str, Any]:
 
 
 async def streamed(frames: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """``frames``, after letting the request's thread go (:func:`db.aretire_request_thread`):
-    a held stream costs no thread."""
-    await db.aretire_request_thread()
+    """``frames``, after letting the request's thread go
+    (:func:`threads.aretire_request_thread`): a held stream costs no thread."""
+    await threads.aretire_request_thread()
     async for frame in frames:
         yield frame
 

@@ -16,11 +16,13 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 
 from copilotedge.admission import AdmissionLimit  # noqa: E402
 from copilotedge.routing import lifespan, websocket_urlpatterns  # noqa: E402
+from copilotedge.threads import RequestThreads  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
-        # A burst of requests is set up a few at a time (COPILOTEDGE_ADMISSION_LIMIT).
-        "http": AdmissionLimit(django_asgi_app),
+        # A burst of requests is set up a few at a time (COPILOTEDGE_ADMISSION_LIMIT), and
+        # each request's sync code runs in a pooled thread, not one started for it.
+        "http": AdmissionLimit(RequestThreads(django_asgi_app)),
         "websocket": AllowedHostsOriginValidator(
             AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
         ),

@@ -13,10 +13,11 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 
 from copilotedge.admission import AdmissionLimit  # noqa: E402
 from copilotedge.routing import lifespan, websocket_urlpatterns  # noqa: E402
+from copilotedge.threads import RequestThreads  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
-        "http": AdmissionLimit(django_asgi_app),
+        "http": AdmissionLimit(RequestThreads(django_asgi_app)),
         "websocket": AllowedHostsOriginValidator(
             AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
         ),

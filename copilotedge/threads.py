@@ -1,0 +1,152 @@
+"""The threads Django runs each HTTP request's sync code in.
+
+Under ASGI, Django runs a request's sync code (``request_started`` receivers,
+``MiddlewareMixin`` hooks, ORM calls through ``sync_to_async``) in a thread of the
+request's own. asgiref starts that thread at the request's first such call and, at its
+end, starts another thread to join it: two thread starts a request, the first on the way
+to the first byte, and a database connection kept by ``CONN_MAX_AGE`` dies with its
+thread. :class:`RequestThreads` lends each request a thread from a pool instead (through
+asgiref's ``ThreadSensitiveContext(executor=...)``): still one thread for the whole
+request, as Django needs, and back to the pool at its end with its connection, as a WSGI
+server's threads keep theirs.
+
+A streamed answer can hold its request for minutes, and with it a sleeping thread.
+:func:`aretire_request_thread` lets that thread go once the response has started (back to
+the pool, or ended if Django started it), and sends what little of the request still
+needs a thread (``request_finished``) to one shared thread.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Awaitable, Callable, MutableMapping
+from concurrent.futures import Executor, ThreadPoolExecutor
+from typing import Any
+
+from asgiref.sync import SyncToAsync, ThreadSensitiveContext
+from django.db import connections
+
+from . import db
+
+Scope = MutableMapping[str, Any]
+ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
+
+
+_numbers = itertools.count(1)
+
+
+class _Lent(ThreadPoolExecutor):
+    """A pooled request thread; it knows the pool to go back to."""
+
+    def __init__(self, pool: ThreadPool) -> None:
+        super().__init__(max_workers=1, thread_name_prefix=f"copilotedge-request-{next(_numbers)}")
+        self.pool = pool
+
+
+class ThreadPool:
+    """Single-thread executors lent one per request, and kept (up to ``idle``) when
+    given back. Used from event loops only, so it needs no lock."""
+
+    def __init__(self, idle: int) -> None:
+        self.idle = idle
+        self._idle: list[_Lent] = []
+        self._lent: set[_Lent] = set()
+
+    def lend(self) -> ThreadPoolExecutor:
+        executor = self._idle.pop() if self._idle else _Lent(self)
+        self._lent.add(executor)
+        return executor
+
+    def give_back(self, executor: Executor) -> None:
+        """Take ``executor`` back; again (or one never lent) does nothing."""
+        if not isinstance(executor, _Lent) or executor not in self._lent:
+            return
+        self._lent.remove(executor)
+        if len(self._idle) < self.idle:
+            # A job of a cancelled request may still run there: the next one queues behind.
+            self._idle.append(executor)
+        else:
+            # Its connection (kept by CONN_MAX_AGE) closes now, not when it is collected.
+            executor.submit(connections.close_all)
+            executor.shutdown(wait=False)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """``(lent, idle)``."""
+        return len(self._lent), len(self._idle)
+
+
+class RequestThreads:
+    """Lend each HTTP request a thread from a pool for its sync code.
+
+    ``application = ProtocolTypeRouter({"http": RequestThreads(get_asgi_application()),
+    ...})``. At most ``idle`` threads wait in the pool between requests; under a burst,
+    as many more as there are requests at once are started, as Django would. Other scope
+    types pass through.
+    """
+
+    def __init__(self, app: ASGIApp, *, idle: int = 32) -> None:
+        self.app = app
+        self.pool = ThreadPool(idle)
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        executor = self.pool.lend()
+        try:
+            # Django's own ThreadSensitiveContext, inside, finds this one and keeps it.
+            async with ThreadSensitiveContext(executor=executor):
+                await self.app(scope, receive, send)
+        finally:
+            self.pool.give_back(executor)
+
+
+class _Parked(ThreadPoolExecutor):
+    """One thread where streaming requests run their last thread-sensitive calls.
+
+    It stands in for a request's own executor, which Django's ASGI handler shuts down
+    at the request's end; so shutting it down does nothing.
+    """
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        pass
+
+    def __bool__(self) -> bool:
+        # asgiref ends a request by joining its executor from a new thread, started
+        # ``if executor:``; there is nothing to join here, so spare the thread.
+        return False
+
+
+_parked = _Parked(max_workers=1, thread_name_prefix="copilotedge-parked")
+
+
+async def aretire_request_thread() -> None:
+    """Let the thread this request runs its sync code in go while its response streams.
+
+    Once the response has started, nothing of the request needs that thread but
+    ``request_finished`` at the very end. So this hands its database connections back,
+    returns the thread to its :class:`RequestThreads` pool (or ends it, if Django started
+    it for this request) and sends the rest to one shared thread instead. A thread inside
+    a transaction stays.
+
+    This reaches into asgiref's ``ThreadSensitiveContext`` bookkeeping; if that ever
+    changes shape, the thread is simply kept, as Django would.
+    """
+    registry = getattr(SyncToAsync, "context_to_thread_executor", None)
+    context_var = getattr(SyncToAsync, "thread_sensitive_context", None)
+    context = context_var.get(None) if context_var is not None else None
+    if registry is None or context is None:
+        return
+    executor = registry.get(context)
+    if executor is None or executor is _parked:
+        return
+    lent = isinstance(executor, _Lent)
+    # A pooled thread may keep its connection for the next request, as CONN_MAX_AGE says.
+    if not await db.ahand_back(close=not lent):
+        return
+    registry[context] = _parked
+    if lent:
+        executor.pool.give_back(executor)
+    else:
+        executor.shutdown(wait=False)
