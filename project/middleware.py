@@ -15,6 +15,9 @@ outcomes as when each is in ``MIDDLEWARE`` on its own:
 * an exception in a hook becomes its response (:func:`response_for_exception`, as
   Django's handler converts it around each middleware), which the middlewares listed
   before it then see.
+
+A group that knows its members can do better still: :class:`SiteMiddleware` runs a phase
+on the event loop, no hop at all, when none of its hooks will wait on I/O this time.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, ClassVar
 
 from asgiref.sync import markcoroutinefunction, sync_to_async
+from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured, MiddlewareNotUsed
 from django.core.handlers.exception import response_for_exception
 from django.http import HttpRequest
@@ -30,6 +34,7 @@ from django.http.response import HttpResponseBase
 from django.utils.deprecation import MiddlewareMixin
 from django.utils.module_loading import import_string
 
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS", "TRACE")  # as CsrfViewMiddleware has them
 GetResponse = Callable[[HttpRequest], Awaitable[HttpResponseBase]]
 
 
@@ -65,6 +70,7 @@ class SyncGroup:
                 continue
         self._request = sync_to_async(self.request_phase, thread_sensitive=True)
         self._response = sync_to_async(self.response_phase, thread_sensitive=True)
+        self._view = sync_to_async(self.view_phase, thread_sensitive=True)
         # Django calls (and hops to the thread for) a hook the group has: only offer those
         # a member has.
         if self._hooks("process_view"):
@@ -79,10 +85,28 @@ class SyncGroup:
         return [hook for member in members if (hook := getattr(member, name, None))]
 
     async def __call__(self, request: HttpRequest) -> HttpResponseBase:
-        entered, response = await self._request(request)
+        if self.request_waits(request):
+            entered, response = await self._request(request)
+        else:
+            entered, response = self.request_phase(request)
         if response is None:
             response = await self.get_response(request)
-        return await self._response(request, response, entered)
+        if self.response_waits(request, response):
+            return await self._response(request, response, entered)
+        return self.response_phase(request, response, entered)
+
+    # Whether a phase's hooks may wait on I/O this time (a database, a file, the network),
+    # so that it must run in the request's thread. A group can only know that of members it
+    # knows: by default, every phase does.
+
+    def request_waits(self, request: HttpRequest) -> bool:
+        return True
+
+    def view_waits(self, request: HttpRequest, view: Callable[..., Any]) -> bool:
+        return True
+
+    def response_waits(self, request: HttpRequest, response: HttpResponseBase) -> bool:
+        return True
 
     def request_phase(self, request: HttpRequest) -> tuple[int, HttpResponseBase | None]:
         """How many members were entered, and the response one of them answered with."""
@@ -108,7 +132,18 @@ class SyncGroup:
                 response = response_for_exception(request, error)
         return response
 
-    def _process_view(
+    async def _process_view(
+        self,
+        request: HttpRequest,
+        view: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> HttpResponseBase | None:
+        if self.view_waits(request, view):
+            return await self._view(request, view, args, kwargs)
+        return self.view_phase(request, view, args, kwargs)
+
+    def view_phase(
         self,
         request: HttpRequest,
         view: Callable[..., Any],
@@ -140,7 +175,14 @@ class SyncGroup:
 
 class SiteMiddleware(SyncGroup):
     """Django's standard middlewares after security and static files: what the admin and
-    the chat page need (see :mod:`project.checks` for the checks that look for them)."""
+    the chat page need (see :mod:`project.checks` for the checks that look for them).
+
+    Their hooks read the request and set headers; only the session store waits on I/O
+    (and a form being read, which for uploads writes files). So a phase runs on the event
+    loop unless it may touch the store or a form this time: an API call (a bearer key, no
+    session, no form) makes no hop, a sign-in or a saved message does, as before. Django's
+    ORM refuses to run on the event loop, so a mistake here fails loudly, not slowly.
+    """
 
     middleware = (
         "django.contrib.sessions.middleware.SessionMiddleware",
@@ -150,3 +192,25 @@ class SiteMiddleware(SyncGroup):
         "django.contrib.messages.middleware.MessageMiddleware",
         "django.middleware.clickjacking.XFrameOptionsMiddleware",
     )
+
+    def request_waits(self, request: HttpRequest) -> bool:
+        return bool(settings.CSRF_USE_SESSIONS)  # the CSRF secret is read from the session
+
+    def view_waits(self, request: HttpRequest, view: Callable[..., Any]) -> bool:
+        if settings.CSRF_USE_SESSIONS:
+            return True
+        # The CSRF check of an unsafe method reads the form.
+        return request.method not in SAFE_METHODS and not getattr(view, "csrf_exempt", False)
+
+    def response_waits(self, request: HttpRequest, response: HttpResponseBase) -> bool:
+        if settings.CSRF_USE_SESSIONS:
+            return True
+        session = getattr(request, "session", None)
+        if session is not None and session.accessed and session.modified:
+            return True  # it is saved
+        if session is not None and session.accessed and settings.SESSION_SAVE_EVERY_REQUEST:
+            return True
+        # Messages read or added are stored again, those that do not fit a cookie in the
+        # session.
+        messages = getattr(request, "_messages", None)
+        return messages is not None and bool(messages.used or messages.added_new)

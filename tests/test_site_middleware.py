@@ -9,12 +9,15 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.core.checks.security import base, csrf
 from django.core.exceptions import ImproperlyConfigured, MiddlewareNotUsed, PermissionDenied
+from django.contrib import messages
 from django.http import HttpRequest, HttpResponse
+from django.urls import path
+from django.views.decorators.csrf import csrf_exempt
 from django.test import AsyncClient, RequestFactory, override_settings
 from django.utils.deprecation import MiddlewareMixin
 
 from project.checks import check_grouped_middleware
-from project.middleware import SyncGroup
+from project.middleware import SiteMiddleware, SyncGroup
 
 SITE = [  # the demo's, without static files
     "django.middleware.security.SecurityMiddleware",
@@ -126,7 +129,7 @@ async def test_an_exception_in_a_response_hook_becomes_the_response_seen_before_
 
 async def test_view_hooks_run_in_order_and_the_first_answer_wins() -> None:
     middleware = group("First", "SecondAnswersView", "Third")
-    answer = middleware.process_view(RequestFactory().get("/"), lambda r: None, (), {})
+    answer = await middleware.process_view(RequestFactory().get("/"), lambda r: None, (), {})
     assert answer is not None and answer.content == b"from second"
     assert LOG == ["first.view", "second.view"]
 
@@ -188,3 +191,105 @@ async def test_the_site_group_keeps_the_admin_secure_and_signed_in(db: None) -> 
     assert (await client.get("/admin/")).status_code == 200
     # CommonMiddleware: a URL without its slash is redirected to it.
     assert (await client.get("/admin")).status_code == 301
+
+
+WHERE: dict[str, int] = {}
+
+
+class Where(MiddlewareMixin):
+    """Notes the thread each phase of the group ran in."""
+
+    def process_request(self, request: HttpRequest) -> None:
+        WHERE["request"] = threading.get_ident()
+
+    def process_view(self, request: HttpRequest, *args: Any) -> None:
+        WHERE["view"] = threading.get_ident()
+
+    def process_response(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
+        WHERE["response"] = threading.get_ident()
+        return response
+
+
+class WatchedSite(SiteMiddleware):
+    middleware = (*SiteMiddleware.middleware, f"{__name__}.Where")
+
+
+@csrf_exempt
+async def api(request: HttpRequest) -> HttpResponse:
+    return HttpResponse("answered")
+
+
+async def form(request: HttpRequest) -> HttpResponse:
+    return HttpResponse("posted")
+
+
+async def remember(request: HttpRequest) -> HttpResponse:
+    await request.session.aset("seen", "yes")
+    return HttpResponse("remembered")
+
+
+async def recall(request: HttpRequest) -> HttpResponse:
+    return HttpResponse(await request.session.aget("seen", "no"))
+
+
+async def notify(request: HttpRequest) -> HttpResponse:
+    messages.info(request, "Saved.")
+    return HttpResponse("noted")
+
+
+urlpatterns = [
+    path("api", api),
+    path("form", form),
+    path("remember", remember),
+    path("recall", recall),
+    path("notify", notify),
+]
+watched = override_settings(ROOT_URLCONF=__name__, MIDDLEWARE=[f"{__name__}.WatchedSite"])
+
+
+def on_the_loop() -> dict[str, bool]:
+    here = threading.get_ident()  # the test runs on the loop the client's handler runs on
+    return {phase: ident == here for phase, ident in WHERE.items()}
+
+
+@watched
+async def test_an_api_call_makes_no_thread_hop() -> None:
+    WHERE.clear()
+    response = await AsyncClient().post("/api", {}, content_type="application/json")
+    assert response.content == b"answered"
+    assert on_the_loop() == {"request": True, "view": True, "response": True}
+    assert response["X-Frame-Options"] == "DENY"  # the members still did their work
+
+
+@watched
+async def test_a_form_the_csrf_check_reads_is_read_in_a_thread() -> None:
+    WHERE.clear()
+    await AsyncClient().post("/form", {"field": "value"})
+    assert on_the_loop() == {"request": True, "view": False, "response": True}
+
+
+@watched
+async def test_a_changed_session_is_saved_in_a_thread(db: None) -> None:
+    client = AsyncClient()
+    WHERE.clear()
+    await client.get("/remember")
+    assert on_the_loop()["response"] is False
+    WHERE.clear()
+    assert (await client.get("/recall")).content == b"yes"
+    assert on_the_loop()["response"] is True  # read, not changed: nothing to save
+
+
+@watched
+async def test_a_new_message_is_stored_in_a_thread() -> None:
+    WHERE.clear()
+    response = await AsyncClient().get("/notify")
+    assert on_the_loop()["response"] is False
+    assert "messages" in response.cookies
+
+
+@watched
+@override_settings(CSRF_USE_SESSIONS=True)
+async def test_with_the_csrf_secret_in_the_session_every_phase_runs_in_a_thread(db: None) -> None:
+    WHERE.clear()
+    await AsyncClient().post("/api", {}, content_type="application/json")
+    assert on_the_loop() == {"request": False, "view": False, "response": False}
