@@ -214,3 +214,17 @@ class SiteMiddleware(SyncGroup):
         # session.
         messages = getattr(request, "_messages", None)
         return messages is not None and bool(messages.used or messages.added_new)
+
+
+class SecurityGroup(SyncGroup):
+    """Django's ``SecurityMiddleware``, first: it redirects to HTTPS and sets headers from
+    settings, and never waits on I/O, so it runs on the event loop (Django's own handler
+    would make two thread hops a request for it)."""
+
+    middleware = ("django.middleware.security.SecurityMiddleware",)
+
+    def request_waits(self, request: HttpRequest) -> bool:
+        return False
+
+    def response_waits(self, request: HttpRequest, response: HttpResponseBase) -> bool:
+        return False

@@ -6,21 +6,21 @@ import threading
 from typing import Any
 
 import pytest
+from django.contrib import messages
 from django.contrib.auth import get_user_model
 from django.core.checks.security import base, csrf
 from django.core.exceptions import ImproperlyConfigured, MiddlewareNotUsed, PermissionDenied
-from django.contrib import messages
 from django.http import HttpRequest, HttpResponse
-from django.urls import path
-from django.views.decorators.csrf import csrf_exempt
 from django.test import AsyncClient, RequestFactory, override_settings
+from django.urls import path
 from django.utils.deprecation import MiddlewareMixin
+from django.views.decorators.csrf import csrf_exempt
 
 from project.checks import check_grouped_middleware
-from project.middleware import SiteMiddleware, SyncGroup
+from project.middleware import SecurityGroup, SiteMiddleware, SyncGroup
 
 SITE = [  # the demo's, without static files
-    "django.middleware.security.SecurityMiddleware",
+    "project.middleware.SecurityGroup",
     "project.middleware.SiteMiddleware",
     "copilotedge.middleware.RateLimitMiddleware",
 ]
@@ -153,19 +153,33 @@ def test_only_hooks_a_member_has_are_offered_to_django() -> None:
     assert not hasattr(middleware, "process_exception")
 
 
+SECURE = {  # settings that pass every deploy check of the grouped middlewares
+    "CSRF_COOKIE_SECURE": True,
+    "X_FRAME_OPTIONS": "DENY",
+    "SECURE_HSTS_SECONDS": 31_536_000,
+    "SECURE_HSTS_INCLUDE_SUBDOMAINS": True,
+    "SECURE_HSTS_PRELOAD": True,
+    "SECURE_SSL_REDIRECT": True,
+}
+
+
 @pytest.mark.parametrize(
     ("settings", "expected"),
     [
-        ({"CSRF_COOKIE_SECURE": True, "X_FRAME_OPTIONS": "DENY"}, []),
-        ({"CSRF_COOKIE_SECURE": False, "X_FRAME_OPTIONS": "DENY"}, [csrf.W016]),
-        ({"CSRF_COOKIE_SECURE": True, "X_FRAME_OPTIONS": "SAMEORIGIN"}, [base.W019]),
+        ({}, []),
+        ({"CSRF_COOKIE_SECURE": False}, [csrf.W016]),
+        ({"X_FRAME_OPTIONS": "SAMEORIGIN"}, [base.W019]),
         ({"CSRF_COOKIE_SECURE": False, "CSRF_USE_SESSIONS": True}, []),
+        ({"SECURE_HSTS_SECONDS": 0}, [base.W004]),
+        ({"SECURE_SSL_REDIRECT": False}, [base.W008]),
+        ({"SECURE_CONTENT_TYPE_NOSNIFF": False}, [base.W006]),
+        ({"SECURE_REFERRER_POLICY": None}, [base.W022]),
     ],
 )
 def test_the_deploy_checks_the_group_hides_are_still_given(
     settings: dict[str, Any], expected: list[Any]
 ) -> None:
-    with override_settings(MIDDLEWARE=SITE, **settings):
+    with override_settings(MIDDLEWARE=SITE, **{**SECURE, **settings}):
         assert check_grouped_middleware() == expected
 
 
@@ -293,3 +307,25 @@ async def test_with_the_csrf_secret_in_the_session_every_phase_runs_in_a_thread(
     WHERE.clear()
     await AsyncClient().post("/api", {}, content_type="application/json")
     assert on_the_loop() == {"request": False, "view": False, "response": False}
+
+
+class WatchedSecurity(SecurityGroup):
+    middleware = (*SecurityGroup.middleware, f"{__name__}.Where")
+
+
+@override_settings(
+    ROOT_URLCONF=__name__,
+    MIDDLEWARE=[f"{__name__}.WatchedSecurity"],
+    SECURE_SSL_REDIRECT=True,
+    SECURE_HSTS_SECONDS=3600,
+)
+async def test_the_security_group_redirects_and_sets_headers_on_the_event_loop() -> None:
+    WHERE.clear()
+    redirected = await AsyncClient().get("/api")
+    assert redirected.status_code == 301
+    assert redirected["Location"] == "https://testserver/api"
+    answered = await AsyncClient().post("/api", secure=True)
+    assert answered["X-Content-Type-Options"] == "nosniff"
+    assert answered["Strict-Transport-Security"] == "max-age=3600"
+    where = on_the_loop()
+    assert where["request"] and where["response"]
