@@ -45,23 +45,28 @@ class _Lent(ThreadPoolExecutor):
 
 class ThreadPool:
     """Single-thread executors lent one per request, and kept (up to ``idle``) when
-    given back. Used from event loops only, so it needs no lock."""
+    given back. It needs no lock: each step is one atomic list or set operation."""
 
     def __init__(self, idle: int) -> None:
         self.idle = idle
         self._idle: list[_Lent] = []
-        self._lent: set[_Lent] = set()
+        self._lent: set[Executor] = set()
 
     def lend(self) -> ThreadPoolExecutor:
-        executor = self._idle.pop() if self._idle else _Lent(self)
+        try:
+            executor = self._idle.pop()
+        except IndexError:
+            executor = _Lent(self)
         self._lent.add(executor)
         return executor
 
     def give_back(self, executor: Executor) -> None:
         """Take ``executor`` back; again (or one never lent) does nothing."""
-        if not isinstance(executor, _Lent) or executor not in self._lent:
+        try:
+            self._lent.remove(executor)
+        except KeyError:
             return
-        self._lent.remove(executor)
+        assert isinstance(executor, _Lent)  # only those are lent
         if len(self._idle) < self.idle:
             # A job of a cancelled request may still run there: the next one queues behind.
             self._idle.append(executor)
