@@ -16,8 +16,10 @@ outcomes as when each is in ``MIDDLEWARE`` on its own:
   Django's handler converts it around each middleware), which the middlewares listed
   before it then see.
 
-A group that knows its members can do better still: :class:`SiteMiddleware` runs a phase
-on the event loop, no hop at all, when none of its hooks will wait on I/O this time.
+A group that knows its members can do better still, and run a phase on the event loop, no
+hop at all, when none of its hooks will wait on I/O this time: :class:`SecurityGroup`
+(Django's security middleware) never waits, :class:`SiteMiddleware` (the rest of Django's
+standard ones) only for the session store or a form.
 """
 
 from __future__ import annotations
