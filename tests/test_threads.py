@@ -36,8 +36,12 @@ def together(request: HttpRequest) -> HttpResponse:
     return HttpResponse(here())
 
 
+held: list[Any] = []  # keeps each connection seen alive, so no id is reused
+
+
 def connection_id(request: HttpRequest) -> HttpResponse:
     connection.ensure_connection()
+    held.append(connection.connection)
     return HttpResponse(str(id(connection.connection)))
 
 
