@@ -22,12 +22,12 @@ cluster: $(VENV)/.installed
 	HOST=$(HOST) PORT=$(or $(CLUSTER_PORT),8001) $(PY) -m project.run --processes $(CLUSTER)
 
 # The JavaScript clients the node-marked tests drive (from the committed lockfile).
-tests/node/node_modules/.installed: tests/node/package.json tests/node/package-lock.json
+tests/e2e/node/js/node_modules/.installed: tests/e2e/node/js/package.json tests/e2e/node/js/package-lock.json
 	@if command -v npm >/dev/null 2>&1; then \
-		cd tests/node && npm ci --no-audit --no-fund && touch node_modules/.installed; \
+		cd tests/e2e/node/js && npm ci --no-audit --no-fund && touch node_modules/.installed; \
 	else echo "npm not found: the node-marked tests will skip"; fi
 
-test: $(VENV)/.installed tests/node/node_modules/.installed
+test: $(VENV)/.installed tests/e2e/node/js/node_modules/.installed
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed

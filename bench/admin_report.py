@@ -279,7 +279,7 @@ def _render() -> dict[str, Any]:
 
 
 def _rows_in_period() -> int:
-    from copilotedge.report import Period
+    from copilotedge.usage.report import Period
 
     return Period.parse("30d").records().count()
 

@@ -59,7 +59,7 @@ async def _measure(redis_url: str, n: int) -> dict[str, Any]:
 
     from copilotedge.auth import Principal
     from copilotedge.ratelimit import Limiter
-    from copilotedge.ratelimit_stores import RedisStore
+    from copilotedge.ratelimit.stores import RedisStore
 
     run_id = uuid.uuid4().hex
     cache = RedisCache(redis_url, {"KEY_PREFIX": f"copilotedge-bench-{run_id}"})

@@ -21,7 +21,7 @@ import weakref
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from .conf import settings
+from copilotedge.conf import settings
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

@@ -11,7 +11,7 @@
         ...
     stream.response()                                            # the accumulated chat.completion
 
-Each call is one :class:`~copilotedge.chat.Turn`: ``COPILOTEDGE_ON_CHUNK`` is called per
+Each call is one :class:`~copilotedge.chat.turn.Turn`: ``COPILOTEDGE_ON_CHUNK`` is called per
 chunk and usage is recorded (protocol ``python``) like any request from a client.
 """
 
@@ -20,10 +20,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from . import wire
-from .auth import Principal
-from .chat import Turn
-from .validation import parse_chat
+from copilotedge.auth import Principal
+from copilotedge.chat import wire
+from copilotedge.chat.turn import Turn
+from copilotedge.chat.validation import parse_chat
 
 
 class ChatStream:

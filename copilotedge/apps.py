@@ -13,11 +13,11 @@ class CopilotEdgeConfig(AppConfig):
         from django.db.backends.signals import connection_created
         from django.db.models.signals import post_delete, post_save
 
-        from .auth import forget_key
-        from .checks import check_settings
-        from .db import note_connection
-        from .models import ApiKey, Preference
-        from .preferences import forget_preference
+        from copilotedge.auth import forget_key
+        from copilotedge.background import note_connection
+        from copilotedge.checks import check_settings
+        from copilotedge.conversations.preferences import forget_preference
+        from copilotedge.models import ApiKey, Preference
 
         checks.register(check_settings)
         post_save.connect(forget_key, sender=ApiKey, dispatch_uid="copilotedge-forget-key")

@@ -17,9 +17,9 @@ from django.http import HttpRequest, HttpResponse
 from django.middleware.csrf import CsrfViewMiddleware
 from django.utils import timezone
 
-from . import exceptions
-from .conf import settings
-from .models import KEY_PREFIX, ApiKey, hash_key
+from copilotedge import exceptions
+from copilotedge.conf import settings
+from copilotedge.models import KEY_PREFIX, ApiKey, hash_key
 
 logger = logging.getLogger(__name__)
 

@@ -10,12 +10,12 @@ from typing import Any
 
 from django.core.checks import CheckMessage
 
-from .checks_agents import check_agents
-from .checks_conversations import check_conversation_settings
-from .checks_ratelimit import check_rate_limits
-from .checks_reliability import check_reliability
-from .checks_upstream import check_upstream
-from .checks_usage import check_usage
+from copilotedge.conversations.checks import check_conversation_settings
+from copilotedge.copilotkit.checks import check_agents
+from copilotedge.ratelimit.checks import check_rate_limits
+from copilotedge.upstream.checks import check_upstream
+from copilotedge.upstream.checks_reliability import check_reliability
+from copilotedge.usage.checks import check_usage
 
 # check_reliability and check_conversation_settings were defined here; tests import them.
 __all__ = ["check_conversation_settings", "check_reliability", "check_settings"]

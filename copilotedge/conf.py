@@ -200,7 +200,7 @@ class Settings:
     @property
     def AGUI_STOP_GROUP(self) -> str:
         """Channel-layer group a ``stop`` is published on, so any process can stop a run."""
-        return str(_get("COPILOTEDGE_AGUI_STOP_GROUP", "copilotedge.agui.stop"))
+        return str(_get("COPILOTEDGE_AGUI_STOP_GROUP", "copilotedge.copilotkit.agui.run.stop"))
 
     @property
     def METRICS_TOKEN(self) -> str:

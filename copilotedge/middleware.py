@@ -20,10 +20,10 @@ from django.http import HttpRequest
 from django.http.response import HttpResponseBase
 from django.urls import Resolver404, resolve
 
-from . import ratelimit
-from .auth import Principal, aauthenticate, client_ip
-from .exceptions import CopilotEdgeError
-from .views import error_response
+from copilotedge import ratelimit
+from copilotedge.auth import Principal, aauthenticate, client_ip
+from copilotedge.exceptions import CopilotEdgeError
+from copilotedge.views import error_response
 
 NAMESPACE = "copilotedge"
 

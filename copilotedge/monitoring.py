@@ -24,12 +24,13 @@ from django.core.cache import caches
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
-from . import metrics, ratelimit
-from .auth import BEARER
-from .breaker import acircuit_states
-from .conf import settings
-from .exceptions import AuthenticationFailed, PermissionDenied
-from .views import api_view
+from copilotedge import ratelimit
+from copilotedge.auth import BEARER
+from copilotedge.conf import settings
+from copilotedge.exceptions import AuthenticationFailed, PermissionDenied
+from copilotedge.upstream.breakers import acircuit_states
+from copilotedge.usage import metrics
+from copilotedge.views import api_view
 
 STATUS_OK = "ok"
 STATUS_DEGRADED = "degraded"

@@ -17,8 +17,8 @@ from typing import Any
 
 from django.urls import path
 
-from .cloudflare import aclose_client
-from .consumers import ChatConsumer
+from copilotedge.upstream.client import aclose_client
+from copilotedge.websocket.consumers import ChatConsumer
 
 websocket_urlpatterns = [
     path("ws/copilotedge/chat/", ChatConsumer.as_asgi(), name="copilotedge-chat"),

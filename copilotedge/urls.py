@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from django.urls import path
 
-from . import conversation_views, copilotkit_views, monitoring, views
+from copilotedge import monitoring, views
+from copilotedge.conversations import views as conversation_views
+from copilotedge.copilotkit import views as copilotkit_views
 
 app_name = "copilotedge"
 

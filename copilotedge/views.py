@@ -1,6 +1,6 @@
 """HTTP faces: OpenAI Chat Completions, the model list and Workers AI ``/ai/run``.
 
-Each view authenticates, validates, hands a :class:`~copilotedge.chat.Turn` the work and
+Each view authenticates, validates, hands a :class:`~copilotedge.chat.turn.Turn` the work and
 renders what comes back. Every failure is an OpenAI error object with a 4xx/5xx status.
 """
 
@@ -18,12 +18,19 @@ from django.http import HttpRequest, JsonResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from django.views.decorators.csrf import csrf_exempt
 
-from . import cache, openapi, sse, threads, wire
-from .auth import aauthenticate
-from .chat import Turn
-from .conf import settings
-from .exceptions import CopilotEdgeError, DatabaseUnavailable, InvalidRequest, RequestTooLarge
-from .validation import parse_chat, parse_include_usage, parse_json, parse_model
+from copilotedge import openapi, threads
+from copilotedge.auth import aauthenticate
+from copilotedge.chat import sse, wire
+from copilotedge.chat.turn import Turn
+from copilotedge.chat.validation import parse_chat, parse_include_usage, parse_json, parse_model
+from copilotedge.conf import settings
+from copilotedge.exceptions import (
+    CopilotEdgeError,
+    DatabaseUnavailable,
+    InvalidRequest,
+    RequestTooLarge,
+)
+from copilotedge.upstream import response_cache as cache
 
 logger = logging.getLogger(__name__)
 

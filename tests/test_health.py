@@ -10,8 +10,8 @@ from django.db.utils import OperationalError
 from django.test import AsyncClient, override_settings
 
 from copilotedge import monitoring
-from copilotedge.breaker import CircuitBreaker
 from copilotedge.conf import settings
+from copilotedge.upstream.breakers import CircuitBreaker
 
 URL = "/copilotedge/health"
 BROKEN_CACHE = {

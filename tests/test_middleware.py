@@ -21,11 +21,12 @@ from django.http import HttpRequest, HttpResponse
 from django.test import AsyncClient, RequestFactory, override_settings
 from django.urls import include, path
 
-from copilotedge import ratelimit, usage_writer
+from copilotedge import ratelimit
 from copilotedge.middleware import RateLimitMiddleware
 from copilotedge.models import ApiKey, UsageRecord
-from copilotedge.usage import estimate_prompt_tokens
-from tests.conftest import OPENAI_URL, openai_chunk, redis_cache_settings, sse_body
+from copilotedge.usage import writer as usage_writer
+from copilotedge.usage.ledger import estimate_prompt_tokens
+from tests.helpers import OPENAI_URL, openai_chunk, redis_cache_settings, sse_body
 from tests.servers import DaphneServer, RedisServer
 
 MODELS = "/copilotedge/v1/models"

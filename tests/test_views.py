@@ -15,10 +15,11 @@ from hypothesis import HealthCheck, event, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from copilotedge import history, sse
+from copilotedge.chat import sse
 from copilotedge.conf import settings as conf
+from copilotedge.conversations import history
 from copilotedge.models import ApiKey
-from tests.conftest import (
+from tests.helpers import (
     OPENAI_URL,
     USAGE,
     UpstreamBody,

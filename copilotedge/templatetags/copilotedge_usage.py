@@ -6,7 +6,7 @@ from decimal import Decimal
 
 from django import template
 
-from ..dashboard import usd as _usd
+from copilotedge.admin.dashboard import usd as _usd
 
 register = template.Library()
 

@@ -9,8 +9,8 @@ with EmulatorServer(EmulatorApp(token_delay=0.01)) as server:
 
 from __future__ import annotations
 
-from .emulator import EmulatorApp
-from .faults import Fault
-from .server import EmulatorServer
+from copilotedge.testing.emulator import EmulatorApp
+from copilotedge.testing.faults import Fault
+from copilotedge.testing.server import EmulatorServer
 
 __all__ = ["EmulatorApp", "EmulatorServer", "Fault"]

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .faults import MARKER
+from copilotedge.testing.faults import MARKER
 
 GREETING = "Hello from the Workers AI emulator. You said:"
 TOOL_RESULT = "Tool result:"

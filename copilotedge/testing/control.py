@@ -11,12 +11,12 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from . import asgi
-from .asgi import Receive, Scope, Send
-from .faults import Fault, parse_faults
+from copilotedge.testing import asgi
+from copilotedge.testing.asgi import Receive, Scope, Send
+from copilotedge.testing.faults import Fault, parse_faults
 
 if TYPE_CHECKING:
-    from .emulator import EmulatorApp
+    from copilotedge.testing.emulator import EmulatorApp
 
 PREFIX = "/__emulator/"
 

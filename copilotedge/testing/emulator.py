@@ -9,10 +9,10 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from . import asgi, control
-from .asgi import Receive, Scope, Send
-from .exchange import Exchange
-from .faults import Fault, FaultQueue, QueuedFault, parse_faults
+from copilotedge.testing import asgi, control
+from copilotedge.testing.asgi import Receive, Scope, Send
+from copilotedge.testing.exchange import Exchange
+from copilotedge.testing.faults import Fault, FaultQueue, QueuedFault, parse_faults
 
 
 class EmulatorApp:

@@ -6,15 +6,15 @@ import asyncio
 import time
 from typing import TYPE_CHECKING
 
-from . import asgi
-from .answers import compose
-from .asgi import Receive, Scope, Send
-from .faults import Effects
-from .request import BadInput, UpstreamRequest, match_route, parse_request
-from .shapes import MALFORMED_FRAME, OpenAIShape, RunShape, Shape, error_body
+from copilotedge.testing import asgi
+from copilotedge.testing.answers import compose
+from copilotedge.testing.asgi import Receive, Scope, Send
+from copilotedge.testing.faults import Effects
+from copilotedge.testing.request import BadInput, UpstreamRequest, match_route, parse_request
+from copilotedge.testing.shapes import MALFORMED_FRAME, OpenAIShape, RunShape, Shape, error_body
 
 if TYPE_CHECKING:
-    from .emulator import EmulatorApp
+    from copilotedge.testing.emulator import EmulatorApp
 
 _STREAM_HEADERS = [(b"cache-control", b"no-cache")]
 

@@ -7,9 +7,9 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from .answers import content_text
-from .asgi import Scope, header
-from .faults import Fault, faults_in
+from copilotedge.testing.answers import content_text
+from copilotedge.testing.asgi import Scope, header
+from copilotedge.testing.faults import Fault, faults_in
 
 Route = Literal["openai", "run"]
 

@@ -9,7 +9,7 @@ from types import TracebackType
 
 import uvicorn
 
-from .emulator import EmulatorApp
+from copilotedge.testing.emulator import EmulatorApp
 
 _START_TIMEOUT = 10.0
 # How long stop() lets open responses finish before uvicorn cancels them.

@@ -11,7 +11,7 @@ import time
 import uuid
 from typing import Any, Protocol
 
-from .answers import Answer
+from copilotedge.testing.answers import Answer
 
 DONE_FRAME = b"data: [DONE]\n\n"
 MALFORMED_FRAME = b"data: {not json\n\n"

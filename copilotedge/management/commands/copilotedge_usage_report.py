@@ -8,7 +8,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from ... import report
+from copilotedge.usage import report
 
 FORMATS = ("table", "csv", "json")
 

@@ -1,0 +1,13 @@
+"""Chat: the request and answer types, the turn (the one orchestrator), validation and wire formats.
+
+- ``deltas``: Deltas: the normalised pieces of an upstream answer, and the parsing that
+  makes them.
+- ``sse``: Server-Sent Events: an incremental parser and an encoder. No Django, no httpx.
+- ``token_estimates``: Offline token estimates, for when upstream reports no usage.
+- ``turn``: One conversation turn, shared by every face (OpenAI, /ai/run, AG-UI, GraphQL,
+  WebSocket).
+- ``validation``: Turn untrusted request bodies into a :class:`ChatRequest`, or a 4xx naming
+  the field.
+- ``wire``: The wire shapes of the OpenAI and Workers AI faces: answers, chunks and error
+  frames.
+"""

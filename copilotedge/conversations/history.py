@@ -1,0 +1,261 @@
+"""Conversations in the turn: preferences, stored history, the budget, and what is saved.
+
+:func:`aprepare` runs before a turn goes upstream. It applies the caller's
+:class:`~copilotedge.models.Preference` where the request says nothing, loads the stored
+history of ``conversation_id`` (the caller's own only), fits it to the history budget,
+stores the new messages and an empty ``streaming`` assistant message
+(:mod:`copilotedge.conversations.store`), and gives the turn a
+:class:`~copilotedge.conversations.transcript.Transcript`. A new conversation's rows are saved while
+upstream starts answering; :func:`astarted` waits for them before the first byte goes
+out. :func:`finish` saves the final answer. Every face (OpenAI, AG-UI, WebSocket) gets this through
+:class:`~copilotedge.chat.turn.Turn`.
+
+A client may send only the new messages (the usual way with ``conversation_id``) or the
+whole conversation again (as AG-UI clients do): when the request's messages start with
+the stored ones, only the rest is new.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from django.db import DatabaseError
+from django.utils import timezone
+
+from copilotedge import exceptions
+from copilotedge.chat.token_estimates import estimate_message_tokens
+from copilotedge.conf import settings
+from copilotedge.conversations.preferences import apply_preference, apreference
+from copilotedge.conversations.store import astore_turn, new_conversation, storable_json
+from copilotedge.conversations.transcript import Transcript, active, spawn
+from copilotedge.models import Conversation, Message
+from copilotedge.usage.ledger import count_tokens
+
+if TYPE_CHECKING:
+    from copilotedge.auth import Principal
+    from copilotedge.chat.turn import Turn
+
+logger = logging.getLogger(__name__)
+
+_SYSTEM = Message.Role.SYSTEM
+_STATUS_OF_OUTCOME = {
+    "ok": Message.Status.COMPLETE,
+    "cancelled": Message.Status.CANCELLED,
+    "incomplete": Message.Status.INCOMPLETE,
+}
+
+
+def message_tokens(message: dict[str, Any]) -> int:
+    return estimate_message_tokens(message)
+
+
+def fit_history(
+    messages: Sequence[dict[str, Any]], *, keep_last: int, max_messages: int, max_tokens: int
+) -> list[dict[str, Any]]:
+    """The messages to send: the last ``keep_last`` (the new turn) and every system message
+    always, then as much of the rest as fits ``max_messages``/``max_tokens``, newest first.
+
+    A tool result whose assistant call was dropped is dropped too (upstream refuses it).
+    """
+    split = max(0, len(messages) - keep_last)
+    head = messages[:split]
+    keep = {i for i, m in enumerate(head) if m["role"] == _SYSTEM}
+    keep.update(range(split, len(messages)))
+    tokens_left = max_tokens - sum(message_tokens(messages[i]) for i in keep)
+    messages_left = max_messages
+    history = [i for i in range(split) if i not in keep]
+    taken: list[int] = []
+    for i in reversed(history):
+        cost = message_tokens(messages[i])
+        if messages_left <= 0 or cost > tokens_left:
+            break
+        taken.append(i)
+        messages_left -= 1
+        tokens_left -= cost
+    taken.reverse()
+    while taken and messages[taken[0]]["role"] == Message.Role.TOOL:
+        taken.pop(0)
+    keep.update(taken)
+    return [messages[i] for i in sorted(keep)]
+
+
+def _same(message: dict[str, Any]) -> tuple[str, str]:
+    return message["role"], str(message.get("content") or "")
+
+
+def split_new(
+    stored: list[dict[str, Any]], incoming: list[dict[str, Any]], *, truncated: bool = False
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """``(to_send, new)``: the conversation as sent upstream, and the messages to store.
+
+    ``incoming`` repeats the conversation when its non-system messages start with the
+    stored ones (or, if ``stored`` is only the latest part, contain them), then go on.
+    """
+    said = [_same(m) for m in stored if m["role"] != _SYSTEM]
+    theirs = [m for m in incoming if m["role"] != _SYSTEM]
+    if said:
+        starts = range(len(theirs) - len(said) - 1, -1, -1) if truncated else (0,)
+        for start in starts:
+            end = start + len(said)
+            if end < len(theirs) and [_same(m) for m in theirs[start:end]] == said:
+                return incoming, theirs[end:]
+    return stored + incoming, incoming
+
+
+async def aowned(principal: Principal, conversation_id: uuid.UUID) -> Conversation:
+    """The caller's conversation, or :class:`NotFound` (also for another's: no leak)."""
+    conversation = None
+    if principal.user is not None:
+        conversation = await Conversation.objects.filter(
+            pk=conversation_id, user=principal.user
+        ).afirst()
+    if conversation is None:
+        raise exceptions.NotFound(
+            "No conversation with this id.", param="conversation_id", code="conversation_not_found"
+        )
+    return conversation
+
+
+async def astored(conversation: Conversation) -> tuple[list[dict[str, Any]], bool]:
+    """The stored history as OpenAI messages (every system message and the latest
+    others), and whether older messages were left out."""
+    usable = conversation.messages.exclude(status=Message.Status.STREAMING).exclude(
+        role=Message.Role.ASSISTANT, content="", tool_calls__isnull=True
+    )
+    system = [m async for m in usable.filter(role=_SYSTEM).order_by("sequence")]
+    recent = [
+        m
+        async for m in usable.exclude(role=_SYSTEM).order_by("-sequence")[
+            : settings.HISTORY_MAX_MESSAGES
+        ]
+    ]
+    ordered = sorted(system + recent, key=lambda m: m.sequence)
+    truncated = len(recent) == settings.HISTORY_MAX_MESSAGES
+    return [m.as_openai() for m in ordered], truncated
+
+
+async def astarted(turn: Turn) -> None:
+    """Wait until a new conversation's rows are saved; :class:`DatabaseUnavailable` if not.
+
+    Faces call this (through :class:`~copilotedge.chat.turn.Turn`) before the first byte goes
+    out, so a conversation id a client is given always names a stored conversation.
+    """
+    transcript = turn.transcript
+    if transcript is None or transcript.created is None:
+        return
+    try:
+        await asyncio.shield(transcript.created)
+    except DatabaseError as error:
+        logger.warning("Could not save conversation %s: %s", transcript.conversation_id, error)
+        transcript.deleted = True  # nothing may point at it
+        raise exceptions.DatabaseUnavailable() from error
+
+
+async def aprepare(turn: Turn, admit: Callable[[], Awaitable[None]]) -> None:
+    """Apply preferences and the stored conversation to ``turn``, ``admit`` it (rate limits
+    see the prompt that goes upstream), then save its new turn."""
+    request = turn.request
+    principal = turn.principal
+    preference = await apreference(principal)
+    apply_preference(request, preference)
+    stored: list[dict[str, Any]] = []
+    truncated = creating = False
+    if request.conversation_id is not None:
+        try:
+            conversation = await aowned(principal, request.conversation_id)
+        except exceptions.NotFound:
+            # A client-chosen id (an AG-UI threadId) may name a conversation to start.
+            taken = await Conversation.objects.filter(pk=request.conversation_id).aexists()
+            if not request.create_conversation or taken or principal.user is None:
+                raise
+            creating = True
+        else:
+            stored, truncated = await astored(conversation)
+    to_send, new = split_new(stored, request.messages, truncated=truncated)
+    has_system = any(m["role"] == _SYSTEM for m in to_send)
+    if preference is not None and preference.system_prompt and not has_system:
+        to_send = [{"role": "system", "content": preference.system_prompt}, *to_send]
+    request.messages = fit_history(
+        to_send,
+        keep_last=len(new),
+        max_messages=settings.HISTORY_MAX_MESSAGES,
+        max_tokens=settings.HISTORY_MAX_TOKENS,
+    )
+    await admit()
+    store = (
+        settings.STORE_CONVERSATIONS
+        and principal.user is not None
+        and (preference is None or preference.store_conversations)
+    )
+    if not store:
+        return
+    created = None
+    if request.conversation_id is None:
+        conversation, answer, created = new_conversation(principal, request.model, new)
+    else:
+        conversation, answer = await astore_turn(
+            principal, request.conversation_id, request.model, new, creating
+        )
+    request.conversation_id = conversation.id
+    turn.transcript = Transcript(
+        answer.id, conversation.id, lambda: turn.answer.text, created=created
+    )
+
+
+def finish(turn: Turn) -> None:
+    """Schedule saving the turn's final answer (the caller does not wait)."""
+    transcript = turn.transcript
+    if transcript is None:
+        return
+    if transcript.deleted:
+        turn.request.conversation_id = None  # the usage record must not point at it
+    transcript.saving = spawn(_afinish(turn, transcript))
+
+
+async def asaved(turn: Turn) -> None:
+    """Wait until the turn's final answer is saved (a face may say "done" after it)."""
+    saving = turn.transcript.saving if turn.transcript is not None else None
+    if saving is not None:
+        # Shielded: a waiter being cancelled must not cancel the save.
+        await asyncio.shield(saving)
+
+
+async def _afinish(turn: Turn, transcript: Transcript) -> None:
+    answer = turn.answer
+    status = _STATUS_OF_OUTCOME.get(turn.outcome, Message.Status.ERROR)
+    counted = count_tokens(turn)  # the ledger's own counts, upstream's or estimated
+    tool_calls = storable_json([call.as_openai() for call in answer.tool_calls.values()] or None)
+    finish_reason = answer.final_finish_reason() if status == Message.Status.COMPLETE else ""
+    try:
+        await transcript.afinish(
+            {
+                "status": status,
+                "finish_reason": finish_reason or answer.finish_reason or "",
+                "tool_calls": tool_calls,
+                "prompt_tokens": counted.prompt,
+                "completion_tokens": counted.completion,
+            }
+        )
+    except Exception:
+        logger.exception("Could not save the answer of message %s", transcript.message_id)
+
+
+async def acancel(message_id: uuid.UUID) -> bool:
+    """Stop a generating answer from anywhere: here at once, elsewhere at its next save."""
+    local = transcript_of(message_id)
+    if local is not None:
+        local.stop()
+        return True
+    updated = await Message.objects.filter(pk=message_id, status=Message.Status.STREAMING).aupdate(
+        status=Message.Status.CANCELLED, updated_at=timezone.now()
+    )
+    return updated > 0
+
+
+def transcript_of(message_id: uuid.UUID) -> Transcript | None:
+    """The transcript of an answer this process is generating, if it is."""
+    return active.get(message_id)

@@ -1,0 +1,199 @@
+"""The database writes of a turn: its new messages and the empty answer that will grow.
+
+A new conversation needs no reads, so :func:`new_conversation` builds its rows at once
+and hands them to the group-commit writer (:mod:`copilotedge.background`): they are saved while
+upstream starts answering, and :func:`copilotedge.conversations.history.astarted` waits for them. A
+turn of a stored conversation (or of one a client-chosen id starts) is saved by
+:func:`astore_turn` in one transaction that numbers the new messages after the stored
+ones, tried again when a concurrent turn took the same numbers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import re
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from asgiref.sync import sync_to_async
+from django.db import IntegrityError, transaction
+from django.db.models import Max
+from django.utils import timezone
+
+from copilotedge import background as db
+from copilotedge import exceptions
+from copilotedge.conversations.transcript import spawn, storable
+from copilotedge.models import Conversation, Message
+
+if TYPE_CHECKING:
+    from copilotedge.auth import Principal
+
+TITLE_LENGTH = 80
+_STORE_ATTEMPTS = 3
+
+
+def derive_title(messages: Sequence[dict[str, Any]]) -> str:
+    """The first user message, on one line, cut at a word near :data:`TITLE_LENGTH`."""
+    for message in messages:
+        if message["role"] == Message.Role.USER:
+            text = re.sub(r"\s+", " ", str(message.get("content") or "")).strip()
+            if len(text) <= TITLE_LENGTH:
+                return text
+            cut = text[:TITLE_LENGTH].rsplit(" ", 1)[0] or text[:TITLE_LENGTH]
+            return cut.rstrip(" ,.;:") + "…"
+    return ""
+
+
+def _store_turn(
+    principal: Principal,
+    conversation_id: uuid.UUID | None,
+    model: str,
+    new: list[dict[str, Any]],
+    create: bool,
+) -> tuple[Conversation, Message]:
+    """Save the new messages and an empty streaming answer (one transaction)."""
+    for attempt in range(1, _STORE_ATTEMPTS + 1):
+        try:
+            with transaction.atomic():
+                return _store_turn_once(principal, conversation_id, model, new, create)
+        except IntegrityError:
+            # A concurrent turn took the same sequence number (or created the same
+            # conversation): the next attempt sees its rows.
+            if attempt == _STORE_ATTEMPTS:
+                raise
+    raise AssertionError("unreachable")
+
+
+def storable_json(value: Any) -> Any:
+    """``value`` with :func:`storable` strings (jsonb refuses ``\\u0000`` too)."""
+    if isinstance(value, str):
+        return storable(value)
+    if isinstance(value, list):
+        return [storable_json(item) for item in value]
+    if isinstance(value, dict):
+        return {storable(str(key)): storable_json(item) for key, item in value.items()}
+    return value
+
+
+def _not_found() -> exceptions.NotFound:
+    return exceptions.NotFound(
+        "No conversation with this id.", param="conversation_id", code="conversation_not_found"
+    )
+
+
+def _store_turn_once(
+    principal: Principal,
+    conversation_id: uuid.UUID | None,
+    model: str,
+    new: list[dict[str, Any]],
+    create: bool,
+) -> tuple[Conversation, Message]:
+    now = timezone.now()
+    conversation = None
+    if conversation_id is not None:
+        conversation = Conversation.objects.select_for_update().filter(pk=conversation_id).first()
+        if conversation is None and not create:
+            raise _not_found()  # deleted since it was loaded
+        if conversation is not None and conversation.user_id != principal.user.pk:
+            raise _not_found()
+    if conversation is None:
+        conversation = Conversation.objects.create(
+            id=conversation_id or uuid.uuid4(), user=principal.user, api_key=principal.api_key,
+            model=model, title=storable(derive_title(new)), created_at=now, updated_at=now,
+        )  # fmt: skip
+        sequence = 0
+    else:
+        last = conversation.messages.aggregate(last=Max("sequence"))["last"]
+        sequence = 0 if last is None else last + 1
+        conversation.updated_at = now
+        conversation.model = model
+        conversation.title = conversation.title or storable(derive_title(new))
+        conversation.save(update_fields=["updated_at", "model", "title"])
+    rows = _message_rows(conversation, sequence, new, now)
+    Message.objects.bulk_create(rows)
+    return conversation, rows[-1]
+
+
+def _message_rows(
+    conversation: Conversation, sequence: int, new: list[dict[str, Any]], now: datetime
+) -> list[Message]:
+    """The new messages from ``sequence`` on, then the empty ``streaming`` answer."""
+    rows = [
+        Message(
+            conversation=conversation,
+            sequence=sequence + i,
+            role=m["role"],
+            content=storable(str(m.get("content") or "")),
+            tool_calls=storable_json(m.get("tool_calls") or None),
+            tool_call_id=storable(str(m.get("tool_call_id") or "")),
+            created_at=now,
+            updated_at=now,
+        )
+        for i, m in enumerate(new)
+    ]
+    answer = Message(
+        conversation=conversation,
+        sequence=sequence + len(new),
+        role=Message.Role.ASSISTANT,
+        status=Message.Status.STREAMING,
+        created_at=now,
+        updated_at=now,
+    )
+    return [*rows, answer]
+
+
+def new_conversation(
+    principal: Principal, model: str, new: list[dict[str, Any]]
+) -> tuple[Conversation, Message, asyncio.Future[None]]:
+    """A conversation that starts with ``new``: built now, saved by the writer.
+
+    Nothing can conflict with a fresh id, so nothing needs reading first; the rows are
+    saved while upstream starts answering, and :func:`~copilotedge.conversations.history.astarted` waits
+    for them.
+    """
+    now = timezone.now()
+    conversation = Conversation(
+        id=uuid.uuid4(), user=principal.user, api_key=principal.api_key, model=model,
+        title=storable(derive_title(new)), created_at=now, updated_at=now,
+    )  # fmt: skip
+    rows = _message_rows(conversation, 0, new, now)
+    created = db.writer().submit(functools.partial(_create, conversation, rows))
+    return conversation, rows[-1], created
+
+
+def _create(conversation: Conversation, rows: list[Message]) -> None:
+    conversation.save(force_insert=True)
+    Message.objects.bulk_create(rows)
+
+
+async def astore_turn(
+    principal: Principal,
+    conversation_id: uuid.UUID | None,
+    model: str,
+    new: list[dict[str, Any]],
+    create: bool,
+) -> tuple[Conversation, Message]:
+    """Save a turn of a stored conversation, or of the one ``create`` lets its id start."""
+    saving = asyncio.ensure_future(
+        sync_to_async(_store_turn)(principal, conversation_id, model, new, create)
+    )
+    try:
+        return await asyncio.shield(saving)
+    except asyncio.CancelledError:
+        # The rows may still be written: close the answer so it does not stay "streaming".
+        saving.add_done_callback(_close_abandoned)
+        raise
+
+
+def _close_abandoned(saving: asyncio.Future[tuple[Conversation, Message]]) -> None:
+    if saving.cancelled() or saving.exception() is not None:
+        return
+    answer = saving.result()[1]
+    spawn(
+        Message.objects.filter(pk=answer.pk).aupdate(
+            status=Message.Status.CANCELLED, updated_at=timezone.now()
+        )
+    )

@@ -1,0 +1,306 @@
+"""The growing text of a stored assistant message: saved while it grows, published live.
+
+A :class:`Transcript` follows one generating answer. Off the stream's hot path (timers
+and background tasks, never an ``await`` per token) it
+
+- saves the text to the ``Message`` row every ``FLUSH_INTERVAL`` seconds or
+  ``FLUSH_BYTES`` of new text, so a crash loses at most that much and a reader in
+  another process sees progress;
+- once a resumer asked for it (:func:`awatch`, from any server process), publishes the
+  text past the last save to the channel-layer group of the message every
+  ``LIVE_INTERVAL`` seconds (one coalesced event, never one per token), so the resumer
+  gets the live deltas. An answer nobody resumes publishes only its end: at a thousand
+  streams, publishing them all would keep the channel layer busy for no one.
+
+In the process generating the answer a watch starts the publishing at once. From
+another process it is a request in the cache, which the generating process reads with
+its saves, at most every :data:`WATCH_CHECK_SECONDS`. The publication and the request
+are :mod:`copilotedge.conversations.live`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import re
+import time
+import uuid
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from django.utils import timezone
+
+from copilotedge import background as db
+from copilotedge.conf import settings
+from copilotedge.conversations.live import (
+    LIVE_DELTA,
+    LIVE_END,
+    arequest_watch,
+    publish,
+    watch_requested,
+)
+from copilotedge.models import Message
+
+logger = logging.getLogger(__name__)
+
+#: How often a generating answer looks for a watch request from another process.
+WATCH_CHECK_SECONDS = 2.0
+
+#: Transcripts of the answers this process is generating, by message id.
+active: dict[uuid.UUID, Transcript] = {}
+_background: set[asyncio.Task[Any]] = set()
+
+
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def storable(text: str) -> str:
+    """``text`` as every database (and msgpack) takes it: NUL (PostgreSQL refuses it) and
+    lone surrogates (UTF-8 cannot hold them; JSON can carry both) become U+FFFD, one
+    character for one, so offsets still hold."""
+    if text.isascii() and "\x00" not in text:
+        return text
+    return _UNSTORABLE.sub("\ufffd", text)
+
+
+def spawn(coroutine: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+    """Run ``coroutine`` in the background, keeping a reference until it is done.
+
+    Detached from the request's context, so its queries do not hold a connection in the
+    request's thread for as long as the answer streams (see :mod:`copilotedge.background`).
+    """
+    task = asyncio.get_running_loop().create_task(coroutine, context=db.detached())
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+    return task
+
+
+async def adrain() -> None:
+    """Wait for every background save and publication of this loop (tests and shutdown)."""
+    loop = asyncio.get_running_loop()
+    while mine := [task for task in _background if task.get_loop() is loop]:
+        await asyncio.gather(*mine, return_exceptions=True)
+    await db.adrain()
+
+
+async def awatch(message_id: uuid.UUID) -> None:
+    """Ask whichever process generates ``message_id`` to publish its live deltas."""
+    transcript = active.get(message_id)
+    if transcript is not None:
+        transcript.watch()
+        return
+    await arequest_watch(message_id)
+
+
+async def _asave(
+    message_id: uuid.UUID, *, streaming_only: bool = False, check_watch: bool = False, **fields: Any
+) -> tuple[int, bool]:
+    """Update the message row through the group-commit writer: the rows updated, and
+    whether a resumer in another process asked for live deltas meanwhile.
+
+    The writer runs jobs in order, so this lands after the row's creation if that is
+    still queued.
+    """
+    return await db.writer().submit(
+        functools.partial(
+            _save, message_id, streaming_only, check_watch, fields | {"updated_at": timezone.now()}
+        )
+    )
+
+
+def _save(
+    message_id: uuid.UUID, streaming_only: bool, check_watch: bool, fields: dict[str, Any]
+) -> tuple[int, bool]:
+    rows = Message.objects.filter(pk=message_id)
+    if streaming_only:
+        rows = rows.filter(status=Message.Status.STREAMING)
+    updated = rows.update(**fields)
+    if not check_watch:
+        return updated, False
+    return updated, watch_requested(message_id)
+
+
+class Transcript:
+    """Saves and publishes the text of one generating assistant message.
+
+    ``text`` returns the whole answer so far (the turn's :class:`~copilotedge.chat.turn.Answer`);
+    call :meth:`grow` with each new piece and :meth:`afinish` once at the end.
+    """
+
+    def __init__(
+        self,
+        message_id: uuid.UUID,
+        conversation_id: uuid.UUID,
+        text: Callable[[], str],
+        *,
+        created: asyncio.Future[None] | None = None,
+    ) -> None:
+        self.message_id = message_id
+        self.conversation_id = conversation_id
+        #: Saving the row, when the writer was asked to create it (a new conversation).
+        self.created = created
+        self._answer_text = text
+        #: Characters confirmed saved; live events start there.
+        self.saved = 0
+        self._unsaved_bytes = 0
+        self._flush_timer: asyncio.TimerHandle | None = None
+        self._flushing: asyncio.Task[None] | None = None
+        self._publish_timer: asyncio.TimerHandle | None = None
+        self._publishing: asyncio.Task[None] | None = None
+        self._republish = False
+        self._finished = False
+        #: The task generating the answer; cancelled when the message is stopped elsewhere.
+        self.task: asyncio.Task[Any] | None = None
+        #: Set when the row disappeared (its conversation was deleted) mid-answer.
+        self.deleted = False
+        #: Set by :meth:`stop`; the answer ends (cancelled) at its next piece at the latest.
+        self.stopped = False
+        #: The task :meth:`stop` cancelled, if it cancelled one.
+        self.cancelled_task: asyncio.Task[Any] | None = None
+        #: The final save, once the turn ended (``history.finish``).
+        self.saving: asyncio.Task[Any] | None = None
+        #: Set once a resumer asked for live deltas (:func:`awatch`).
+        self.watched = False
+        self._watch_checked = -WATCH_CHECK_SECONDS
+        # Read once per answer: grow() runs for every piece of text.
+        self._flush_bytes = settings.FLUSH_BYTES
+        self._flush_interval = settings.FLUSH_INTERVAL
+        self._live_interval = settings.LIVE_INTERVAL
+        active[message_id] = self
+
+    def _text(self) -> str:
+        return storable(self._answer_text())
+
+    def grow(self, piece: str) -> None:
+        """Note new text; schedules a save and a publication, never waits for them."""
+        if self.stopped:
+            # Stopped elsewhere between two reads: end the answer as cancelled here.
+            raise asyncio.CancelledError
+        if not piece or self._finished:
+            return
+        # The task reading upstream now (a face may read each frame in a new task).
+        self.task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        self._unsaved_bytes += len(piece.encode(errors="replace"))
+        if self._unsaved_bytes >= self._flush_bytes:
+            self._start_flush()
+        elif self._flush_timer is None and self._flushing is None:
+            self._flush_timer = loop.call_later(self._flush_interval, self._start_flush)
+        if self.watched and self._publish_timer is None:
+            self._publish_timer = loop.call_later(self._live_interval, self._start_publish)
+
+    def watch(self) -> None:
+        """Publish live deltas from now on, starting with what is unsaved."""
+        if self.watched or self._finished:
+            return
+        self.watched = True
+        self._start_publish()
+
+    # Saving ---------------------------------------------------------------------------
+
+    def _start_flush(self) -> None:
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        if self._flushing is not None or self._finished:
+            return  # the running save re-arms itself when it ends
+        self._flushing = spawn(self._flush())
+
+    async def _flush(self) -> None:
+        text = self._text()
+        self._unsaved_bytes = 0
+        try:
+            # Whether a resumer elsewhere asked for live deltas: a cache read, so not
+            # with every save of every answer (the resumer reads the row meanwhile).
+            now = time.monotonic()
+            check = not self.watched and now - self._watch_checked >= WATCH_CHECK_SECONDS
+            if check:
+                self._watch_checked = now
+            updated, watched = await _asave(
+                self.message_id, content=text, streaming_only=True, check_watch=check
+            )
+            if watched:
+                self.watch()
+        except Exception:
+            logger.warning("Could not save message %s", self.message_id, exc_info=True)
+            updated = -1
+        self._flushing = None
+        if updated == 0 and not self._finished:
+            await self._stopped_elsewhere()
+            return
+        if updated > 0:
+            self.saved = max(self.saved, len(text))
+        if self._finished:
+            return
+        if self._unsaved_bytes >= self._flush_bytes:
+            self._start_flush()
+        elif self._unsaved_bytes and self._flush_timer is None:
+            loop = asyncio.get_running_loop()
+            self._flush_timer = loop.call_later(self._flush_interval, self._start_flush)
+
+    async def _stopped_elsewhere(self) -> None:
+        """The row is no longer ``streaming``: cancelled by another socket, or deleted."""
+        status = (
+            await Message.objects.filter(pk=self.message_id)
+            .values_list("status", flat=True)
+            .afirst()
+        )
+        self.deleted = status is None
+        self.stop()
+
+    def stop(self) -> None:
+        """Cancel the generating task (and with it the upstream request), once."""
+        if self._finished or self.stopped:
+            return
+        self.stopped = True
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+            self.cancelled_task = self.task
+
+    # Publishing -----------------------------------------------------------------------
+
+    def _start_publish(self) -> None:
+        self._publish_timer = None
+        if self._finished:
+            return
+        if self._publishing is not None:
+            self._republish = True
+            return
+        self._publishing = spawn(self._publish())
+
+    async def _publish(self) -> None:
+        saved = self.saved
+        text = self._text()
+        event = {
+            "type": LIVE_DELTA,
+            "message": self.message_id.hex,
+            "offset": saved,
+            "text": text[saved:],
+        }
+        await publish(self.message_id, event)
+        self._publishing = None
+        if self._republish and not self._finished:
+            self._republish = False
+            self._publishing = spawn(self._publish())
+
+    # The end --------------------------------------------------------------------------
+
+    async def afinish(self, fields: dict[str, Any]) -> None:
+        """Save the final row (``fields`` besides the text) and tell the resumers."""
+        self._finished = True
+        for timer in (self._flush_timer, self._publish_timer):
+            if timer is not None:
+                timer.cancel()
+        pending = [t for t in (self._flushing, self._publishing) if t is not None]
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+        text = self._text()
+        try:
+            await _asave(self.message_id, content=text, **fields)
+        finally:
+            active.pop(self.message_id, None)
+            await publish(
+                self.message_id,
+                {"type": LIVE_END, "message": self.message_id.hex, "length": len(text)},
+            )

@@ -1,0 +1,63 @@
+"""The agents CopilotKit clients can talk to: an id mapped to a model, a system prompt and params.
+
+Configured in ``COPILOTEDGE_AGENTS`` (id -> dict); both CopilotKit faces (AG-UI and the
+legacy GraphQL runtime) resolve the agent a request names here, so they answer alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from copilotedge.conf import settings
+from copilotedge.exceptions import NotFound
+
+DEFAULT_AGENT = "default"
+# The name CopilotKit shows for a runtime-hosted agent; clients only display it.
+AGENT_CLASS_NAME = "CopilotEdgeAgent"
+# Keys an agent entry may carry; anything else is a typo the system check reports.
+AGENT_KEYS = frozenset({"name", "description", "model", "system_prompt", "params"})
+# Upstream parameters an agent may fix (the same names the OpenAI face accepts).
+AGENT_PARAMS = frozenset(
+    {"temperature", "max_tokens", "top_p", "seed", "frequency_penalty", "presence_penalty", "stop"}
+)
+
+
+@dataclass(frozen=True)
+class Agent:
+    """One configured agent, with the site defaults filled in."""
+
+    id: str
+    name: str
+    description: str
+    model: str
+    system_prompt: str = ""
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def info(self) -> dict[str, str]:
+        """The entry CopilotKit's ``/info`` lists for this agent."""
+        return {"name": self.name, "description": self.description, "className": AGENT_CLASS_NAME}
+
+
+def _build(agent_id: str, entry: dict[str, Any]) -> Agent:
+    return Agent(
+        id=agent_id,
+        name=str(entry.get("name") or agent_id),
+        description=str(entry.get("description") or ""),
+        model=str(entry.get("model") or settings.MODEL),
+        system_prompt=str(entry.get("system_prompt") or ""),
+        params=dict(entry.get("params") or {}),
+    )
+
+
+def all_agents() -> dict[str, Agent]:
+    return {agent_id: _build(agent_id, entry) for agent_id, entry in settings.AGENTS.items()}
+
+
+def get_agent(agent_id: str | None) -> Agent:
+    """The agent called ``agent_id`` (the default one when none is named), or 404."""
+    agent_id = agent_id or DEFAULT_AGENT
+    entry = settings.AGENTS.get(agent_id)
+    if not isinstance(entry, dict):
+        raise NotFound(f"There is no agent {agent_id!r}.", param="agentId", code="agent_not_found")
+    return _build(agent_id, entry)

@@ -1,0 +1,11 @@
+"""The AG-UI face of CopilotKit (>= 1.50).
+
+- ``input``: AG-UI input: a ``RunAgentInput`` validated and turned into the turn's
+  ``ChatRequest``.
+- ``run``: The AG-UI face: a ``RunAgentInput`` in, a :class:`~copilotedge.chat.turn.Turn`
+  run, AG-UI events out.
+- ``runs``: Running AG-UI runs, so ``agent/stop`` can stop one, in this process or in
+  another.
+- ``threads``: AG-UI threads as the caller's stored conversations: the id mapping, lookup
+  and replay.
+"""

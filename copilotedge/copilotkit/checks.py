@@ -1,0 +1,83 @@
+"""Checks of CopilotKit's agents (``COPILOTEDGE_AGENTS``): copilotedge.E040-E045, W040-W041."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Any
+
+from django.core.checks import CheckMessage, Error, Warning
+
+from copilotedge.chat.validation import parse_params
+from copilotedge.conf import settings
+from copilotedge.copilotkit.agents import AGENT_KEYS, AGENT_PARAMS, DEFAULT_AGENT
+from copilotedge.exceptions import InvalidRequest
+
+_AGENT_ID = re.compile(r"^[A-Za-z0-9_.-]+$")
+# Channel-layer group names: these characters, under 100 of them (we append 33).
+_GROUP = re.compile(r"^[A-Za-z0-9_.-]{1,66}$")
+
+
+def _agent(agent_id: str, entry: dict[str, Any]) -> Iterable[CheckMessage]:
+    where = f"COPILOTEDGE_AGENTS[{agent_id!r}]"
+    unknown = sorted(set(entry) - AGENT_KEYS)
+    if unknown:
+        yield Warning(
+            f"{where} has unknown keys: {', '.join(unknown)}.",
+            hint=f"Known keys: {', '.join(sorted(AGENT_KEYS))}.",
+            id="copilotedge.W040",
+        )
+    texts = [
+        k for k in ("name", "description", "system_prompt") if not isinstance(entry.get(k, ""), str)
+    ]
+    if texts:
+        yield Error(f"{where}: {', '.join(texts)} must be strings.", id="copilotedge.E042")
+    model = entry.get("model")
+    if model is not None and model not in settings.MODELS:
+        yield Error(
+            f"{where} uses the model {model!r}, which is not in COPILOTEDGE_MODELS.",
+            id="copilotedge.E043",
+        )
+    params = entry.get("params", {})
+    if not isinstance(params, dict) or set(params) - AGENT_PARAMS:
+        yield Error(
+            f"{where}['params'] must be a dict of {', '.join(sorted(AGENT_PARAMS))}.",
+            id="copilotedge.E044",
+        )
+        return
+    try:
+        parse_params(params)
+    except InvalidRequest as error:
+        yield Error(f"{where}['params']: {error.message}", id="copilotedge.E044")
+
+
+def check_agents() -> Iterable[CheckMessage]:
+    """CopilotKit's agents (``/info`` lists them, ``agent/<id>/run`` runs them)."""
+    try:
+        agents = settings.AGENTS
+    except (TypeError, ValueError):
+        agents = None
+    if not isinstance(agents, dict) or not all(isinstance(e, dict) for e in agents.values()):
+        yield Error("COPILOTEDGE_AGENTS must be a dict of agent id -> dict.", id="copilotedge.E040")
+        return
+    bad_ids = sorted(str(i) for i in agents if not isinstance(i, str) or not _AGENT_ID.match(i))
+    if bad_ids:
+        yield Error(
+            "COPILOTEDGE_AGENTS ids must be letters, digits, '_', '.' or '-': "
+            f"{', '.join(bad_ids)}.",
+            hint="An agent id is a URL segment (copilotkit/agent/<id>/run).",
+            id="copilotedge.E041",
+        )
+    if DEFAULT_AGENT not in agents:
+        yield Warning(
+            f"COPILOTEDGE_AGENTS has no {DEFAULT_AGENT!r} agent.",
+            hint="CopilotKit talks to the 'default' agent unless told otherwise (agent=...).",
+            id="copilotedge.W041",
+        )
+    for agent_id, entry in agents.items():
+        yield from _agent(str(agent_id), entry)
+    if not _GROUP.match(settings.AGUI_STOP_GROUP):
+        yield Error(
+            "COPILOTEDGE_AGUI_STOP_GROUP must be 1-66 letters, digits, '_', '.' or '-'.",
+            id="copilotedge.E045",
+        )

@@ -1,0 +1,13 @@
+"""The legacy GraphQL face of CopilotKit (<= 1.10): ``generateCopilotResponse``.
+
+- ``incremental``: Incremental delivery (``@defer``/``@stream``) on the wire, as urql's
+  fetch exchange reads it.
+- ``input``: The GraphQL face's input: ``generateCopilotResponse``'s ``data`` as the turn's
+  ``ChatRequest``.
+- ``resolve``: The legacy CopilotKit face: ``generateCopilotResponse`` over GraphQL,
+  resolved over a Turn.
+- ``run``: The turn behind one ``generateCopilotResponse``, pumped into the feeds GraphQL
+  streams.
+- ``schema``: The GraphQL schema of CopilotKit's legacy runtime
+  (``generateCopilotResponse``), as SDL.
+"""

@@ -1,0 +1,276 @@
+"""The WebSocket face, ``ws/copilotedge/chat/`` (the protocol is in CONTRACT.md).
+
+Every ``chat`` runs as its own task over a :class:`~copilotedge.chat.turn.Turn` and sends its
+tokens with ``self.send`` (the channel layer carries no per-token traffic). A dropped
+socket leaves its chats running detached, bounded by ``WS_DETACHED_TIMEOUT``, so they
+finish and are stored; ``resume`` (see :mod:`copilotedge.websocket.resume`) picks an answer up again
+from any server process. What a client sends is checked in :mod:`copilotedge.websocket.input`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from typing import Any
+
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+
+from copilotedge import exceptions, ratelimit
+from copilotedge.auth import Principal, akey_for_token
+from copilotedge.chat import wire
+from copilotedge.chat.turn import Turn
+from copilotedge.conf import settings
+from copilotedge.conversations import history
+from copilotedge.websocket.input import (
+    ChatId,
+    client_id,
+    parse_chat_message,
+    parse_frame,
+    require_id,
+)
+from copilotedge.websocket.protocol import (
+    AUTH,
+    CANCEL,
+    CANCELLED,
+    CHAT,
+    CLOSE_UNAUTHENTICATED,
+    DELTA,
+    DONE,
+    ERROR,
+    PING,
+    PONG,
+    READY,
+    RESUME,
+    START,
+)
+from copilotedge.websocket.resume import ResumeMixin
+
+logger = logging.getLogger(__name__)
+
+#: Every chat task of this process, attached or detached (the loop keeps only weak refs).
+_running: set[asyncio.Task[None]] = set()
+
+
+async def adrain() -> None:
+    """Wait until every chat of this loop has ended (tests and shutdown)."""
+    loop = asyncio.get_running_loop()
+    while mine := [task for task in _running if task.get_loop() is loop]:
+        await asyncio.gather(*mine, return_exceptions=True)
+
+
+def _cancel_timer(timer: asyncio.TimerHandle, task: asyncio.Task[None]) -> None:
+    timer.cancel()
+
+
+def error_body(error: exceptions.CopilotEdgeError) -> dict[str, Any]:
+    message = error.message
+    if error.param and error.param not in message:
+        message = f"{message} ({error.param})"
+    return {"message": message, "code": error.code}
+
+
+class ChatConsumer(ResumeMixin, AsyncJsonWebsocketConsumer):  # type: ignore[misc]
+    """One socket: authentication, concurrent chats, cancel, resume and heartbeat."""
+
+    async def connect(self) -> None:
+        self.principal: Principal | None = None
+        self.attached = True
+        self.chats: dict[ChatId, asyncio.Task[None]] = {}
+        self.resumes = {}
+        self._auth_deadline: asyncio.Task[None] | None = None
+        await self.accept()
+        user = self.scope.get("user")
+        if user is not None and user.is_authenticated:
+            await self._authenticated(Principal(user=user, ip=self._ip()))
+        else:
+            self._auth_deadline = asyncio.create_task(self._expire_unauthenticated())
+
+    def _ip(self) -> str:
+        if settings.TRUST_X_FORWARDED_FOR:
+            for name, value in self.scope.get("headers", []):
+                if name == b"x-forwarded-for":
+                    return str(value.decode("latin1").split(",")[0].strip())
+        client = self.scope.get("client")
+        return str(client[0]) if client else ""
+
+    async def _authenticated(self, principal: Principal) -> None:
+        self.principal = principal
+        if self._auth_deadline is not None:
+            self._auth_deadline.cancel()
+            self._auth_deadline = None
+        await self.reply({"type": READY, "user": principal.user.get_username()})
+
+    async def _expire_unauthenticated(self) -> None:
+        await asyncio.sleep(settings.WS_AUTH_TIMEOUT)
+        if self.principal is None:
+            await self.close(code=CLOSE_UNAUTHENTICATED)
+
+    async def reply(self, content: dict[str, Any]) -> None:
+        """Send to the client unless it is gone (a detached chat runs on silently)."""
+        if not self.attached:
+            return
+        try:
+            await self.send_json(content)
+        except Exception:
+            # The socket closed before its disconnect reached us (daphne raises then):
+            # the chats go on detached, as after the disconnect itself.
+            logger.debug("WebSocket send failed; the client is gone", exc_info=True)
+            self.attached = False
+
+    async def reply_error(self, chat_id: ChatId | None, error: exceptions.CopilotEdgeError) -> None:
+        body: dict[str, Any] = {"type": ERROR}
+        if chat_id is not None:
+            body["id"] = chat_id
+        body["error"] = error_body(error)
+        await self.reply(body)
+
+    # Incoming -------------------------------------------------------------------------
+
+    async def receive(
+        self, text_data: str | None = None, bytes_data: bytes | None = None, **kwargs: Any
+    ) -> None:
+        try:
+            content = parse_frame(text_data, bytes_data)
+        except exceptions.CopilotEdgeError as error:
+            await self.reply_error(None, error)
+            return
+        await self.handle(content)
+
+    async def handle(self, content: dict[str, Any]) -> None:
+        kind = content.get("type")
+        handlers = {
+            AUTH: self.on_auth,
+            CHAT: self.on_chat,
+            CANCEL: self.on_cancel,
+            RESUME: self.on_resume,
+            PING: self.on_ping,
+        }
+        handler = handlers.get(kind) if isinstance(kind, str) else None
+        try:
+            if handler is None:
+                raise exceptions.InvalidRequest(
+                    f"Unknown message type {kind!r}.", param="type", code="unknown_type"
+                )
+            if self.principal is None and kind not in (AUTH, PING):
+                raise exceptions.AuthenticationFailed(
+                    'Send {"type": "auth", "token": "ce_…"} first.', code="authentication_required"
+                )
+            await handler(content)
+        except exceptions.CopilotEdgeError as error:
+            await self.reply_error(client_id(content), error)
+        except Exception:
+            logger.exception("WebSocket message %r failed", kind)
+            await self.reply_error(client_id(content), exceptions.CopilotEdgeError())
+
+    async def on_ping(self, content: dict[str, Any]) -> None:
+        await self.reply({"type": PONG})
+
+    async def on_auth(self, content: dict[str, Any]) -> None:
+        if self.principal is not None:
+            raise exceptions.InvalidRequest("Already authenticated.", code="already_authenticated")
+        token = content.get("token")
+        try:
+            if not isinstance(token, str):
+                raise exceptions.AuthenticationFailed("'token' must be an API key.")
+            key = await akey_for_token(token)
+        except exceptions.AuthenticationFailed as error:
+            await self.reply_error(None, error)
+            await self.close(code=CLOSE_UNAUTHENTICATED)
+            return
+        await self._authenticated(Principal(user=key.user, api_key=key, ip=self._ip()))
+
+    async def on_chat(self, content: dict[str, Any]) -> None:
+        assert self.principal is not None
+        chat_id = require_id(content)
+        if chat_id in self.chats:
+            raise exceptions.InvalidRequest("A chat with this id is running.", code="duplicate_id")
+        if len(self.chats) >= settings.WS_MAX_CHATS:
+            raise exceptions.RateLimited(
+                f"At most {settings.WS_MAX_CHATS} chats may run at once on one socket.",
+                code="too_many_chats",
+            )
+        request = parse_chat_message(content)
+        # The same request limit as HTTP (where the middleware counts it), once per chat;
+        # the Turn reserves and settles tokens itself.
+        decision = await ratelimit.acheck_request(self.principal)
+        if decision.error is not None:
+            raise decision.error
+        turn = Turn(request, self.principal, protocol="websocket")
+        task = asyncio.get_running_loop().create_task(self._run_chat(chat_id, turn))
+        _running.add(task)
+        self.chats[chat_id] = task
+
+        def ended(task: asyncio.Task[None]) -> None:
+            _running.discard(task)
+            if self.chats.get(chat_id) is task:
+                del self.chats[chat_id]
+
+        task.add_done_callback(ended)
+
+    async def _run_chat(self, chat_id: ChatId, turn: Turn) -> None:
+        try:
+            await turn.astart()  # the ids announced next name stored rows
+            transcript = turn.transcript
+            await self.reply(
+                {
+                    "type": START,
+                    "id": chat_id,
+                    "conversation_id": str(transcript.conversation_id) if transcript else None,
+                    "message_id": str(transcript.message_id) if transcript else None,
+                }
+            )
+            await turn.open()
+            async for batch in turn.batches():
+                # One message per upstream read, not per token.
+                text = "".join(delta.text for delta in batch)
+                if text:
+                    await self.reply({"type": DELTA, "id": chat_id, "content": text})
+            # Saved before the client hears the end, so what it fetches next is final.
+            await history.asaved(turn)
+            await self.reply(
+                {
+                    "type": DONE,
+                    "id": chat_id,
+                    "finish_reason": turn.answer.final_finish_reason(),
+                    "usage": wire.usage_of(turn),
+                }
+            )
+        except exceptions.CopilotEdgeError as error:
+            await history.asaved(turn)
+            await self.reply_error(chat_id, error)
+        except asyncio.CancelledError:
+            await history.asaved(turn)
+            await self.reply({"type": CANCELLED, "id": chat_id})
+            raise
+        except Exception:
+            logger.exception("WebSocket chat %r failed", chat_id)
+            await self.reply_error(chat_id, exceptions.CopilotEdgeError())
+
+    async def on_cancel(self, content: dict[str, Any]) -> None:
+        chat_id = require_id(content)
+        task = self.chats.get(chat_id)
+        if task is not None:
+            task.cancel()
+            return
+        resumed = self.resumed(chat_id)
+        if resumed is not None:
+            # Generated by another socket (maybe another process): stop it where it runs.
+            await history.acancel(resumed)
+            return
+        raise exceptions.NotFound("No chat with this id is running.", param="id")
+
+    # The end --------------------------------------------------------------------------
+
+    async def disconnect(self, code: int) -> None:
+        self.attached = False
+        if self._auth_deadline is not None:
+            self._auth_deadline.cancel()
+        await self.stop_resumes()
+        loop = asyncio.get_running_loop()
+        for task in self.chats.values():
+            if settings.WS_CANCEL_ON_DISCONNECT:
+                task.cancel()
+            else:
+                limit = loop.call_later(settings.WS_DETACHED_TIMEOUT, task.cancel)
+                task.add_done_callback(functools.partial(_cancel_timer, limit))

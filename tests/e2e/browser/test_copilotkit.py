@@ -1,0 +1,163 @@
+"""A real CopilotKit React chat (examples/copilotkit-react) in Debian's Chromium, talking to Django.
+
+The example is built with npm + Vite (cached until its sources change) and served by the
+same daphne process as the endpoint, so the chat is same-origin. Requests leaving the
+machine are blocked: the page must work with nothing but the built files and Django.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from copilotedge.models import ApiKey, UsageRecord
+from copilotedge.testing import EmulatorApp, EmulatorServer
+from tests.servers import DaphneServer
+
+ROOT = Path(__file__).resolve().parents[3]
+EXAMPLE = ROOT / "examples" / "copilotkit-react"
+DIST = EXAMPLE / "dist"
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+]
+SOURCES = ("src", "index.html", "vite.config.js", "package.json", "package-lock.json")
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+
+def _newest_source() -> float:
+    newest = 0.0
+    for name in SOURCES:
+        path = EXAMPLE / name
+        paths = path.rglob("*") if path.is_dir() else [path]
+        newest = max([newest, *(p.stat().st_mtime for p in paths if p.is_file())])
+    return newest
+
+
+def build_example() -> Path:
+    """``npm ci`` (if needed) and ``vite build`` (if the sources changed since the last build)."""
+    npm = shutil.which("npm")
+    if npm is None or shutil.which("node") is None:
+        pytest.skip("node and npm are needed to build the CopilotKit example")
+    if not (EXAMPLE / "node_modules").is_dir():
+        subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=EXAMPLE, check=True, timeout=900)
+    index = DIST / "index.html"
+    if not index.is_file() or index.stat().st_mtime < _newest_source():
+        subprocess.run([npm, "run", "build"], cwd=EXAMPLE, check=True, timeout=600)
+    return DIST
+
+
+def require_chromium() -> None:
+    if not Path(CHROMIUM).is_file():
+        pytest.skip(f"Debian's Chromium is needed at {CHROMIUM} (apt-get install chromium)")
+
+
+@contextlib.contextmanager
+def chromium() -> Iterator[Any]:
+    """Playwright on Debian's Chromium (never a downloaded browser).
+
+    Playwright's sync API runs an event loop in this thread while open, so the test
+    touches the database only before and after it.
+    """
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def emulator() -> Iterator[EmulatorServer]:
+    # Slow enough that the answer visibly streams in the page.
+    with EmulatorServer(EmulatorApp(token_delay=0.06)) as server:
+        yield server
+
+
+def test_copilotkit_chat_streams_in_a_real_browser(emulator, user) -> None:
+    require_chromium()
+    dist = build_example()
+    _, token = ApiKey.create_key(user, name="browser")
+    overrides = {
+        "COPILOTEDGE_API_BASE_URL": emulator.api_base_url,
+        "COPILOTEDGE_ACCOUNT_ID": "emulator",
+        "COPILOTEDGE_API_TOKEN": "emulator",
+        "TEST_EXAMPLE_DIST": str(dist),
+    }
+    with DaphneServer(overrides) as site, chromium() as browser:
+        page = browser.new_page(viewport={"width": 1000, "height": 800})
+        blocked: list[str] = []
+
+        def only_local(route) -> None:
+            if route.request.url.startswith(site.url):
+                route.continue_()
+            else:
+                blocked.append(route.request.url)
+                route.abort()
+
+        page.route("**/*", only_local)
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        calls: list[str] = []
+        page.on("request", lambda request: calls.append(f"{request.method} {request.url}"))
+        page.goto(f"{site.url}/example/?key={token}")
+        box = page.locator("textarea").first
+        box.wait_for(timeout=30_000)
+        # The chat takes input once CopilotKit has found the runtime (GET …/info) and
+        # connected the agent to its thread (…/connect); wait for that traffic to settle.
+        page.wait_for_load_state("networkidle")
+        box.fill("Hello from Chromium")
+        box.press("Enter")
+        page.locator(".copilotKitUserMessage", has_text="Hello from Chromium").wait_for(
+            timeout=10_000
+        )
+
+        # Sample the assistant's message while it streams in, until it has been still for 1 s.
+        assistant = page.locator(".copilotKitAssistantMessage").last
+        seen: list[str] = []
+        still_since = time.monotonic()
+        deadline = still_since + 30
+        while time.monotonic() < deadline:
+            text = assistant.inner_text() if assistant.count() else ""
+            if text.strip() and (not seen or text != seen[-1]):
+                seen.append(text)
+                still_since = time.monotonic()
+            elif seen and "Hello from Chromium" in seen[-1] and time.monotonic() - still_since > 1:
+                break
+            time.sleep(0.03)
+        final = assistant.inner_text()
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "copilotkit-chat.png"), full_page=True)
+        server_log = site.stop()
+
+    assert "Hello from the Workers AI emulator" in final, (final, errors, server_log)
+    assert "Hello from Chromium" in final
+    partial = [text for text in seen if text.strip() and text != final]
+    assert len(partial) >= 2, f"the answer did not stream: {seen}"
+    assert "Traceback" not in server_log, server_log
+    # CopilotKit found the runtime with GET …/info and ran the agent over AG-UI.
+    assert f"GET {site.url}/copilotedge/copilotkit/info" in calls
+    assert f"POST {site.url}/copilotedge/copilotkit/agent/default/connect" in calls
+    assert f"POST {site.url}/copilotedge/copilotkit/agent/default/run" in calls
+    assert blocked == [], f"the page reached beyond the site: {blocked}"
+    record = UsageRecord.objects.get(protocol="agui")
+    assert record.outcome == "ok" and record.user_id == user.pk
+    assert os.path.getsize(ARTIFACTS / "copilotkit-chat.png") > 0

@@ -1,0 +1,87 @@
+"""Real JavaScript clients against a real server: ``node --test`` in tests/e2e/node/js.
+
+``@ag-ui/client``'s HttpAgent (which verifies AG-UI event order) and
+``@copilotkit/runtime-client-gql`` (urql, multipart incremental delivery) talk to the
+app under daphne, whose upstream is the Workers AI emulator on a loopback port.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from copilotedge.models import ApiKey, UsageRecord
+from copilotedge.testing import EmulatorApp, EmulatorServer
+from tests.servers import DaphneServer
+
+NODE_DIR = Path(__file__).resolve().parent / "js"
+
+pytestmark = [pytest.mark.node, pytest.mark.django_db(transaction=True)]
+
+
+def node_tools() -> tuple[str, str]:
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None or npm is None:
+        pytest.skip(
+            "node and npm are needed for the JavaScript client tests (apt-get install nodejs npm)"
+        )
+    return node, npm
+
+
+def npm_install(npm: str, directory: Path) -> None:
+    """``npm ci`` from the committed lockfile, once (``make test`` does it up front)."""
+    if (directory / "node_modules").is_dir():
+        return
+    subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=directory, check=True, timeout=600)
+
+
+@pytest.fixture
+def emulator() -> Iterator[EmulatorServer]:
+    with EmulatorServer(EmulatorApp(token_delay=0.02)) as server:
+        yield server
+
+
+@pytest.fixture
+def site(emulator: EmulatorServer, db: None) -> Iterator[DaphneServer]:
+    overrides = {
+        "COPILOTEDGE_API_BASE_URL": emulator.api_base_url,
+        "COPILOTEDGE_ACCOUNT_ID": "emulator",
+        "COPILOTEDGE_API_TOKEN": "emulator",
+    }
+    with DaphneServer(overrides) as server:
+        yield server
+
+
+def test_javascript_clients(site: DaphneServer, user, emulator: EmulatorServer) -> None:
+    node, npm = node_tools()
+    npm_install(npm, NODE_DIR)
+    _, token = ApiKey.create_key(user, name="node")
+    env = {
+        **os.environ,
+        "COPILOTEDGE_URL": f"{site.url}/copilotedge",
+        "COPILOTEDGE_API_KEY": token,
+        "SUPPRESS_TRANSFORMATION_WARNINGS": "true",
+    }
+    completed = subprocess.run(
+        [node, "--test", "--test-reporter=spec"],
+        cwd=NODE_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    output = completed.stdout + completed.stderr
+    server_log = site.stop()
+    assert completed.returncode == 0, output + "\n--- server stderr ---\n" + server_log
+    assert "Traceback" not in server_log, server_log
+    # Every run went through the shared turn and was recorded with its face's protocol.
+    protocols = set(UsageRecord.objects.values_list("protocol", flat=True))
+    assert protocols == {"agui", "graphql"}
+    assert UsageRecord.objects.filter(protocol="agui", outcome="error").count() == 1
+    assert UsageRecord.objects.filter(protocol="graphql", outcome="ok").exists()
+    assert any(r["outcome"] == "completed" for r in emulator.app.requests)
