@@ -195,7 +195,7 @@ def _generate(rows: int) -> tuple[float, int]:
     from django.contrib.auth import get_user_model
     from django.db import connection
 
-    from copilotedge.conf import DEFAULT_PRICES
+    from copilotedge.defaults import DEFAULT_PRICES
     from copilotedge.models import ApiKey
 
     users = get_user_model().objects.bulk_create(

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 from django.apps import AppConfig
-from django.core import checks
 
 
 class CopilotEdgeConfig(AppConfig):
@@ -15,11 +14,11 @@ class CopilotEdgeConfig(AppConfig):
 
         from copilotedge.auth import forget_key
         from copilotedge.background import note_connection
-        from copilotedge.checks import check_settings
+        from copilotedge.checks import register_checks
         from copilotedge.conversations.preferences import forget_preference
         from copilotedge.models import ApiKey, Preference
 
-        checks.register(check_settings)
+        register_checks()
         post_save.connect(forget_key, sender=ApiKey, dispatch_uid="copilotedge-forget-key")
         post_delete.connect(forget_key, sender=ApiKey, dispatch_uid="copilotedge-forget-key-del")
         post_save.connect(

@@ -1,31 +1,54 @@
-"""Every misconfiguration as a system check with a stable id, so ``manage.py check`` tells.
+"""System checks: every misconfiguration has a stable id, so ``manage.py check`` tells.
 
-:func:`check_settings` is the one check registered (in ``apps.py``); each concern's
-checks live in a ``checks_<concern>`` module and keep their own range of ids.
+Each concern's checks live next to its code and keep their own range of ids:
+:mod:`copilotedge.upstream.checks`, :mod:`copilotedge.ratelimit.checks`,
+:mod:`copilotedge.copilotkit.checks`, :mod:`copilotedge.conversations.checks` and
+:mod:`copilotedge.usage.checks`. :func:`register_checks` (called from ``ready()``)
+registers each with the ``copilotedge`` tag and Django's own tag where one fits, so
+``manage.py check --tag copilotedge`` runs only these.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from typing import Any
 
-from django.core.checks import CheckMessage
+from django.core import checks
+from django.core.checks import CheckMessage, Tags
 
 from copilotedge.conversations.checks import check_conversation_settings
 from copilotedge.copilotkit.checks import check_agents
 from copilotedge.ratelimit.checks import check_rate_limits
-from copilotedge.upstream.checks import check_upstream
-from copilotedge.upstream.checks_reliability import check_reliability
+from copilotedge.upstream.checks import check_reliability, check_upstream
 from copilotedge.usage.checks import check_usage
 
-# check_reliability and check_conversation_settings were defined here; tests import them.
-__all__ = ["check_conversation_settings", "check_reliability", "check_settings"]
+TAG = "copilotedge"
+
+#: Each concern's check, with the Django tags it belongs under besides ``copilotedge``.
+CONCERNS: tuple[tuple[Callable[[], Iterable[CheckMessage]], tuple[str, ...]], ...] = (
+    (check_upstream, ()),
+    (check_reliability, (Tags.caches,)),
+    (check_rate_limits, (Tags.caches,)),
+    (check_agents, ()),
+    (check_conversation_settings, ()),
+    (check_usage, ()),
+)
+
+
+def _as_django_check(check: Callable[[], Iterable[CheckMessage]]) -> Callable[..., Any]:
+    def run(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+        return list(check())
+
+    run.__name__ = run.__qualname__ = check.__name__
+    run.__doc__ = check.__doc__
+    return run
+
+
+def register_checks() -> None:
+    for check, tags in CONCERNS:
+        checks.register(_as_django_check(check), TAG, *tags)
 
 
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
-    errors = check_upstream()
-    errors.extend(check_rate_limits())
-    errors.extend(check_agents())
-    errors.extend(check_reliability())
-    errors.extend(check_conversation_settings())
-    errors.extend(check_usage())
-    return errors
+    """Every copilotedge check's messages (what ``manage.py check --tag copilotedge`` shows)."""
+    return [message for check, _ in CONCERNS for message in check()]

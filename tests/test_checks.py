@@ -12,7 +12,7 @@ from django.core.management.base import SystemCheckError
 from django.test import override_settings
 
 from copilotedge.checks import check_settings
-from copilotedge.conf import DEFAULT_BASE_URL
+from copilotedge.defaults import DEFAULT_BASE_URL
 
 
 @pytest.fixture(autouse=True)

@@ -2,7 +2,8 @@
 
 The numbers come from :mod:`copilotedge.usage.report` (the same functions the
 ``copilotedge_usage_report`` command uses); the charts are inline SVG from
-:mod:`copilotedge.admin.charts`. The admin classes in :mod:`copilotedge.admin.usage` route to these views.
+:mod:`copilotedge.admin.charts`. The admin classes in :mod:`copilotedge.admin.usage`
+route to these views.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Live deltas of generating answers: published to the channel layer, asked for by resumers.
 
-A :class:`~copilotedge.conversations.transcript.Transcript` publishes, through :func:`publish`, to the
+A :class:`~copilotedge.conversations.transcript.Transcript` publishes, through
+:func:`publish`, to the
 channel-layer group of its message (:func:`group_name`), where a resumer in any server
 process listens. Each live event carries ``offset`` (the characters already saved) and
 ``text`` (all the text after it), so a resumer that read the row, then receives an event,

@@ -151,7 +151,8 @@ def new_conversation(
     """A conversation that starts with ``new``: built now, saved by the writer.
 
     Nothing can conflict with a fresh id, so nothing needs reading first; the rows are
-    saved while upstream starts answering, and :func:`~copilotedge.conversations.history.astarted` waits
+    saved while upstream starts answering, and
+    :func:`~copilotedge.conversations.history.astarted` waits
     for them.
     """
     now = timezone.now()

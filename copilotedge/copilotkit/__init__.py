@@ -1,4 +1,4 @@
-"""CopilotKit's runtime: agents, the AG-UI face (``agui/``) and the legacy GraphQL face (``graphql/``).
+"""CopilotKit's runtime: agents, the AG-UI face and the legacy GraphQL face.
 
 - ``agents``: The agents CopilotKit clients can talk to: an id mapped to a model, a system
   prompt and params.

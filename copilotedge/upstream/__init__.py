@@ -1,4 +1,4 @@
-"""The upstream: the only user of httpx. Client, request shapes, retries, breakers, fallbacks, response cache.
+"""The upstream, the only user of httpx: client, retries, breakers, fallbacks, response cache.
 
 - ``attempts``: One attempt at one candidate, under the time limits: a stream or a whole
   answer.
@@ -6,10 +6,8 @@
   process's memory.
 - ``breakers``: Circuit breakers, one per upstream, shared by every process through a Redis
   cache.
-- ``checks``: Checks of the upstream and request-handling settings: copilotedge.E003-E007,
-  W001-W002.
-- ``checks_reliability``: Checks of the reliability settings (retries, breakers, fallbacks,
-  response cache).
+- ``checks``: Checks of the upstream settings, and of retries, breakers, fallbacks and the
+  response cache.
 - ``client``: The upstream client: Workers AI (or any OpenAI-compatible server) over httpx.
 - ``fallbacks``: Fallbacks: the ordered ways to answer a request for a model
   (``COPILOTEDGE_FALLBACKS``).

@@ -1,7 +1,8 @@
 """Getting an answer despite a failing upstream: retries, breakers, fallbacks, timeouts.
 
 A :class:`~copilotedge.chat.turn.Turn` asks :func:`open_stream` or :func:`complete`. They look in
-the response cache first (:mod:`copilotedge.upstream.response_cache`), then try the request's model on the
+the response cache first (:mod:`copilotedge.upstream.response_cache`), then try the
+request's model on the
 default upstream and, in order, its fallbacks (``COPILOTEDGE_FALLBACKS``); each candidate
 is guarded by its upstream's circuit breaker (:mod:`copilotedge.upstream.breakers`) and retried with
 exponential backoff and full jitter. Everything happens before the first byte reaches

@@ -28,7 +28,8 @@ from copilotedge.usage import metrics
 from copilotedge.usage import writer as usage_writer
 from copilotedge.usage.writer import usage_recorded  # the README documents it here, for billing
 
-__all__ = [  # the estimates live in copilotedge.chat.token_estimates; these names stay importable here
+# The estimates live in copilotedge.chat.token_estimates; these names stay importable here.
+__all__ = [
     "TokenCount",
     "build_record",
     "cost_of",

@@ -8,8 +8,8 @@ from django.core.management.base import SystemCheckError
 from django.test import override_settings
 
 from copilotedge.checks import check_settings
-from copilotedge.conf import DEFAULT_MODEL
 from copilotedge.copilotkit.agents import all_agents, get_agent
+from copilotedge.defaults import DEFAULT_MODEL
 from copilotedge.exceptions import NotFound
 
 

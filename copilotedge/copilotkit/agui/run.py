@@ -1,4 +1,4 @@
-"""The AG-UI face: a ``RunAgentInput`` in, a :class:`~copilotedge.chat.turn.Turn` run, AG-UI events out.
+"""The AG-UI face: a ``RunAgentInput`` in, a turn run, AG-UI events out.
 
 Event models and their SSE encoding come from the ``ag-ui-protocol`` package. The order
 is the one AG-UI clients verify: ``RUN_STARTED``, then text messages and tool calls

@@ -14,7 +14,7 @@ import pytest
 from django.test import AsyncClient, override_settings
 
 from copilotedge.chat import sse
-from copilotedge.conf import DEFAULT_BASE_URL, DEFAULT_MODEL
+from copilotedge.defaults import DEFAULT_BASE_URL, DEFAULT_MODEL
 from copilotedge.models import ApiKey
 from copilotedge.upstream import client as cloudflare
 

@@ -8,7 +8,8 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import SystemCheckError
 
-from copilotedge.checks import check_reliability, check_settings
+from copilotedge.checks import check_settings
+from copilotedge.upstream.checks import check_reliability
 
 
 def ids() -> list[str]:
