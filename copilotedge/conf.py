@@ -248,7 +248,7 @@ class Settings:
         """Cancel a socket's chats when it drops instead of finishing and storing them."""
         return bool(_get("COPILOTEDGE_WS_CANCEL_ON_DISCONNECT", False))
 
-    # -- Reliability: retries, circuit breaker, fallbacks, response cache (issue 7) --
+    # -- Reliability: retries, circuit breaker, fallbacks, response cache --
 
     @property
     def FIRST_TOKEN_TIMEOUT(self) -> float:
