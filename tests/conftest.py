@@ -24,7 +24,6 @@ from tests.helpers import (
     reset_circuits,
     reset_limits,
 )
-from tests.servers import DaphneServer
 
 
 @pytest.fixture
@@ -65,26 +64,6 @@ def emulator() -> Iterator[EmulatorServer]:
     """The Workers AI emulator on a loopback port (its request log is ``emulator.app.requests``)."""
     with EmulatorServer(EmulatorApp()) as server:
         yield server
-
-
-@pytest.fixture(scope="module")
-def e2e_server(emulator: EmulatorServer, django_db_setup: None) -> Iterator[DaphneServer]:
-    """``tests.asgi`` under real daphne, pointed at :func:`emulator`, on the test database.
-
-    Fails at teardown if the server wrote a traceback.
-    """
-    server = DaphneServer(
-        {
-            "COPILOTEDGE_API_BASE_URL": emulator.api_base_url,
-            "COPILOTEDGE_ACCOUNT_ID": "e2e",
-            "COPILOTEDGE_API_TOKEN": "e2e",
-        }
-    ).start()
-    try:
-        yield server
-    finally:
-        stderr = server.stop()
-    assert "Traceback" not in stderr, stderr
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,6 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import TypeVar
 
 import pytest
@@ -23,18 +22,9 @@ from django.db import connection, connections
 
 from copilotedge.models import Conversation, Message
 from copilotedge.testing import EmulatorApp, EmulatorServer
+from tests.browser import launch_chromium, requires_chromium
 from tests.servers import ROOT, free_port, wait_for_port
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
-]
 T = TypeVar("T")
 TOKENS = 30
 GREETING = "Hello from the Workers AI emulator."
@@ -44,7 +34,7 @@ SLOW = " [[fault:slow:0.15]]"
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.django_db(transaction=True),
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed"),
+    requires_chromium,
 ]
 
 
@@ -90,19 +80,13 @@ def demo_site() -> Iterator[str]:
 
 @pytest.fixture
 def page(demo_site: str) -> Iterator[object]:
-    from playwright.sync_api import sync_playwright
-
     # Hashed for the demo's hashers (the suite's settings use a fast one the demo lacks).
     password = PBKDF2PasswordHasher().encode("demo", PBKDF2PasswordHasher().salt())
     get_user_model().objects.create(username="demo", password=password)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(base_url=demo_site)
-            page.set_default_timeout(15_000)
-            yield page
-        finally:
-            browser.close()
+    with launch_chromium() as browser:
+        page = browser.new_page(base_url=demo_site)
+        page.set_default_timeout(15_000)
+        yield page
 
 
 @pytest.fixture

@@ -7,35 +7,24 @@ machine are blocked: the page must work with nothing but the built files and Dja
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from copilotedge.models import ApiKey, UsageRecord
 from copilotedge.testing import EmulatorApp, EmulatorServer
+from tests.browser import launch_chromium
 from tests.servers import DaphneServer
 
 ROOT = Path(__file__).resolve().parents[3]
 EXAMPLE = ROOT / "examples" / "copilotkit-react"
 DIST = EXAMPLE / "dist"
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
-]
 SOURCES = ("src", "index.html", "vite.config.js", "package.json", "package-lock.json")
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -63,28 +52,6 @@ def build_example() -> Path:
     return DIST
 
 
-def require_chromium() -> None:
-    if not Path(CHROMIUM).is_file():
-        pytest.skip(f"Debian's Chromium is needed at {CHROMIUM} (apt-get install chromium)")
-
-
-@contextlib.contextmanager
-def chromium() -> Iterator[Any]:
-    """Playwright on Debian's Chromium (never a downloaded browser).
-
-    Playwright's sync API runs an event loop in this thread while open, so the test
-    touches the database only before and after it.
-    """
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
-
-
 @pytest.fixture
 def emulator() -> Iterator[EmulatorServer]:
     # Slow enough that the answer visibly streams in the page.
@@ -93,7 +60,6 @@ def emulator() -> Iterator[EmulatorServer]:
 
 
 def test_copilotkit_chat_streams_in_a_real_browser(emulator, user) -> None:
-    require_chromium()
     dist = build_example()
     _, token = ApiKey.create_key(user, name="browser")
     overrides = {
@@ -102,7 +68,9 @@ def test_copilotkit_chat_streams_in_a_real_browser(emulator, user) -> None:
         "COPILOTEDGE_API_TOKEN": "emulator",
         "TEST_EXAMPLE_DIST": str(dist),
     }
-    with DaphneServer(overrides) as site, chromium() as browser:
+    # Not the ``browser`` fixture: the test writes a key before Chromium opens and reads
+    # the ledger after it closes, which it could not do with Chromium open all along.
+    with DaphneServer(overrides) as site, launch_chromium() as browser:
         page = browser.new_page(viewport={"width": 1000, "height": 800})
         blocked: list[str] = []
 

@@ -7,32 +7,26 @@ CLOUDFLARE_API_BASE_URL, if set, names the upstream, e.g. an AI Gateway).
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 import pytest
 from django.test import AsyncClient, override_settings
 
 from copilotedge.chat import sse
-from copilotedge.defaults import DEFAULT_BASE_URL, DEFAULT_MODEL
+from copilotedge.defaults import DEFAULT_MODEL
 from copilotedge.models import ApiKey
 from copilotedge.upstream import client as cloudflare
-
-ACCOUNT_ID = os.environ.get("CLOUDFLARE_ACCOUNT_ID", "")
-API_TOKEN = os.environ.get("CLOUDFLARE_API_TOKEN", "")
 
 pytestmark = [
     pytest.mark.live,
     pytest.mark.django_db(transaction=True),
     pytest.mark.usefixtures("drain_usage"),
-    pytest.mark.skipif(
-        not (ACCOUNT_ID and API_TOKEN),
-        reason="live Workers AI test: set CLOUDFLARE_ACCOUNT_ID and CLOUDFLARE_API_TOKEN to run it",
-    ),
 ]
 
 
-async def test_stream_a_short_answer_from_workers_ai(api_key: tuple[ApiKey, str]) -> None:
+async def test_stream_a_short_answer_from_workers_ai(
+    workers_ai_settings: dict[str, str], api_key: tuple[ApiKey, str]
+) -> None:
     body = {
         "model": DEFAULT_MODEL,
         "messages": [{"role": "user", "content": "Reply with the single word: pong"}],
@@ -40,11 +34,7 @@ async def test_stream_a_short_answer_from_workers_ai(api_key: tuple[ApiKey, str]
         "stream": True,
         "stream_options": {"include_usage": True},
     }
-    with override_settings(
-        COPILOTEDGE_API_BASE_URL=os.environ.get("CLOUDFLARE_API_BASE_URL", DEFAULT_BASE_URL),
-        COPILOTEDGE_ACCOUNT_ID=ACCOUNT_ID,
-        COPILOTEDGE_API_TOKEN=API_TOKEN,
-    ):
+    with override_settings(**workers_ai_settings):
         try:
             response: Any = await AsyncClient().post(
                 "/copilotedge/v1/chat/completions",

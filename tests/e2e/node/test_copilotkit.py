@@ -8,7 +8,6 @@ app under daphne, whose upstream is the Workers AI emulator on a loopback port.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,25 +18,7 @@ from copilotedge.models import ApiKey, UsageRecord
 from copilotedge.testing import EmulatorApp, EmulatorServer
 from tests.servers import DaphneServer
 
-NODE_DIR = Path(__file__).resolve().parent / "js"
-
 pytestmark = [pytest.mark.node, pytest.mark.django_db(transaction=True)]
-
-
-def node_tools() -> tuple[str, str]:
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if node is None or npm is None:
-        pytest.skip(
-            "node and npm are needed for the JavaScript client tests (apt-get install nodejs npm)"
-        )
-    return node, npm
-
-
-def npm_install(npm: str, directory: Path) -> None:
-    """``npm ci`` from the committed lockfile, once (``make test`` does it up front)."""
-    if (directory / "node_modules").is_dir():
-        return
-    subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=directory, check=True, timeout=600)
 
 
 @pytest.fixture
@@ -57,9 +38,9 @@ def site(emulator: EmulatorServer, db: None) -> Iterator[DaphneServer]:
         yield server
 
 
-def test_javascript_clients(site: DaphneServer, user, emulator: EmulatorServer) -> None:
-    node, npm = node_tools()
-    npm_install(npm, NODE_DIR)
+def test_javascript_clients(
+    node: str, js_clients: Path, site: DaphneServer, user, emulator: EmulatorServer
+) -> None:
     _, token = ApiKey.create_key(user, name="node")
     env = {
         **os.environ,
@@ -69,7 +50,7 @@ def test_javascript_clients(site: DaphneServer, user, emulator: EmulatorServer) 
     }
     completed = subprocess.run(
         [node, "--test", "--test-reporter=spec"],
-        cwd=NODE_DIR,
+        cwd=js_clients,
         env=env,
         capture_output=True,
         text=True,

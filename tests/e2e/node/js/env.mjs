@@ -1,4 +1,4 @@
-// Where the copilotedge server under test is, handed over by tests/test_copilotkit_node.py.
+// Where the copilotedge server under test is, handed over by tests/e2e/node/test_copilotkit.py.
 import assert from "node:assert/strict";
 
 export const BASE_URL = process.env.COPILOTEDGE_URL;
