@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import hmac
+import ipaddress
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -49,14 +51,42 @@ class Principal:
         return self.user.pk if self.user is not None else None
 
 
-def client_ip(request: HttpRequest) -> str:
-    if settings.TRUST_X_FORWARDED_FOR:
-        forwarded = request.headers.get("X-Forwarded-For", "")
-        if forwarded:
-            # The last entry is the one our proxy appended; earlier ones are the client's
-            # own claim, which would let it pick a fresh IP (and rate limit) per request.
-            return forwarded.rsplit(",", 1)[-1].strip()
-    return str(request.META.get("REMOTE_ADDR") or "")
+#: The address of a client whose address is not known: one more client, limited like any.
+UNKNOWN_CLIENT = "unknown"
+FORWARDED_FOR = "X-Forwarded-For"
+
+
+def _address(value: str) -> str | None:
+    try:
+        return str(ipaddress.ip_address(value.strip()))
+    except ValueError:
+        return None
+
+
+def client_ip(request: HttpRequest | Mapping[str, Any]) -> str:
+    """The caller's IP address, from a Django request or an ASGI scope (a WebSocket's).
+
+    Behind a proxy (``COPILOTEDGE_TRUST_X_FORWARDED_FOR``) it is the last
+    ``X-Forwarded-For`` entry, the one the proxy wrote; entries before it are the
+    client's own claim. Without a usable address it is :data:`UNKNOWN_CLIENT`, never
+    empty: an empty address would be the site's own code, which is not limited.
+    """
+    if isinstance(request, HttpRequest):
+        forwarded = request.headers.get(FORWARDED_FOR)
+        peer = request.META.get("REMOTE_ADDR")
+    else:
+        name = FORWARDED_FOR.lower().encode()
+        values = [v for n, v in request.get("headers", []) if n.lower() == name]
+        forwarded = b",".join(values).decode("latin-1") if values else None
+        client = request.get("client")
+        peer = client[0] if client else None
+    if settings.TRUST_X_FORWARDED_FOR and forwarded:
+        address = _address(forwarded.rsplit(",", 1)[-1])
+        if address is not None:
+            return address
+    if isinstance(peer, str) and peer:
+        return _address(peer) or peer
+    return UNKNOWN_CLIENT
 
 
 # hash -> (key, monotonic expiry). Keys are looked up on every request; caching them for

@@ -51,6 +51,50 @@ def test_client_ip_behind_a_proxy_is_the_address_the_proxy_saw() -> None:
     assert client_ip(factory.get("/", REMOTE_ADDR="10.0.0.1")) == "10.0.0.1"
 
 
+def scope(peer: str | None, forwarded: str | None = None) -> dict[str, Any]:
+    headers = [(b"host", b"testserver")]
+    if forwarded is not None:
+        headers.append((b"x-forwarded-for", forwarded.encode()))
+    return {"type": "websocket", "headers": headers, "client": [peer, 0] if peer else None}
+
+
+@pytest.mark.parametrize("trusted", [True, False])
+@pytest.mark.parametrize(
+    ("peer", "forwarded"),
+    [
+        ("10.0.0.1", None),
+        ("10.0.0.1", "6.6.6.6, 203.0.113.9"),
+        ("10.0.0.1", "203.0.113.9"),
+        ("10.0.0.1", ", x"),
+        ("10.0.0.1", ""),
+        ("10.0.0.1", "2001:DB8::1"),
+        ("", ", x"),
+        ("", None),
+    ],
+)
+def test_http_and_websocket_read_the_client_ip_alike(
+    trusted: bool, peer: str, forwarded: str | None
+) -> None:
+    meta = {"REMOTE_ADDR": peer}
+    if forwarded is not None:
+        meta["HTTP_X_FORWARDED_FOR"] = forwarded
+    with override_settings(COPILOTEDGE_TRUST_X_FORWARDED_FOR=trusted):
+        from_http = client_ip(factory.get("/", **meta))
+        from_socket = client_ip(scope(peer or None, forwarded))
+    assert from_http == from_socket
+    assert from_http  # never empty: an empty address is not limited
+
+
+@override_settings(COPILOTEDGE_TRUST_X_FORWARDED_FOR=True)
+def test_a_forwarded_entry_that_is_no_address_falls_back_to_the_peer() -> None:
+    assert client_ip(factory.get("/", REMOTE_ADDR="10.0.0.1", HTTP_X_FORWARDED_FOR=", x")) == (
+        "10.0.0.1"
+    )
+    assert client_ip(factory.get("/", REMOTE_ADDR="", HTTP_X_FORWARDED_FOR=", x")) == "unknown"
+    assert client_ip(scope(None)) == "unknown"
+    assert client_ip(scope("10.0.0.1", "2001:DB8::1")) == "2001:db8::1"
+
+
 async def test_key_lookup(api_key: tuple[ApiKey, str]) -> None:
     key, raw = api_key
     found = await akey_for_token(raw)

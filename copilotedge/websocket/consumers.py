@@ -17,7 +17,7 @@ from typing import Any
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from copilotedge import exceptions, ratelimit
-from copilotedge.auth import Principal, akey_for_token
+from copilotedge.auth import Principal, akey_for_token, client_ip
 from copilotedge.chat import wire
 from copilotedge.chat.turn import Turn
 from copilotedge.conf import settings
@@ -87,12 +87,7 @@ class ChatConsumer(ResumeMixin, AsyncJsonWebsocketConsumer):  # type: ignore[mis
             self._auth_deadline = asyncio.create_task(self._expire_unauthenticated())
 
     def _ip(self) -> str:
-        if settings.TRUST_X_FORWARDED_FOR:
-            for name, value in self.scope.get("headers", []):
-                if name == b"x-forwarded-for":
-                    return str(value.decode("latin1").split(",")[0].strip())
-        client = self.scope.get("client")
-        return str(client[0]) if client else ""
+        return client_ip(self.scope)
 
     async def _authenticated(self, principal: Principal) -> None:
         self.principal = principal
