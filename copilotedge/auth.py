@@ -11,9 +11,14 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from importlib import import_module
+from types import SimpleNamespace
+from typing import Any, cast
 
+from django.conf import settings as django_settings
+from django.contrib.auth import aget_user
 from django.contrib.auth.models import AnonymousUser
+from django.contrib.sessions.backends.base import SessionBase
 from django.db.models import Q
 from django.http import HttpRequest, HttpResponse
 from django.middleware.csrf import CsrfViewMiddleware
@@ -101,6 +106,13 @@ def forget_key(sender: Any, instance: ApiKey, **kwargs: Any) -> None:
     _key_cache.pop(instance.hashed_key, None)
 
 
+def forget_user_keys(sender: Any, instance: Any, **kwargs: Any) -> None:
+    """Signal receiver: drop a saved or deleted user's keys (they carry the old user)."""
+    for hashed, (key, _) in list(_key_cache.items()):
+        if key.user_id == instance.pk:
+            _key_cache.pop(hashed, None)
+
+
 async def _alookup(hashed: str) -> ApiKey | None:
     ttl = settings.API_KEY_CACHE_SECONDS
     now = time.monotonic()
@@ -128,6 +140,41 @@ async def akey_for_token(token: str) -> ApiKey:
         raise exceptions.AuthenticationFailed("This API key is revoked or expired.")
     touch(key)
     return key
+
+
+async def _asession_user(session: SessionBase | None) -> Any:
+    """The user a session is still signed in as (Django's own check), or ``None``."""
+    session_key = session.session_key if session is not None else None
+    if session is None or not session_key:
+        return None
+    # A fresh store: the socket's copy was loaded at connect and outlives a logout.
+    fresh = import_module(django_settings.SESSION_ENGINE).SessionStore(session_key)
+    user = await aget_user(cast(HttpRequest, SimpleNamespace(session=fresh)))
+    return user if user.is_authenticated else None
+
+
+async def arefresh(principal: Principal, session: SessionBase | None = None) -> Principal:
+    """``principal`` as it stands now, or ``AuthenticationFailed`` if it is no more.
+
+    A key is looked up again (through the short key cache, so a change shows within
+    ``COPILOTEDGE_API_KEY_CACHE_SECONDS``): revoked, expired, deleted or its owner
+    deactivated, it fails; else its current limits and models apply. A session user must
+    still be signed in with that ``session`` and active.
+    """
+    key = principal.api_key
+    if key is not None:
+        current = await _alookup(key.hashed_key)
+        if current is None or not current.is_active or not current.user.is_active:
+            raise exceptions.AuthenticationFailed("This API key is revoked or expired.")
+        return Principal(user=current.user, api_key=current, ip=principal.ip)
+    if principal.user is not None:
+        user = await _asession_user(session)
+        if user is None or user.pk != principal.user.pk:
+            raise exceptions.AuthenticationFailed(
+                "The session has ended; sign in again.", code="session_expired"
+            )
+        return Principal(user=user, ip=principal.ip)
+    return principal
 
 
 def check_model(principal: Principal, model: str) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from copilotedge import exceptions, ratelimit
-from copilotedge.auth import Principal, akey_for_token, client_ip
+from copilotedge.auth import Principal, akey_for_token, arefresh, client_ip
 from copilotedge.chat import wire
 from copilotedge.chat.turn import Turn
 from copilotedge.conf import settings
@@ -151,12 +151,28 @@ class ChatConsumer(ResumeMixin, AsyncJsonWebsocketConsumer):  # type: ignore[mis
                 raise exceptions.AuthenticationFailed(
                     'Send {"type": "auth", "token": "ce_…"} first.', code="authentication_required"
                 )
+            if kind in (CHAT, RESUME) and not await self._still_authenticated(content):
+                return
             await handler(content)
         except exceptions.CopilotEdgeError as error:
             await self.reply_error(client_id(content), error)
         except Exception:
             logger.exception("WebSocket message %r failed", kind)
             await self.reply_error(client_id(content), exceptions.CopilotEdgeError())
+
+    async def _still_authenticated(self, content: dict[str, Any]) -> bool:
+        """Re-check the caller before work; gone credentials end the socket (4401)."""
+        assert self.principal is not None
+        try:
+            self.principal = await arefresh(self.principal, self.scope.get("session"))
+        except exceptions.AuthenticationFailed as error:
+            self.principal = None
+            for task in self.chats.values():
+                task.cancel()
+            await self.reply_error(client_id(content), error)
+            await self.close(code=CLOSE_UNAUTHENTICATED)
+            return False
+        return True
 
     async def on_ping(self, content: dict[str, Any]) -> None:
         await self.reply({"type": PONG})
