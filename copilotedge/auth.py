@@ -98,12 +98,16 @@ def client_ip(request: HttpRequest | Mapping[str, Any]) -> str:
 # a few seconds keeps the database off the hot path. A change made in this process
 # (revoking in the admin) clears the entry at once, other processes within the TTL.
 _key_cache: dict[str, tuple[ApiKey, float]] = {}
+# hash -> monotonic expiry of a lookup that found no key: a client retrying a wrong key
+# costs no query. Apart from the keys, so a flood of guesses cannot evict them.
+_missing: dict[str, float] = {}
 _KEY_CACHE_MAX = 10_000
 
 
 def forget_key(sender: Any, instance: ApiKey, **kwargs: Any) -> None:
     """Signal receiver: drop a saved or deleted key from this process's cache."""
     _key_cache.pop(instance.hashed_key, None)
+    _missing.pop(instance.hashed_key, None)
 
 
 def forget_user_keys(sender: Any, instance: Any, **kwargs: Any) -> None:
@@ -119,8 +123,16 @@ async def _alookup(hashed: str) -> ApiKey | None:
     cached = _key_cache.get(hashed)
     if cached is not None and cached[1] > now:
         return cached[0]
+    if _missing.get(hashed, 0.0) > now:
+        return None
     key = await ApiKey.objects.select_related("user").filter(hashed_key=hashed).afirst()
-    if key is not None and ttl > 0:
+    if ttl <= 0:
+        return key
+    if key is None:
+        if len(_missing) >= _KEY_CACHE_MAX:
+            _missing.clear()
+        _missing[hashed] = now + ttl
+    else:
         if len(_key_cache) >= _KEY_CACHE_MAX:
             _key_cache.clear()
         _key_cache[hashed] = (key, now + ttl)
