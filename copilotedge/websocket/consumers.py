@@ -5,6 +5,7 @@ tokens with ``self.send`` (the channel layer carries no per-token traffic). A dr
 socket leaves its chats running detached, bounded by ``WS_DETACHED_TIMEOUT``, so they
 finish and are stored; ``resume`` (see :mod:`copilotedge.websocket.resume`) picks an answer up again
 from any server process. What a client sends is checked in :mod:`copilotedge.websocket.input`.
+Every frame counts as one request against the caller's limit (its address's before ``auth``).
 """
 
 from __future__ import annotations
@@ -125,10 +126,18 @@ class ChatConsumer(ResumeMixin, AsyncJsonWebsocketConsumer):  # type: ignore[mis
     async def receive(
         self, text_data: str | None = None, bytes_data: bytes | None = None, **kwargs: Any
     ) -> None:
+        content: dict[str, Any] = {}
+        invalid: exceptions.CopilotEdgeError | None = None
         try:
             content = parse_frame(text_data, bytes_data)
         except exceptions.CopilotEdgeError as error:
-            await self.reply_error(None, error)
+            invalid = error
+        # Every frame counts against the caller's request limit, as an HTTP request would;
+        # before ``auth``, against the client's address (so guessing keys is limited too).
+        decision = await ratelimit.acheck_request(self.principal or Principal(ip=self._ip()))
+        refused = decision.error or invalid
+        if refused is not None:
+            await self.reply_error(client_id(content), refused)
             return
         await self.handle(content)
 
@@ -202,11 +211,7 @@ class ChatConsumer(ResumeMixin, AsyncJsonWebsocketConsumer):  # type: ignore[mis
                 code="too_many_chats",
             )
         request = parse_chat_message(content)
-        # The same request limit as HTTP (where the middleware counts it), once per chat;
-        # the Turn reserves and settles tokens itself.
-        decision = await ratelimit.acheck_request(self.principal)
-        if decision.error is not None:
-            raise decision.error
+        # The frame was counted as a request; the Turn reserves and settles tokens itself.
         turn = Turn(request, self.principal, protocol="websocket")
         task = asyncio.get_running_loop().create_task(self._run_chat(chat_id, turn))
         _running.add(task)

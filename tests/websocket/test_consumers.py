@@ -572,10 +572,45 @@ async def test_chats_count_against_the_request_rate_limit(ws, upstream):
     error = await ws.receive_json_from()
     assert error["type"] == "error" and error["id"] == 3
     assert error["error"]["code"] == "rate_limit_exceeded"
-    await ws.send_json_to({"type": "ping"})
-    assert await ws.receive_json_from() == {"type": "pong"}
     await settle()
     assert await Conversation.objects.acount() == 2
+
+
+@override_settings(COPILOTEDGE_RATE_LIMIT="2/m")
+@pytest.mark.parametrize(
+    "frame",
+    [
+        {"type": "ping"},
+        {"type": "cancel", "id": 1},
+        {"type": "resume", "conversation_id": str(uuid.uuid4())},
+        {"type": "nonsense"},
+    ],
+    ids=lambda frame: frame["type"],
+)
+async def test_every_frame_counts_against_the_request_limit(ws, frame):
+    for _ in range(2):
+        await ws.send_json_to(frame)
+        assert (await ws.receive_json_from()).get("error", {}).get("code") != "rate_limit_exceeded"
+    for _ in range(50):
+        await ws.send_json_to(frame)
+        refused = await ws.receive_json_from()
+        assert refused["type"] == "error"
+        assert refused["error"]["code"] == "rate_limit_exceeded"
+    await ws.send_to(text_data="not json")
+    assert (await ws.receive_json_from())["error"]["code"] == "rate_limit_exceeded"
+
+
+@override_settings(COPILOTEDGE_RATE_LIMIT="2/m")
+async def test_auth_attempts_count_against_the_address(api_key):
+    _, raw = api_key
+    codes = []
+    for token in ("ce_guess1", "ce_guess2", raw):
+        socket = communicator()
+        await socket.connect()
+        await socket.send_json_to({"type": "auth", "token": token})
+        codes.append((await socket.receive_json_from()).get("error", {}).get("code"))
+        await socket.disconnect()
+    assert codes == ["invalid_api_key", "invalid_api_key", "rate_limit_exceeded"]
 
 
 @override_settings(COPILOTEDGE_TOKEN_RATE_LIMIT="10/m")
