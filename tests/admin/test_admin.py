@@ -85,6 +85,13 @@ def test_save_and_continue_shows_the_secret_on_the_change_page(
     assert f'href="{change}"' in saved.content.decode()
 
 
+def test_a_budget_the_key_cannot_hold_is_refused(admin_client: Client, user: Any) -> None:
+    response = admin_client.post(ADD, new_key_form(user, monthly_budget="0.0001"))
+    assert response.status_code == 200
+    assert "no more than 2 decimal places" in response.content.decode()
+    assert not ApiKey.objects.exists()
+
+
 def test_a_keys_owner_cannot_be_changed(admin_client: Client, user: Any, other_user: Any) -> None:
     key, _ = ApiKey.create_key(user, name="mine")
     url = reverse("admin:copilotedge_apikey_change", args=[key.pk])
