@@ -30,6 +30,7 @@ from copilotedge.websocket.input import (
     parse_frame,
     require_id,
 )
+from copilotedge.websocket.layer import OutageTolerantLayer
 from copilotedge.websocket.protocol import (
     AUTH,
     CANCEL,
@@ -73,6 +74,15 @@ def error_body(error: exceptions.CopilotEdgeError) -> dict[str, Any]:
 
 class ChatConsumer(ResumeMixin, AsyncJsonWebsocketConsumer):  # type: ignore[misc]
     """One socket: authentication, concurrent chats, cancel, resume and heartbeat."""
+
+    @property
+    def channel_layer(self) -> OutageTolerantLayer | None:
+        return self._channel_layer
+
+    @channel_layer.setter
+    def channel_layer(self, layer: Any) -> None:
+        # channels assigns the configured layer here; a Redis outage must not end the socket.
+        self._channel_layer = None if layer is None else OutageTolerantLayer(layer)
 
     async def connect(self) -> None:
         self.principal: Principal | None = None
