@@ -1,5 +1,8 @@
 """What a GraphQL operation may cost before it runs: its size, fields, aliases and turns.
 
+Its ``variables`` are bounded too (:data:`MAX_VARIABLE_VALUES`), since graphql-core
+coerces them on the event loop when the operation runs.
+
 A query is parsed with graphql-core's own bounds (source length, lexical tokens), then
 its fields and aliases are counted with fragment spreads expanded (memoised per fragment,
 so a fragment "bomb" is counted, not walked), and only then validated, which is
@@ -31,6 +34,10 @@ from copilotedge.conf import settings
 from copilotedge.copilotkit.graphql.schema import get_schema
 
 TURN_FIELD = "generateCopilotResponse"
+#: JSON values (objects, arrays, scalars) ``variables`` may hold: graphql-core coerces
+#: them on the event loop, some microseconds each. CopilotKit's largest (``COPILOTEDGE_
+#: MAX_MESSAGES`` messages with their actions and context) holds a few thousand.
+MAX_VARIABLE_VALUES = 10_000
 
 
 @dataclass(frozen=True)
@@ -105,6 +112,19 @@ def _turn_fields(document: DocumentNode) -> int:
     return count
 
 
+def count_values(value: Any, limit: int) -> int:
+    """JSON values in ``value``, counting stopped once past ``limit``."""
+    count, stack = 0, [value]
+    while stack and count <= limit:
+        current = stack.pop()
+        count += 1
+        if isinstance(current, dict):
+            stack.extend(current.values())
+        elif isinstance(current, list):
+            stack.extend(current)
+    return count
+
+
 def check_costs(document: DocumentNode) -> None:
     """Raise a ``GraphQLError`` if an operation has too many fields or aliases, or turns."""
     if _turn_fields(document) > 1:
@@ -130,6 +150,10 @@ def parse_operation(body: dict[str, Any]) -> Operation:
         raise GraphQLError("'operationName' must be a string.")
     if variables is not None and not isinstance(variables, dict):
         raise GraphQLError("'variables' must be an object.")
+    if variables is not None and count_values(variables, MAX_VARIABLE_VALUES) > (
+        MAX_VARIABLE_VALUES
+    ):
+        raise GraphQLError(f"'variables' may hold at most {MAX_VARIABLE_VALUES} JSON values.")
     max_length = settings.GRAPHQL_MAX_QUERY_LENGTH
     if len(query) > max_length:
         raise GraphQLError(f"'query' may be at most {max_length} characters long.")

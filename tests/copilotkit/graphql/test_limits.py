@@ -74,6 +74,12 @@ async def test_one_turn_per_request(auth, upstream):
     assert not route.called
 
 
+async def test_variables_are_bounded(auth):
+    message = {"id": "m", "createdAt": "2025-01-01T00:00:00Z", "textMessage": {"role": "user"}}
+    body = {"query": PLAIN, "variables": variables(*[message] * 3_000)}
+    assert_graphql_error(await post(body, auth), "at most 10000 JSON values")
+
+
 async def test_copilotkit_shaped_operations_pass(auth, upstream):
     upstream.post(OPENAI_URL).mock(return_value=text_stream("hi"))
     for query in (PLAIN, STREAMED):
