@@ -9,10 +9,11 @@ class CopilotEdgeConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        from django.contrib.auth import get_user_model
         from django.db.backends.signals import connection_created
         from django.db.models.signals import post_delete, post_save
 
-        from copilotedge.auth import forget_key
+        from copilotedge.auth import forget_key, forget_user_keys
         from copilotedge.background import note_connection
         from copilotedge.checks import register_checks
         from copilotedge.conversations.preferences import forget_preference
@@ -21,6 +22,11 @@ class CopilotEdgeConfig(AppConfig):
         register_checks()
         post_save.connect(forget_key, sender=ApiKey, dispatch_uid="copilotedge-forget-key")
         post_delete.connect(forget_key, sender=ApiKey, dispatch_uid="copilotedge-forget-key-del")
+        user_model = get_user_model()
+        post_save.connect(forget_user_keys, sender=user_model, dispatch_uid="copilotedge-user-keys")
+        post_delete.connect(
+            forget_user_keys, sender=user_model, dispatch_uid="copilotedge-user-keys-del"
+        )
         post_save.connect(
             forget_preference, sender=Preference, dispatch_uid="copilotedge-forget-preference"
         )

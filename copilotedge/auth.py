@@ -5,13 +5,20 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import hmac
+import ipaddress
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from importlib import import_module
+from types import SimpleNamespace
+from typing import Any, cast
 
+from django.conf import settings as django_settings
+from django.contrib.auth import aget_user
 from django.contrib.auth.models import AnonymousUser
+from django.contrib.sessions.backends.base import SessionBase
 from django.db.models import Q
 from django.http import HttpRequest, HttpResponse
 from django.middleware.csrf import CsrfViewMiddleware
@@ -49,26 +56,65 @@ class Principal:
         return self.user.pk if self.user is not None else None
 
 
-def client_ip(request: HttpRequest) -> str:
-    if settings.TRUST_X_FORWARDED_FOR:
-        forwarded = request.headers.get("X-Forwarded-For", "")
-        if forwarded:
-            # The last entry is the one our proxy appended; earlier ones are the client's
-            # own claim, which would let it pick a fresh IP (and rate limit) per request.
-            return forwarded.rsplit(",", 1)[-1].strip()
-    return str(request.META.get("REMOTE_ADDR") or "")
+#: The address of a client whose address is not known: one more client, limited like any.
+UNKNOWN_CLIENT = "unknown"
+FORWARDED_FOR = "X-Forwarded-For"
+
+
+def _address(value: str) -> str | None:
+    try:
+        return str(ipaddress.ip_address(value.strip()))
+    except ValueError:
+        return None
+
+
+def client_ip(request: HttpRequest | Mapping[str, Any]) -> str:
+    """The caller's IP address, from a Django request or an ASGI scope (a WebSocket's).
+
+    Behind a proxy (``COPILOTEDGE_TRUST_X_FORWARDED_FOR``) it is the last
+    ``X-Forwarded-For`` entry, the one the proxy wrote; entries before it are the
+    client's own claim. Without a usable address it is :data:`UNKNOWN_CLIENT`, never
+    empty: an empty address would be the site's own code, which is not limited.
+    """
+    if isinstance(request, HttpRequest):
+        forwarded = request.headers.get(FORWARDED_FOR)
+        peer = request.META.get("REMOTE_ADDR")
+    else:
+        name = FORWARDED_FOR.lower().encode()
+        values = [v for n, v in request.get("headers", []) if n.lower() == name]
+        forwarded = b",".join(values).decode("latin-1") if values else None
+        client = request.get("client")
+        peer = client[0] if client else None
+    if settings.TRUST_X_FORWARDED_FOR and forwarded:
+        address = _address(forwarded.rsplit(",", 1)[-1])
+        if address is not None:
+            return address
+    if isinstance(peer, str) and peer:
+        return _address(peer) or peer
+    return UNKNOWN_CLIENT
 
 
 # hash -> (key, monotonic expiry). Keys are looked up on every request; caching them for
 # a few seconds keeps the database off the hot path. A change made in this process
 # (revoking in the admin) clears the entry at once, other processes within the TTL.
 _key_cache: dict[str, tuple[ApiKey, float]] = {}
+# hash -> monotonic expiry of a lookup that found no key: a client retrying a wrong key
+# costs no query. Apart from the keys, so a flood of guesses cannot evict them.
+_missing: dict[str, float] = {}
 _KEY_CACHE_MAX = 10_000
 
 
 def forget_key(sender: Any, instance: ApiKey, **kwargs: Any) -> None:
     """Signal receiver: drop a saved or deleted key from this process's cache."""
     _key_cache.pop(instance.hashed_key, None)
+    _missing.pop(instance.hashed_key, None)
+
+
+def forget_user_keys(sender: Any, instance: Any, **kwargs: Any) -> None:
+    """Signal receiver: drop a saved or deleted user's keys (they carry the old user)."""
+    for hashed, (key, _) in list(_key_cache.items()):
+        if key.user_id == instance.pk:
+            _key_cache.pop(hashed, None)
 
 
 async def _alookup(hashed: str) -> ApiKey | None:
@@ -77,8 +123,16 @@ async def _alookup(hashed: str) -> ApiKey | None:
     cached = _key_cache.get(hashed)
     if cached is not None and cached[1] > now:
         return cached[0]
+    if _missing.get(hashed, 0.0) > now:
+        return None
     key = await ApiKey.objects.select_related("user").filter(hashed_key=hashed).afirst()
-    if key is not None and ttl > 0:
+    if ttl <= 0:
+        return key
+    if key is None:
+        if len(_missing) >= _KEY_CACHE_MAX:
+            _missing.clear()
+        _missing[hashed] = now + ttl
+    else:
         if len(_key_cache) >= _KEY_CACHE_MAX:
             _key_cache.clear()
         _key_cache[hashed] = (key, now + ttl)
@@ -98,6 +152,41 @@ async def akey_for_token(token: str) -> ApiKey:
         raise exceptions.AuthenticationFailed("This API key is revoked or expired.")
     touch(key)
     return key
+
+
+async def _asession_user(session: SessionBase | None) -> Any:
+    """The user a session is still signed in as (Django's own check), or ``None``."""
+    session_key = session.session_key if session is not None else None
+    if session is None or not session_key:
+        return None
+    # A fresh store: the socket's copy was loaded at connect and outlives a logout.
+    fresh = import_module(django_settings.SESSION_ENGINE).SessionStore(session_key)
+    user = await aget_user(cast(HttpRequest, SimpleNamespace(session=fresh)))
+    return user if user.is_authenticated else None
+
+
+async def arefresh(principal: Principal, session: SessionBase | None = None) -> Principal:
+    """``principal`` as it stands now, or ``AuthenticationFailed`` if it is no more.
+
+    A key is looked up again (through the short key cache, so a change shows within
+    ``COPILOTEDGE_API_KEY_CACHE_SECONDS``): revoked, expired, deleted or its owner
+    deactivated, it fails; else its current limits and models apply. A session user must
+    still be signed in with that ``session`` and active.
+    """
+    key = principal.api_key
+    if key is not None:
+        current = await _alookup(key.hashed_key)
+        if current is None or not current.is_active or not current.user.is_active:
+            raise exceptions.AuthenticationFailed("This API key is revoked or expired.")
+        return Principal(user=current.user, api_key=current, ip=principal.ip)
+    if principal.user is not None:
+        user = await _asession_user(session)
+        if user is None or user.pk != principal.user.pk:
+            raise exceptions.AuthenticationFailed(
+                "The session has ended; sign in again.", code="session_expired"
+            )
+        return Principal(user=user, ip=principal.ip)
+    return principal
 
 
 def check_model(principal: Principal, model: str) -> None:

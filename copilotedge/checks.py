@@ -17,7 +17,7 @@ from django.core import checks
 from django.core.checks import CheckMessage, Tags
 
 from copilotedge.conversations.checks import check_conversation_settings
-from copilotedge.copilotkit.checks import check_agents
+from copilotedge.copilotkit.checks import check_agents, check_graphql_limits
 from copilotedge.ratelimit.checks import check_rate_limits
 from copilotedge.upstream.checks import check_reliability, check_upstream
 from copilotedge.usage.checks import check_usage
@@ -30,6 +30,7 @@ CONCERNS: tuple[tuple[Callable[[], Iterable[CheckMessage]], tuple[str, ...]], ..
     (check_reliability, (Tags.caches,)),
     (check_rate_limits, (Tags.caches,)),
     (check_agents, ()),
+    (check_graphql_limits, ()),
     (check_conversation_settings, ()),
     (check_usage, ()),
 )

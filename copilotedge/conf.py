@@ -174,6 +174,26 @@ class Settings:
         return str(_get("COPILOTEDGE_AGUI_STOP_GROUP", "copilotedge.copilotkit.agui.run.stop"))
 
     @property
+    def GRAPHQL_MAX_QUERY_LENGTH(self) -> int:
+        """Characters a GraphQL ``query`` may have (CopilotKit's is about 2,500)."""
+        return int(_get("COPILOTEDGE_GRAPHQL_MAX_QUERY_LENGTH", 20_000))
+
+    @property
+    def GRAPHQL_MAX_TOKENS(self) -> int:
+        """Lexical tokens a GraphQL ``query`` may have (CopilotKit's has about 300)."""
+        return int(_get("COPILOTEDGE_GRAPHQL_MAX_TOKENS", 2_000))
+
+    @property
+    def GRAPHQL_MAX_FIELDS(self) -> int:
+        """Fields a GraphQL operation may select, fragments expanded (CopilotKit's: about 80)."""
+        return int(_get("COPILOTEDGE_GRAPHQL_MAX_FIELDS", 200))
+
+    @property
+    def GRAPHQL_MAX_ALIASES(self) -> int:
+        """Aliased fields a GraphQL operation may have, fragments expanded."""
+        return int(_get("COPILOTEDGE_GRAPHQL_MAX_ALIASES", 20))
+
+    @property
     def METRICS_TOKEN(self) -> str:
         return str(_get("COPILOTEDGE_METRICS_TOKEN", ""))
 

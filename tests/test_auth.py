@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import respx
+from django.contrib.auth import get_user_model
 from django.test import AsyncClient, RequestFactory, override_settings
 from django.utils import timezone
 
@@ -17,7 +18,7 @@ from copilotedge import exceptions
 from copilotedge.auth import Principal, aauthenticate, akey_for_token, client_ip
 from copilotedge.chat.turn import ChatRequest, Turn
 from copilotedge.exceptions import PermissionDenied
-from copilotedge.models import ApiKey
+from copilotedge.models import ApiKey, hash_key
 from tests.helpers import OPENAI_URL, run_url
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -49,6 +50,71 @@ def test_client_ip_behind_a_proxy_is_the_address_the_proxy_saw() -> None:
     single = factory.get("/", REMOTE_ADDR="10.0.0.1", HTTP_X_FORWARDED_FOR="203.0.113.9")
     assert client_ip(single) == "203.0.113.9"
     assert client_ip(factory.get("/", REMOTE_ADDR="10.0.0.1")) == "10.0.0.1"
+
+
+def scope(peer: str | None, forwarded: str | None = None) -> dict[str, Any]:
+    headers = [(b"host", b"testserver")]
+    if forwarded is not None:
+        headers.append((b"x-forwarded-for", forwarded.encode()))
+    return {"type": "websocket", "headers": headers, "client": [peer, 0] if peer else None}
+
+
+@pytest.mark.parametrize("trusted", [True, False])
+@pytest.mark.parametrize(
+    ("peer", "forwarded"),
+    [
+        ("10.0.0.1", None),
+        ("10.0.0.1", "6.6.6.6, 203.0.113.9"),
+        ("10.0.0.1", "203.0.113.9"),
+        ("10.0.0.1", ", x"),
+        ("10.0.0.1", ""),
+        ("10.0.0.1", "2001:DB8::1"),
+        ("", ", x"),
+        ("", None),
+    ],
+)
+def test_http_and_websocket_read_the_client_ip_alike(
+    trusted: bool, peer: str, forwarded: str | None
+) -> None:
+    meta = {"REMOTE_ADDR": peer}
+    if forwarded is not None:
+        meta["HTTP_X_FORWARDED_FOR"] = forwarded
+    with override_settings(COPILOTEDGE_TRUST_X_FORWARDED_FOR=trusted):
+        from_http = client_ip(factory.get("/", **meta))
+        from_socket = client_ip(scope(peer or None, forwarded))
+    assert from_http == from_socket
+    assert from_http  # never empty: an empty address is not limited
+
+
+@override_settings(COPILOTEDGE_TRUST_X_FORWARDED_FOR=True)
+def test_a_forwarded_entry_that_is_no_address_falls_back_to_the_peer() -> None:
+    assert client_ip(factory.get("/", REMOTE_ADDR="10.0.0.1", HTTP_X_FORWARDED_FOR=", x")) == (
+        "10.0.0.1"
+    )
+    assert client_ip(factory.get("/", REMOTE_ADDR="", HTTP_X_FORWARDED_FOR=", x")) == "unknown"
+    assert client_ip(scope(None)) == "unknown"
+    assert client_ip(scope("10.0.0.1", "2001:DB8::1")) == "2001:db8::1"
+
+
+async def test_a_failed_key_lookup_is_cached(db: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    lookups = []
+    select_related = ApiKey.objects.select_related
+
+    def counted(*fields: str) -> Any:
+        lookups.append(fields)
+        return select_related(*fields)
+
+    monkeypatch.setattr(ApiKey.objects, "select_related", counted)
+    for _ in range(3):
+        with pytest.raises(exceptions.AuthenticationFailed):
+            await akey_for_token("ce_not-a-key")
+    assert len(lookups) == 1
+    # A key saved with that hash is found at once (its save clears the entry).
+    user = await get_user_model().objects.acreate(username="carol")
+    key = await ApiKey.objects.acreate(
+        user=user, prefix="ce_not-a", hashed_key=hash_key("ce_not-a-key")
+    )
+    assert (await akey_for_token("ce_not-a-key")).pk == key.pk
 
 
 async def test_key_lookup(api_key: tuple[ApiKey, str]) -> None:

@@ -266,6 +266,20 @@ async def test_behind_a_trusted_proxy_the_forwarded_ip_counts() -> None:
     assert [first.status_code, again.status_code, other.status_code] == [200, 429, 200]
 
 
+@override_settings(
+    COPILOTEDGE_ALLOW_ANONYMOUS=True,
+    COPILOTEDGE_RATE_LIMIT="1/m",
+    COPILOTEDGE_TRUST_X_FORWARDED_FOR=True,
+)
+@pytest.mark.parametrize("peer", ["10.0.0.1", ""])
+async def test_a_forwarded_header_without_an_address_does_not_escape_the_limit(peer: str) -> None:
+    statuses = [
+        (await get_from(peer, headers={"X-Forwarded-For": forged})).status_code
+        for forged in (", x", ", y", "", ",")
+    ]
+    assert statuses == [200, 429, 429, 429]
+
+
 @override_settings(COPILOTEDGE_RATE_LIMIT="1/m")
 def test_sync_mode(api_key: tuple[ApiKey, str]) -> None:
     def view(request: HttpRequest) -> HttpResponse:

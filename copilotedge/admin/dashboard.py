@@ -168,7 +168,7 @@ def table_lines(data: report.Report, table: str) -> list[list[Any]]:
         report.BY_USER: data.users,
         report.BY_KEY: data.keys,
     }[table]
-    return [[table, *report.Row.COLUMNS], *[list(row.as_dict(table).values()) for row in rows]]
+    return [[table, *report.Row.COLUMNS], *[row.csv_values(table) for row in rows]]
 
 
 def export_table_view(

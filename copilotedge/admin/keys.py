@@ -11,8 +11,11 @@ from typing import TYPE_CHECKING, Any
 from django.contrib import admin, messages
 from django.db.models import Q, QuerySet, Sum
 from django.forms import ModelForm
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+from django.urls import reverse
 from django.utils import timezone
+from django.utils.cache import add_never_cache_headers
 
 from copilotedge.models import ApiKey
 from copilotedge.ratelimit.budget import month_start
@@ -104,11 +107,37 @@ class ApiKeyAdmin(ApiKeyAdminBase):
             return
         raw, obj.prefix, obj.hashed_key = ApiKey.generate()
         super().save_model(request, obj, form, change)
-        # The only time the secret exists outside the client: shown once, never stored.
-        messages.warning(
-            request,
-            f"The new API key is {raw} — copy it now, it will not be shown again.",
-        )
+        request.copilotedge_new_key = raw  # type: ignore[attr-defined]
+
+    def response_add(
+        self, request: HttpRequest, obj: ApiKey, post_url_continue: str | None = None
+    ) -> HttpResponse:
+        """The new key's secret, shown once on this page (never in ``messages``, which a
+        site may keep in a cookie), not stored anywhere."""
+        secret = getattr(request, "copilotedge_new_key", None)
+        if secret is None:
+            return super().response_add(request, obj, post_url_continue)
+        opts = self.opts
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": opts,
+            "title": "New API key",
+            "key": obj,
+            "secret": secret,
+            "change_url": reverse(
+                f"admin:{opts.app_label}_{opts.model_name}_change", args=[obj.pk]
+            ),
+            "add_url": reverse(f"admin:{opts.app_label}_{opts.model_name}_add"),
+            "changelist_url": reverse(f"admin:{opts.app_label}_{opts.model_name}_changelist"),
+        }
+        response = TemplateResponse(request, "admin/copilotedge/apikey/created.html", context)
+        add_never_cache_headers(response)
+        return response
+
+    def get_readonly_fields(self, request: HttpRequest, obj: ApiKey | None = None) -> Any:
+        """A key's owner is set when it is created; moving it would hand its secret over."""
+        fields = tuple(super().get_readonly_fields(request, obj))
+        return fields if obj is None else (*fields, "user")
 
     @admin.action(description="Revoke selected keys", permissions=["change"])
     def revoke_selected(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:

@@ -62,6 +62,10 @@ def message_json(message: Message) -> dict[str, Any]:
     }
 
 
+#: Longer than any cursor :func:`_encode_cursor` writes (about 90 characters).
+MAX_CURSOR_LENGTH = 200
+
+
 def _encode_cursor(conversation: Conversation) -> str:
     raw = json.dumps([conversation.updated_at.isoformat(), conversation.id.hex])
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
@@ -69,10 +73,12 @@ def _encode_cursor(conversation: Conversation) -> str:
 
 def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
     try:
+        if len(cursor) > MAX_CURSOR_LENGTH:
+            raise ValueError(cursor)
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         when, pk = json.loads(raw)
         return datetime.fromisoformat(when), uuid.UUID(pk)
-    except (ValueError, TypeError, binascii.Error):
+    except (ValueError, TypeError, binascii.Error, RecursionError):
         raise InvalidRequest(
             "'cursor' is not a cursor this API returned.", param="cursor"
         ) from None

@@ -1,4 +1,4 @@
-"""Checks of CopilotKit's agents (``COPILOTEDGE_AGENTS``): copilotedge.E040-E045, W040-W041."""
+"""Checks of CopilotKit's agents and GraphQL limits: copilotedge.E040-E046, W040-W041."""
 
 from __future__ import annotations
 
@@ -81,3 +81,22 @@ def check_agents() -> Iterable[CheckMessage]:
             "COPILOTEDGE_AGUI_STOP_GROUP must be 1-66 letters, digits, '_', '.' or '-'.",
             id="copilotedge.E045",
         )
+
+
+GRAPHQL_LIMITS = (
+    "GRAPHQL_MAX_QUERY_LENGTH",
+    "GRAPHQL_MAX_TOKENS",
+    "GRAPHQL_MAX_FIELDS",
+    "GRAPHQL_MAX_ALIASES",
+)
+
+
+def check_graphql_limits() -> Iterable[CheckMessage]:
+    """The legacy GraphQL face's limits are positive integers."""
+    for name in GRAPHQL_LIMITS:
+        try:
+            value = getattr(settings, name)
+        except (TypeError, ValueError):
+            value = 0
+        if value < 1:
+            yield Error(f"COPILOTEDGE_{name} must be a positive integer.", id="copilotedge.E046")

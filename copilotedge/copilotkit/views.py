@@ -15,13 +15,10 @@ from typing import Any
 from django.http import HttpRequest, JsonResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from graphql import (
-    DocumentNode,
     ExecutionResult,
     ExperimentalIncrementalExecutionResults,
     GraphQLError,
     experimental_execute_incrementally,
-    parse,
-    validate,
 )
 
 from copilotedge.auth import aauthenticate
@@ -32,6 +29,7 @@ from copilotedge.copilotkit.agui import runs as agui_runs
 from copilotedge.copilotkit.graphql import resolve as copilotkit_gql
 from copilotedge.copilotkit.graphql.incremental import CONTENT_TYPE as MULTIPART
 from copilotedge.copilotkit.graphql.incremental import PathFormat, multipart
+from copilotedge.copilotkit.graphql.limits import Operation, aparse_operation
 from copilotedge.copilotkit.graphql.schema import get_schema
 from copilotedge.exceptions import CopilotEdgeError, InvalidRequest, UpstreamError
 from copilotedge.models import Message
@@ -193,34 +191,16 @@ def _app_error(errors: list[GraphQLError]) -> CopilotEdgeError | None:
     return None
 
 
-def _operation(body: dict[str, Any]) -> tuple[DocumentNode, str | None, dict[str, Any] | None]:
-    query, name, variables = body.get("query"), body.get("operationName"), body.get("variables")
-    if not isinstance(query, str):
-        raise GraphQLError("'query' must be a string.")
-    if name is not None and not isinstance(name, str):
-        raise GraphQLError("'operationName' must be a string.")
-    if variables is not None and not isinstance(variables, dict):
-        raise GraphQLError("'variables' must be an object.")
-    document = parse(query)
-    errors = validate(get_schema(), document)
-    if errors:
-        raise errors[0]
-    return document, name, variables
-
-
 async def _execute(
-    document: DocumentNode,
-    operation_name: str | None,
-    variables: dict[str, Any] | None,
-    context: copilotkit_gql.Context,
+    operation: Operation, context: copilotkit_gql.Context
 ) -> ExecutionResult | ExperimentalIncrementalExecutionResults:
     outcome = experimental_execute_incrementally(
         get_schema(),
-        document,
+        operation.document,
         root_value=copilotkit_gql.ROOT,
         context_value=context,
-        variable_values=variables,
-        operation_name=operation_name,
+        variable_values=operation.variables,
+        operation_name=operation.name,
     )
     if isinstance(outcome, ExecutionResult | ExperimentalIncrementalExecutionResults):
         return outcome
@@ -235,12 +215,12 @@ async def graphql(request: HttpRequest, body: dict[str, Any]) -> HttpResponseBas
         formatted = {"message": error.message, "extensions": {"code": error.code}}
         return graphql_error_response([formatted], error.status_code, error)
     try:
-        document, operation_name, variables = _operation(body)
+        operation = await aparse_operation(body)
     except GraphQLError as error:
         return graphql_error_response([dict(error.formatted)], 400)
     context = copilotkit_gql.Context(principal)
     try:
-        result = await _execute(document, operation_name, variables, context)
+        result = await _execute(operation, context)
     except BaseException:  # a client gone before the first payload: hang up upstream too
         await context.cancel()
         raise

@@ -105,6 +105,11 @@ LOOP_LAG = Histogram(
     "How late the event loop wakes a 100 ms timer: time nothing else could run.",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
+CHANNEL_LAYER_ERRORS = Counter(
+    "copilotedge_channel_layer_errors",
+    "WebSocket channel-layer operations that failed (the layer unreachable), by operation.",
+    ["operation"],
+)
 CIRCUIT = Gauge(
     "copilotedge_circuit_state",
     "Upstream circuit breaker state: 0 closed, 1 half-open, 2 open.",
@@ -178,6 +183,11 @@ def track_stream(protocol: str) -> Iterator[None]:
 def observe_rejection(limit: str) -> None:
     """Count one request the rate limiter refused; ``limit`` is what ran out."""
     REJECTIONS.labels(limit).inc()
+
+
+def observe_channel_layer_error(operation: str) -> None:
+    """Count one failed channel-layer operation of a WebSocket (``receive``, ``group_add``…)."""
+    CHANNEL_LAYER_ERRORS.labels(operation).inc()
 
 
 def set_circuit_state(upstream: str, state: str) -> None:

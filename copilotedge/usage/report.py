@@ -92,6 +92,16 @@ def plain(value: Any) -> Any:
     return format(value, "f") if isinstance(value, Decimal) else value
 
 
+#: What makes a spreadsheet read a cell as a formula (or a new cell) when it starts one.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def guarded(text: str) -> str:
+    """Text a user chose (a username, a key's name) safe to open in a spreadsheet: one that
+    would start a formula, such as ``=HYPERLINK(…)``, is prefixed with ``'``."""
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
+
+
 def _money(value: Decimal) -> Decimal:
     # SQLite returns sums of decimals with float noise; the ledger keeps 8 decimals.
     return Decimal(value).quantize(_CENT_MILLIONTHS)
@@ -184,6 +194,12 @@ class Row:
 
     def as_dict(self, by: str) -> dict[str, Any]:
         return {by: self.label, **{name: getattr(self, name) for name in self.COLUMNS}}
+
+    def csv_values(self, by: str) -> list[Any]:
+        """The row as CSV cells; user and key labels :func:`guarded` (model ids are the
+        site's own, and start with ``@``)."""
+        label = guarded(self.label) if by in (BY_USER, BY_KEY) else self.label
+        return [plain(label), *(plain(getattr(self, name)) for name in self.COLUMNS)]
 
 
 def _group_expression(by: str) -> Any:

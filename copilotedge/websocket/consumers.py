@@ -5,6 +5,7 @@ tokens with ``self.send`` (the channel layer carries no per-token traffic). A dr
 socket leaves its chats running detached, bounded by ``WS_DETACHED_TIMEOUT``, so they
 finish and are stored; ``resume`` (see :mod:`copilotedge.websocket.resume`) picks an answer up again
 from any server process. What a client sends is checked in :mod:`copilotedge.websocket.input`.
+Every frame counts as one request against the caller's limit (its address's before ``auth``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from copilotedge import exceptions, ratelimit
-from copilotedge.auth import Principal, akey_for_token
+from copilotedge.auth import Principal, akey_for_token, arefresh, client_ip
 from copilotedge.chat import wire
 from copilotedge.chat.turn import Turn
 from copilotedge.conf import settings
@@ -29,6 +30,7 @@ from copilotedge.websocket.input import (
     parse_frame,
     require_id,
 )
+from copilotedge.websocket.layer import OutageTolerantLayer
 from copilotedge.websocket.protocol import (
     AUTH,
     CANCEL,
@@ -73,6 +75,15 @@ def error_body(error: exceptions.CopilotEdgeError) -> dict[str, Any]:
 class ChatConsumer(ResumeMixin, AsyncJsonWebsocketConsumer):  # type: ignore[misc]
     """One socket: authentication, concurrent chats, cancel, resume and heartbeat."""
 
+    @property
+    def channel_layer(self) -> OutageTolerantLayer | None:
+        return self._channel_layer
+
+    @channel_layer.setter
+    def channel_layer(self, layer: Any) -> None:
+        # channels assigns the configured layer here; a Redis outage must not end the socket.
+        self._channel_layer = None if layer is None else OutageTolerantLayer(layer)
+
     async def connect(self) -> None:
         self.principal: Principal | None = None
         self.attached = True
@@ -87,12 +98,7 @@ class ChatConsumer(ResumeMixin, AsyncJsonWebsocketConsumer):  # type: ignore[mis
             self._auth_deadline = asyncio.create_task(self._expire_unauthenticated())
 
     def _ip(self) -> str:
-        if settings.TRUST_X_FORWARDED_FOR:
-            for name, value in self.scope.get("headers", []):
-                if name == b"x-forwarded-for":
-                    return str(value.decode("latin1").split(",")[0].strip())
-        client = self.scope.get("client")
-        return str(client[0]) if client else ""
+        return client_ip(self.scope)
 
     async def _authenticated(self, principal: Principal) -> None:
         self.principal = principal
@@ -130,10 +136,18 @@ class ChatConsumer(ResumeMixin, AsyncJsonWebsocketConsumer):  # type: ignore[mis
     async def receive(
         self, text_data: str | None = None, bytes_data: bytes | None = None, **kwargs: Any
     ) -> None:
+        content: dict[str, Any] = {}
+        invalid: exceptions.CopilotEdgeError | None = None
         try:
             content = parse_frame(text_data, bytes_data)
         except exceptions.CopilotEdgeError as error:
-            await self.reply_error(None, error)
+            invalid = error
+        # Every frame counts against the caller's request limit, as an HTTP request would;
+        # before ``auth``, against the client's address (so guessing keys is limited too).
+        decision = await ratelimit.acheck_request(self.principal or Principal(ip=self._ip()))
+        refused = decision.error or invalid
+        if refused is not None:
+            await self.reply_error(client_id(content), refused)
             return
         await self.handle(content)
 
@@ -156,12 +170,28 @@ class ChatConsumer(ResumeMixin, AsyncJsonWebsocketConsumer):  # type: ignore[mis
                 raise exceptions.AuthenticationFailed(
                     'Send {"type": "auth", "token": "ce_…"} first.', code="authentication_required"
                 )
+            if kind in (CHAT, RESUME) and not await self._still_authenticated(content):
+                return
             await handler(content)
         except exceptions.CopilotEdgeError as error:
             await self.reply_error(client_id(content), error)
         except Exception:
             logger.exception("WebSocket message %r failed", kind)
             await self.reply_error(client_id(content), exceptions.CopilotEdgeError())
+
+    async def _still_authenticated(self, content: dict[str, Any]) -> bool:
+        """Re-check the caller before work; gone credentials end the socket (4401)."""
+        assert self.principal is not None
+        try:
+            self.principal = await arefresh(self.principal, self.scope.get("session"))
+        except exceptions.AuthenticationFailed as error:
+            self.principal = None
+            for task in self.chats.values():
+                task.cancel()
+            await self.reply_error(client_id(content), error)
+            await self.close(code=CLOSE_UNAUTHENTICATED)
+            return False
+        return True
 
     async def on_ping(self, content: dict[str, Any]) -> None:
         await self.reply({"type": PONG})
@@ -191,11 +221,7 @@ class ChatConsumer(ResumeMixin, AsyncJsonWebsocketConsumer):  # type: ignore[mis
                 code="too_many_chats",
             )
         request = parse_chat_message(content)
-        # The same request limit as HTTP (where the middleware counts it), once per chat;
-        # the Turn reserves and settles tokens itself.
-        decision = await ratelimit.acheck_request(self.principal)
-        if decision.error is not None:
-            raise decision.error
+        # The frame was counted as a request; the Turn reserves and settles tokens itself.
         turn = Turn(request, self.principal, protocol="websocket")
         task = asyncio.get_running_loop().create_task(self._run_chat(chat_id, turn))
         _running.add(task)

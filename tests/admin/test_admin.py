@@ -49,29 +49,57 @@ def test_creating_a_key_shows_the_secret_once(admin_client: Client, user: Any) -
     saved = admin_client.post(
         ADD, new_key_form(user, requests_per_minute="30", allowed_models='["@cf/x/y"]')
     )
-    assert saved.status_code == 302
+    # Shown on the response page itself: nothing to carry to the next one.
+    assert saved.status_code == 200
+    assert "no-store" in saved["Cache-Control"]
     key = ApiKey.objects.get()
     assert (key.requests_per_minute, key.allowed_models) == (30, ["@cf/x/y"])
-    page = admin_client.get(saved["Location"]).content.decode()
-    (message,) = [line for line in page.splitlines() if "The new API key is" in line]
-    raw = message.split("The new API key is ")[1].split()[0]
+    page = saved.content.decode()
+    raw = secret_on(page)
     assert hash_key(raw) == key.hashed_key
     assert raw.startswith(key.prefix)
-    again = admin_client.get(saved["Location"]).content.decode()
+    # Not in messages (the demo keeps them in a signed, unencrypted cookie).
+    assert "messages" not in saved.cookies or raw not in saved.cookies["messages"].value
+    again = admin_client.get(CHANGELIST).content.decode()
     assert raw not in again  # once only
     change = admin_client.get(reverse("admin:copilotedge_apikey_change", args=[key.pk]))
     for content in (page, again, change.content.decode()):
         assert key.hashed_key not in content
     assert key.prefix in change.content.decode()
+    assert raw not in change.content.decode()
+
+
+def secret_on(page: str) -> str:
+    (line,) = [line for line in page.splitlines() if 'id="new-api-key"' in line]
+    return line.split('value="')[1].split('"')[0]
 
 
 def test_save_and_continue_shows_the_secret_on_the_change_page(
     admin_client: Client, user: Any
 ) -> None:
-    saved = admin_client.post(ADD, new_key_form(user, _continue="1"), follow=True)
+    saved = admin_client.post(ADD, new_key_form(user, _continue="1"))
     key = ApiKey.objects.get()
-    assert saved.redirect_chain[-1][0] == reverse("admin:copilotedge_apikey_change", args=[key.pk])
-    assert "The new API key is ce_" in saved.content.decode()
+    assert saved.status_code == 200
+    assert hash_key(secret_on(saved.content.decode())) == key.hashed_key
+    change = reverse("admin:copilotedge_apikey_change", args=[key.pk])
+    assert f'href="{change}"' in saved.content.decode()
+
+
+def test_a_budget_the_key_cannot_hold_is_refused(admin_client: Client, user: Any) -> None:
+    response = admin_client.post(ADD, new_key_form(user, monthly_budget="0.0001"))
+    assert response.status_code == 200
+    assert "no more than 2 decimal places" in response.content.decode()
+    assert not ApiKey.objects.exists()
+
+
+def test_a_keys_owner_cannot_be_changed(admin_client: Client, user: Any, other_user: Any) -> None:
+    key, _ = ApiKey.create_key(user, name="mine")
+    url = reverse("admin:copilotedge_apikey_change", args=[key.pk])
+    assert 'name="user"' not in admin_client.get(url).content.decode()
+    form = new_key_form(other_user, name="mine", revoked_at_0="", revoked_at_1="")
+    assert admin_client.post(url, form).status_code == 302
+    key.refresh_from_db()
+    assert key.user_id == user.pk
 
 
 def test_editing_a_key_keeps_its_secret(admin_client: Client, user: Any) -> None:
@@ -80,7 +108,7 @@ def test_editing_a_key_keeps_its_secret(admin_client: Client, user: Any) -> None
     form = new_key_form(user, name="renamed", revoked_at_0="", revoked_at_1="")
     response = admin_client.post(url, form, follow=True)
     assert response.status_code == 200
-    assert "The new API key" not in response.content.decode()
+    assert 'id="new-api-key"' not in response.content.decode()
     key.refresh_from_db()
     assert key.name == "renamed"
     assert key.hashed_key == hash_key(raw)

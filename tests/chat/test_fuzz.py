@@ -6,11 +6,17 @@ auth, cache and content-type variants a client could send. Every response must b
 500, carry no traceback, be an OpenAI error object when it is an error, and finish in
 bounded time (streams are read to their end). The upstream is mocked to always answer,
 so a request that passes validation is answered.
+
+The other input boundaries get the same treatment: AG-UI ``RunAgentInput`` bodies, GraphQL
+variables, WebSocket frames, conversation cursors and preferences, each mostly
+well-formed with arbitrary JSON in places; their errors are the face's own error shape
+(GraphQL ``errors``, WebSocket ``error`` frames).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from typing import Any
 from urllib.parse import quote
@@ -290,3 +296,233 @@ async def test_described_requests_are_accepted(
         assert response.status_code == 200, response.json()
     seen = STATUSES["described"]
     seen[response.status_code] = seen.get(response.status_code, 0) + 1
+
+
+# The other input boundaries: AG-UI, GraphQL variables, WebSocket frames, cursors, preferences.
+
+BOUNDARY = settings(FUZZ, max_examples=150)
+TEXTS = st.text(max_size=30)
+
+
+def maybe(strategy: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """Mostly a well-formed value, sometimes arbitrary JSON in its place."""
+    return st.one_of(strategy, strategy, strategy, ANY_JSON)
+
+
+AGUI_MESSAGE = st.fixed_dictionaries(
+    {"id": maybe(TEXTS), "role": maybe(st.sampled_from(["user", "assistant", "system", "tool"]))},
+    optional={"content": maybe(TEXTS), "toolCallId": TEXTS, "name": TEXTS},
+)
+RUN_INPUT = st.fixed_dictionaries(
+    {
+        "threadId": maybe(TEXTS),
+        "runId": maybe(TEXTS),
+        "messages": maybe(st.lists(AGUI_MESSAGE, max_size=3)),
+    },
+    optional={
+        "tools": maybe(
+            st.lists(
+                st.fixed_dictionaries(
+                    {"name": TEXTS, "description": TEXTS, "parameters": ANY_JSON}
+                ),
+                max_size=2,
+            )
+        ),
+        "context": maybe(
+            st.lists(st.fixed_dictionaries({"description": TEXTS, "value": TEXTS}), max_size=2)
+        ),
+        "state": ANY_JSON,
+        "forwardedProps": ANY_JSON,
+    },
+)
+GQL_MESSAGE = st.fixed_dictionaries(
+    {"id": maybe(TEXTS), "createdAt": maybe(TEXTS)},
+    optional={
+        "textMessage": maybe(
+            st.fixed_dictionaries(
+                {
+                    "role": maybe(st.sampled_from(["user", "assistant", "system"])),
+                    "content": maybe(TEXTS),
+                }
+            )
+        ),
+        "resultMessage": ANY_JSON,
+    },
+)
+GQL_DATA = st.fixed_dictionaries(
+    {
+        "messages": maybe(st.lists(GQL_MESSAGE, max_size=3)),
+        "frontend": maybe(
+            st.fixed_dictionaries({"actions": maybe(st.lists(ANY_JSON, max_size=2))})
+        ),
+        "metadata": maybe(
+            st.fixed_dictionaries({"requestType": st.sampled_from(["Chat", "Task"]) | TEXTS})
+        ),
+    },
+    optional={"threadId": maybe(TEXTS), "forwardedParameters": ANY_JSON, "context": ANY_JSON},
+)
+GQL_MUTATION = (
+    "mutation($data: GenerateCopilotResponseInput!, $properties: JSONObject) {"
+    " generateCopilotResponse(data: $data, properties: $properties) {"
+    " threadId status { ... on BaseResponseStatus { code } }"
+    " messages { __typename ... on TextMessageOutput { content } } } }"
+)
+FRAME = st.one_of(
+    ANY_JSON,
+    st.fixed_dictionaries(
+        {"type": st.sampled_from(["chat", "cancel", "resume", "ping", "auth", "confirm"]) | TEXTS},
+        optional={
+            "id": maybe(st.integers() | TEXTS),
+            "messages": maybe(
+                st.lists(
+                    st.fixed_dictionaries(
+                        {"role": maybe(st.just("user")), "content": maybe(TEXTS)}
+                    ),
+                    max_size=2,
+                )
+            ),
+            "conversation_id": maybe(st.uuids().map(str) | TEXTS),
+            "after": maybe(st.integers()),
+            "model": maybe(st.sampled_from(MODELS) | TEXTS),
+            "params": ANY_JSON,
+            "token": maybe(TEXTS),
+        },
+    ),
+)
+
+
+async def check_http(response: Any) -> None:
+    """No 5xx, no traceback; an error is the documented error object."""
+    assert response.status_code < 500, response.status_code
+    body = (
+        b"".join([chunk async for chunk in response.streaming_content])
+        if getattr(response, "streaming", False)
+        else response.content
+    )
+    assert b"Traceback" not in body
+    if response.status_code >= 400:
+        error = json.loads(body)["error"]
+        assert isinstance(error["message"], str) and isinstance(error["type"], str)
+
+
+@BOUNDARY
+@given(body=st.one_of(RUN_INPUT, ANY_JSON))
+async def test_generated_agui_run_inputs(
+    mocked_upstream: Any, drain_usage: None, agui_drain: None, auth: dict[str, str], body: Any
+) -> None:
+    async with asyncio.timeout(REQUEST_TIMEOUT):
+        response = await AsyncClient().post(
+            "/copilotedge/copilotkit/agent/default/run",
+            json.dumps(body),
+            content_type="application/json",
+            headers=auth,
+        )
+        await check_http(response)
+
+
+@BOUNDARY
+@given(data=st.one_of(GQL_DATA, ANY_JSON), properties=ANY_JSON)
+async def test_generated_graphql_variables(
+    mocked_upstream: Any, drain_usage: None, auth: dict[str, str], data: Any, properties: Any
+) -> None:
+    body = {"query": GQL_MUTATION, "variables": {"data": data, "properties": properties}}
+    async with asyncio.timeout(REQUEST_TIMEOUT):
+        response = await AsyncClient().post(
+            "/copilotedge/copilotkit",
+            json.dumps(body),
+            content_type="application/json",
+            headers=auth,
+        )
+    assert response.status_code < 500, response.status_code
+    assert b"Traceback" not in response.content
+    result = response.json()
+    for error in result.get("errors") or []:
+        assert isinstance(error["message"], str)
+    assert "data" in result or result.get("errors")
+
+
+@BOUNDARY
+@given(
+    cursor=TEXTS | st.binary(max_size=60).map(lambda b: base64.urlsafe_b64encode(b).decode()),
+    limit=TEXTS,
+)
+async def test_generated_conversation_cursors(
+    mocked_upstream: Any, auth: dict[str, str], cursor: str, limit: str
+) -> None:
+    response = await AsyncClient().get(
+        "/copilotedge/conversations/", {"cursor": cursor, "limit": limit}, headers=auth
+    )
+    await check_http(response)
+
+
+PREFERENCES = st.fixed_dictionaries(
+    {},
+    optional={
+        name: ANY_JSON | TEXTS
+        for name in (
+            "agent",
+            "model",
+            "system_prompt",
+            "temperature",
+            "max_tokens",
+            "store_conversations",
+        )
+    },
+)
+
+
+@BOUNDARY
+@given(body=st.one_of(PREFERENCES, ANY_JSON))
+async def test_generated_preferences(mocked_upstream: Any, auth: dict[str, str], body: Any) -> None:
+    response = await AsyncClient().put(
+        "/copilotedge/preferences/", json.dumps(body), content_type="application/json", headers=auth
+    )
+    await check_http(response)
+
+
+WS_REPLIES = {
+    "ready",
+    "start",
+    "delta",
+    "done",
+    "cancelled",
+    "error",
+    "pong",
+    "tool_call",
+    "tool_result",
+    "confirm",
+}
+
+
+@settings(FUZZ, max_examples=60)
+@given(frames=st.lists(FRAME, min_size=1, max_size=4))
+async def test_generated_websocket_frames(
+    mocked_upstream: Any,
+    drain_usage: None,
+    drain_chats: None,
+    session_cookie: bytes,
+    frames: list[Any],
+) -> None:
+    from channels.testing import WebsocketCommunicator
+
+    from tests.asgi import application
+    from tests.helpers import ORIGIN, WS_PATH
+
+    socket = WebsocketCommunicator(
+        application, WS_PATH, headers=[ORIGIN, (b"cookie", session_cookie)]
+    )
+    assert (await socket.connect())[0]
+    assert (await socket.receive_json_from())["type"] == "ready"
+    for frame in frames:
+        await socket.send_to(text_data=json.dumps(frame))
+    # Every reply is a documented message; an error carries a message and a code.
+    while not await socket.receive_nothing(timeout=0.2):
+        output = await socket.receive_output()
+        if output["type"] == "websocket.close":
+            break
+        reply = json.loads(output["text"])
+        assert reply["type"] in WS_REPLIES, reply
+        if reply["type"] == "error":
+            assert isinstance(reply["error"]["message"], str)
+            assert isinstance(reply["error"]["code"], str)
+    await socket.disconnect()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import uuid
 from datetime import timedelta
@@ -169,10 +170,14 @@ async def test_list_pages_through_equal_timestamps_without_loss(auth, user):
     assert sorted(seen) == sorted(every)
 
 
+# A JSON array nested past the parser's recursion limit, as a cursor.
+DEEP = base64.urlsafe_b64encode(b"[" * 100_000 + b"]" * 100_000).decode().rstrip("=")
+
+
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize(
     ("query", "param"), [("limit=0", "limit"), ("limit=x", "limit"), ("limit=101", "limit"),
-                         ("cursor=nope", "cursor")],
+                         ("cursor=nope", "cursor"), (f"cursor={DEEP}", "cursor")],
 )  # fmt: skip
 async def test_list_rejects_bad_paging_naming_the_field(auth, query, param):
     response = await AsyncClient().get(f"{BASE}/conversations/?{query}", headers=auth)

@@ -77,6 +77,16 @@ def test_bad_limits_are_refused(args: list[str]) -> None:
     assert not ApiKey.objects.exists()
 
 
+@pytest.mark.parametrize(
+    ("budget", "says"),
+    [("0.0001", "2 decimal places"), ("12345678901.5", "digits"), ("1e-9", "decimal places")],
+)
+def test_a_budget_the_key_cannot_hold_is_refused(budget: str, says: str) -> None:
+    with pytest.raises(CommandError, match=says):
+        create_key("--user", "dave", "--budget", budget)
+    assert not ApiKey.objects.exists()
+
+
 def test_user_is_required() -> None:
     with pytest.raises(CommandError, match="--user"):
         create_key()

@@ -86,3 +86,25 @@ def test_the_period_is_checked(sample_ledger: SampleLedger) -> None:
         run("--since", "last tuesday")
     # A shorter period sees fewer rows: only the three of the last minute in 1h.
     assert json.loads(run("--since", "1h", "--format", "json"))["totals"]["requests"] == 3
+
+
+@pytest.mark.parametrize("by", ["user", "key"])
+def test_csv_cells_never_start_a_formula(auditor: Client, django_user_model: Any, by: str) -> None:
+    from copilotedge.models import ApiKey, UsageRecord
+
+    names = ['=HYPERLINK("http://x")', "+1+1", "-2", "@SUM(A1)", "\tTAB"]
+    for name in names:
+        member = django_user_model.objects.create_user(name)
+        key, _ = ApiKey.create_key(member, name=name)
+        UsageRecord.objects.create(protocol="openai", user=member, api_key=key, outcome="ok")
+    exported = [
+        run("--since", "7d", "--by", by, "--format", "csv"),
+        auditor.get(
+            f"/admin/copilotedge/usagereport/export/{by}.csv", {"period": "7d"}
+        ).content.decode(),
+    ]
+    for body in exported:
+        cells = [row[0] for row in csv.reader(io.StringIO(body, newline=""))][1:]
+        if by == "user":
+            assert {"'" + name for name in names} <= set(cells)
+        assert not [cell for cell in cells if cell.startswith(("=", "+", "-", "@", "\t", "\r"))]

@@ -146,3 +146,9 @@ def test_the_report_outside_a_transaction(sample_ledger: SampleLedger) -> None:
     assert (built.totals.requests, built.totals.cost) == (5, SampleLedger.cost)
     assert built.totals.latency_p95_ms == pytest.approx(SampleLedger.latency_p95_ms)
     assert built.totals.ttft_p50_ms == pytest.approx(SampleLedger.ttft_p50_ms)
+
+
+@pytest.mark.parametrize("text", ["=1+1", "+1", "-1", "@SUM(A1)", "\tx", "\rx"])
+def test_text_that_would_start_a_formula_is_guarded(text: str) -> None:
+    assert report.guarded(text) == "'" + text
+    assert report.guarded("alice") == "alice"

@@ -12,10 +12,11 @@ import pytest
 from channels.testing import WebsocketCommunicator
 from django.conf import settings
 from django.test import AsyncClient, override_settings
+from django.utils import timezone
 
 from copilotedge.conversations import live as transcript_live
 from copilotedge.conversations import transcript
-from copilotedge.models import Conversation, Message, UsageRecord
+from copilotedge.models import ApiKey, Conversation, Message, UsageRecord
 from copilotedge.usage import writer as usage_writer
 from copilotedge.websocket import consumers
 from tests.asgi import application
@@ -571,10 +572,45 @@ async def test_chats_count_against_the_request_rate_limit(ws, upstream):
     error = await ws.receive_json_from()
     assert error["type"] == "error" and error["id"] == 3
     assert error["error"]["code"] == "rate_limit_exceeded"
-    await ws.send_json_to({"type": "ping"})
-    assert await ws.receive_json_from() == {"type": "pong"}
     await settle()
     assert await Conversation.objects.acount() == 2
+
+
+@override_settings(COPILOTEDGE_RATE_LIMIT="2/m")
+@pytest.mark.parametrize(
+    "frame",
+    [
+        {"type": "ping"},
+        {"type": "cancel", "id": 1},
+        {"type": "resume", "conversation_id": str(uuid.uuid4())},
+        {"type": "nonsense"},
+    ],
+    ids=lambda frame: frame["type"],
+)
+async def test_every_frame_counts_against_the_request_limit(ws, frame):
+    for _ in range(2):
+        await ws.send_json_to(frame)
+        assert (await ws.receive_json_from()).get("error", {}).get("code") != "rate_limit_exceeded"
+    for _ in range(50):
+        await ws.send_json_to(frame)
+        refused = await ws.receive_json_from()
+        assert refused["type"] == "error"
+        assert refused["error"]["code"] == "rate_limit_exceeded"
+    await ws.send_to(text_data="not json")
+    assert (await ws.receive_json_from())["error"]["code"] == "rate_limit_exceeded"
+
+
+@override_settings(COPILOTEDGE_RATE_LIMIT="2/m")
+async def test_auth_attempts_count_against_the_address(api_key):
+    _, raw = api_key
+    codes = []
+    for token in ("ce_guess1", "ce_guess2", raw):
+        socket = communicator()
+        await socket.connect()
+        await socket.send_json_to({"type": "auth", "token": token})
+        codes.append((await socket.receive_json_from()).get("error", {}).get("code"))
+        await socket.disconnect()
+    assert codes == ["invalid_api_key", "invalid_api_key", "rate_limit_exceeded"]
 
 
 @override_settings(COPILOTEDGE_TOKEN_RATE_LIMIT="10/m")
@@ -585,3 +621,105 @@ async def test_a_turn_over_the_token_limit_is_refused_and_stores_nothing(ws, ups
     assert error["error"]["code"] == "rate_limit_exceeded"
     assert not route.called
     assert await Message.objects.acount() == 0
+
+
+# Credentials that end while the socket is open -------------------------------------------------
+
+
+async def key_socket(raw: str) -> WebsocketCommunicator:
+    socket = communicator()
+    connected, _ = await socket.connect()
+    assert connected
+    await socket.send_json_to({"type": "auth", "token": raw})
+    assert (await socket.receive_json_from())["type"] == "ready"
+    return socket
+
+
+async def assert_shut_out(socket: WebsocketCommunicator, frame: dict[str, Any]) -> None:
+    await socket.send_json_to(frame)
+    error = await socket.receive_json_from()
+    assert error["type"] == "error" and error["error"]["code"] == "invalid_api_key"
+    assert await socket.receive_output() == {"type": "websocket.close", "code": 4401}
+
+
+@pytest.mark.parametrize("change", ["revoked", "expired", "deactivated", "deleted"])
+@pytest.mark.parametrize(
+    "frame",
+    [chat(2), {"type": "resume", "conversation_id": str(uuid.uuid4())}],
+    ids=["chat", "resume"],
+)
+async def test_a_key_that_ends_ends_its_socket(api_key, upstream, user, change, frame):
+    key, raw = api_key
+    route = slow_upstream(upstream, WordStream(["ok"], delay=0))
+    socket = await key_socket(raw)
+    await socket.send_json_to(chat(1))
+    await receive_until(socket, "done", 1)
+    now = timezone.now()
+    if change == "revoked":
+        key.revoked_at = now
+        await key.asave()
+    elif change == "expired":
+        key.expires_at = now
+        await key.asave()
+    elif change == "deleted":
+        await key.adelete()
+    else:
+        user.is_active = False
+        await user.asave()
+    await assert_shut_out(socket, frame)
+    assert route.call_count == 1
+
+
+@override_settings(COPILOTEDGE_API_KEY_CACHE_SECONDS=0)
+async def test_a_change_made_by_another_process_is_seen_too(api_key, upstream):
+    key, raw = api_key
+    socket = await key_socket(raw)
+    # A queryset update sends no signal: as if another process had revoked the key.
+    await ApiKey.objects.filter(pk=key.pk).aupdate(revoked_at=timezone.now())
+    await assert_shut_out(socket, chat(1))
+
+
+async def test_a_logged_out_session_ends_its_socket(user, upstream):
+    client = AsyncClient()
+    await client.aforce_login(user)
+    cookie = f"sessionid={client.cookies['sessionid'].value}".encode()
+    socket = communicator((b"cookie", cookie))
+    connected, _ = await socket.connect()
+    assert connected
+    assert (await socket.receive_json_from())["type"] == "ready"
+    await client.alogout()
+    await socket.send_json_to(chat(1))
+    error = await socket.receive_json_from()
+    assert error["type"] == "error" and error["id"] == 1
+    assert error["error"]["code"] == "session_expired"
+    assert await socket.receive_output() == {"type": "websocket.close", "code": 4401}
+
+
+async def test_a_deactivated_session_user_is_shut_out(ws, user, upstream):
+    user.is_active = False
+    await user.asave()
+    await ws.send_json_to(chat(1))
+    error = await ws.receive_json_from()
+    assert error["type"] == "error" and error["error"]["code"] == "session_expired"
+    assert await ws.receive_output() == {"type": "websocket.close", "code": 4401}
+
+
+async def test_changed_models_and_limits_apply_from_the_next_chat(api_key, upstream):
+    key, raw = api_key
+    slow_upstream(upstream, WordStream(["ok"], delay=0))
+    socket = await key_socket(raw)
+    await socket.send_json_to(chat(1))
+    await receive_until(socket, "done", 1)
+    key.allowed_models = ["@cf/some/other-model"]
+    await key.asave()
+    await socket.send_json_to(chat(2))
+    refused = (await receive_until(socket, "error", 2))[-1]
+    assert refused["error"]["code"] == "model_not_allowed"
+    key.allowed_models = []
+    key.tokens_per_minute = 10
+    await key.asave()
+    await socket.send_json_to(chat(3))
+    limited = (await receive_until(socket, "error", 3))[-1]
+    assert limited["error"]["code"] == "rate_limit_exceeded"
+    assert "limit of 10 per" in limited["error"]["message"]
+    await socket.disconnect()

@@ -2,6 +2,8 @@
 
 - ``incremental``: Incremental delivery (``@defer``/``@stream``) on the wire, as urql's
   fetch exchange reads it.
+- ``limits``: What an operation may cost (length, tokens, fields, aliases, one turn),
+  parsed and validated off the event loop.
 - ``input``: The GraphQL face's input: ``generateCopilotResponse``'s ``data`` as the turn's
   ``ChatRequest``.
 - ``resolve``: The legacy CopilotKit face: ``generateCopilotResponse`` over GraphQL,

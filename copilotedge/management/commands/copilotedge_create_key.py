@@ -6,6 +6,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from django.contrib.auth import get_user_model
+from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from copilotedge.models import ApiKey
@@ -28,6 +29,12 @@ def usd(value: str) -> Decimal:
         amount = Decimal(-1)
     if not amount.is_finite() or amount < 0:
         raise CommandError(f"{value!r} is not an amount of USD.")
+    # The key's own field decides what it can hold (as the admin's form does), so a value
+    # it would round to something else (0.0001 to 0.00) is refused, not stored.
+    try:
+        ApiKey._meta.get_field("monthly_budget").run_validators(amount)
+    except ValidationError as error:
+        raise CommandError(f"--budget {value}: {' '.join(error.messages)}") from None
     return amount
 
 

@@ -51,7 +51,7 @@ class Command(BaseCommand):
         elif output == "csv":
             writer = csv.writer(self.stdout, lineterminator="\n")
             writer.writerow([by, *report.Row.COLUMNS])
-            writer.writerows([report.plain(v) for v in row.values()] for row in rows)
+            writer.writerows(row.csv_values(by) for row in table)
         else:
             self._table(by, rows, totals)
 
