@@ -57,31 +57,6 @@ async def arelease_connections() -> None:
         _opened.set(await sync_to_async(_release)())
 
 
-async def ahand_back(*, close: bool) -> bool:
-    """Before a request's thread is given up: close its connections (``close``) or leave
-    them as ``CONN_MAX_AGE`` says (for a thread that serves more requests). False, and
-    nothing done, if one is inside a transaction: then the thread must stay the request's.
-    """
-    if not _opened.get():
-        return True
-    free = await sync_to_async(_hand_back)(close)
-    if free:
-        _opened.set(False)
-    return free
-
-
-def _hand_back(close: bool) -> bool:
-    initialized = connections.all(initialized_only=True)
-    if any(connection.in_atomic_block for connection in initialized):
-        return False
-    for connection in initialized:
-        if close:
-            connection.close()
-        else:
-            connection.close_if_unusable_or_obsolete()
-    return True
-
-
 def detached() -> contextvars.Context:
     """A context for background work whose queries must not use the request's thread."""
     return contextvars.Context()

@@ -10,10 +10,8 @@ asgiref's ``ThreadSensitiveContext(executor=...)``): still one thread for the wh
 request, as Django needs, and back to the pool at its end with its connection, as a WSGI
 server's threads keep theirs.
 
-A streamed answer can hold its request for minutes, and with it a sleeping thread.
-:func:`aretire_request_thread` lets that thread go once the response has started (back to
-the pool, or ended if Django started it), and sends what little of the request still
-needs a thread (``request_finished``) to one shared thread.
+A streamed answer keeps its thread (idle) until its response ends, as under Django's own
+handler.
 """
 
 from __future__ import annotations
@@ -23,10 +21,8 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any
 
-from asgiref.sync import SyncToAsync, ThreadSensitiveContext
+from asgiref.sync import ThreadSensitiveContext
 from django.db import connections
-
-from copilotedge import background as db
 
 Scope = MutableMapping[str, Any]
 ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
@@ -105,53 +101,3 @@ class RequestThreads:
                 await self.app(scope, receive, send)
         finally:
             self.pool.give_back(executor)
-
-
-class _Parked(ThreadPoolExecutor):
-    """One thread where streaming requests run their last thread-sensitive calls.
-
-    It stands in for a request's own executor, which Django's ASGI handler shuts down
-    at the request's end; so shutting it down does nothing.
-    """
-
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        pass
-
-    def __bool__(self) -> bool:
-        # asgiref ends a request by joining its executor from a new thread, started
-        # ``if executor:``; there is nothing to join here, so spare the thread.
-        return False
-
-
-_parked = _Parked(max_workers=1, thread_name_prefix="copilotedge-parked")
-
-
-async def aretire_request_thread() -> None:
-    """Let the thread this request runs its sync code in go while its response streams.
-
-    Once the response has started, nothing of the request needs that thread but
-    ``request_finished`` at the very end. So this hands its database connections back,
-    returns the thread to its :class:`RequestThreads` pool (or ends it, if Django started
-    it for this request) and sends the rest to one shared thread instead. A thread inside
-    a transaction stays.
-
-    This reaches into asgiref's ``ThreadSensitiveContext`` bookkeeping; if that ever
-    changes shape, the thread is simply kept, as Django would.
-    """
-    registry = getattr(SyncToAsync, "context_to_thread_executor", None)
-    context_var = getattr(SyncToAsync, "thread_sensitive_context", None)
-    context = context_var.get(None) if context_var is not None else None
-    if registry is None or context is None:
-        return
-    executor = registry.get(context)
-    if executor is None or executor is _parked:
-        return
-    lent = isinstance(executor, _Lent)
-    # A pooled thread may keep its connection for the next request, as CONN_MAX_AGE says.
-    if not await db.ahand_back(close=not lent):
-        return
-    registry[context] = _parked
-    if lent:
-        executor.pool.give_back(executor)
-    else:
-        executor.shutdown(wait=False)

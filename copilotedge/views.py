@@ -18,7 +18,7 @@ from django.http import HttpRequest, JsonResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from django.views.decorators.csrf import csrf_exempt
 
-from copilotedge import openapi, threads
+from copilotedge import openapi
 from copilotedge.auth import aauthenticate
 from copilotedge.chat import sse, wire
 from copilotedge.chat.turn import Turn
@@ -94,17 +94,9 @@ def read_json(request: HttpRequest) -> dict[str, Any]:
         raise too_large from None
 
 
-async def streamed(frames: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """``frames``, after letting the request's thread go
-    (:func:`threads.aretire_request_thread`): a held stream costs no thread."""
-    await threads.aretire_request_thread()
-    async for frame in frames:
-        yield frame
-
-
 def event_stream(frames: AsyncIterator[bytes]) -> StreamingHttpResponse:
     response = StreamingHttpResponse(
-        streamed(wire.with_keepalive(frames, settings.KEEPALIVE_SECONDS)),
+        wire.with_keepalive(frames, settings.KEEPALIVE_SECONDS),
         content_type=sse.CONTENT_TYPE,
     )
     for name, value in sse.HEADERS.items():

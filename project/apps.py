@@ -9,7 +9,6 @@ class DemoConfig(AppConfig):
     verbose_name = "CopilotEdge demo"
 
     def ready(self) -> None:
-        from .checks import check_grouped_middleware, check_production_settings
+        from .checks import check_production_settings
 
         checks.register(check_production_settings, checks.Tags.security, deploy=False)
-        checks.register(check_grouped_middleware, checks.Tags.security, deploy=True)

@@ -44,22 +44,16 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
-    # Django's SecurityMiddleware, run on the event loop (see project/middleware.py).
-    "project.middleware.SecurityGroup",
-    # Async-native static files (WhiteNoise's fork with ASGI support): a sync-only
-    # middleware here would push every streaming request through a thread.
+    "django.middleware.security.SecurityMiddleware",
+    # Async-native static files (WhiteNoise's fork with ASGI support).
     "servestatic.middleware.ServeStaticMiddleware",
-    # Django's session, common, CSRF, auth, message and clickjacking middlewares: at most
-    # three thread hops a request instead of eleven, none for an API call.
-    "project.middleware.SiteMiddleware",
-    "copilotedge.middleware.RateLimitMiddleware",
-]
-# Django's checks look for these middlewares in MIDDLEWARE by name: the ones that would
-# say they are missing are silenced, and project.checks runs the rest as if they were
-# listed (check_grouped_middleware).
-SILENCED_SYSTEM_CHECKS = [
-    *("admin.E408", "admin.E409", "admin.E410"),
-    *("security.W001", "security.W002", "security.W003"),
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "copilotedge.middleware.RateLimitMiddleware",  # after authentication
 ]
 
 ROOT_URLCONF = "project.urls"

@@ -1,24 +1,22 @@
-"""RequestThreads: each HTTP request's sync code in one pooled thread; streams let go early."""
+"""RequestThreads: each HTTP request's sync code in one pooled thread."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from django.core.handlers.asgi import ASGIHandler
 from django.core.signals import request_finished, request_started
 from django.db import connection, connections
-from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http import HttpRequest, HttpResponse
 from django.urls import path
 
-from copilotedge.threads import RequestThreads, aretire_request_thread
+from copilotedge.threads import RequestThreads
 
 BARRIER_TIMEOUT = 5
 barrier: threading.Barrier | None = None
-stream_go: asyncio.Event | None = None  # per test: an event belongs to one loop
 
 
 def here() -> str:
@@ -61,30 +59,18 @@ def close_connection(request: HttpRequest) -> HttpResponse:
     return HttpResponse(here())
 
 
-async def stream(request: HttpRequest) -> StreamingHttpResponse:
-    async def frames() -> AsyncIterator[bytes]:
-        await aretire_request_thread()  # as copilotedge's streaming views do
-        yield b"first"
-        assert stream_go is not None
-        await stream_go.wait()
-        yield b"last"
-
-    return StreamingHttpResponse(frames())
-
-
 urlpatterns = [
     path("where", where),
     path("together", together),
     path("connection", connection_id),
     path("connect-together", connect_together),
     path("close", close_connection),
-    path("stream", stream),
 ]
 
 pytestmark = pytest.mark.urls(__name__)
 
 
-async def get(app: Any, url: str, *, first_body: asyncio.Event | None = None) -> str:
+async def get(app: Any, url: str) -> str:
     """GET ``url`` through ``app``; the whole body."""
     scope = {
         "type": "http",
@@ -114,8 +100,6 @@ async def get(app: Any, url: str, *, first_body: asyncio.Event | None = None) ->
             assert message["status"] == 200, message
         elif message.get("body"):
             body.append(message["body"])
-            if first_body is not None:
-                first_body.set()
 
     await app(scope, receive, send)
     return b"".join(body).decode()
@@ -158,32 +142,6 @@ async def test_requests_at_once_each_have_a_thread_and_at_most_idle_stay(
     assert len(set(names)) == 3
     assert app.pool.size == (0, 2)
     assert await get(app, "/where") in names
-
-
-async def test_a_streaming_response_gives_its_thread_back_once_it_starts(
-    app: RequestThreads,
-) -> None:
-    global stream_go
-    stream_go = asyncio.Event()
-    finished: list[str] = []
-
-    def note(**kwargs: Any) -> None:
-        finished.append(here())
-
-    request_finished.connect(note)
-    try:
-        started = asyncio.Event()
-        streaming = asyncio.create_task(get(app, "/stream", first_body=started))
-        await asyncio.wait_for(started.wait(), BARRIER_TIMEOUT)
-        assert app.pool.size == (0, 1)  # back while the answer still streams
-        assert (await get(app, "/where")).startswith("copilotedge-request")
-        stream_go.set()
-        assert await streaming == "firstlast"
-    finally:
-        request_finished.disconnect(note)
-    # Django still ends the streamed request, in the one thread streams share.
-    assert finished[-1].startswith("copilotedge-parked")
-    assert app.pool.size == (0, 1)
 
 
 @pytest.mark.django_db(transaction=True)

@@ -33,7 +33,7 @@ from copilotedge.copilotkit.graphql.limits import Operation, aparse_operation
 from copilotedge.copilotkit.graphql.schema import get_schema
 from copilotedge.exceptions import CopilotEdgeError, InvalidRequest, UpstreamError
 from copilotedge.models import Message
-from copilotedge.views import api_view, event_stream, read_json, streamed
+from copilotedge.views import api_view, event_stream, read_json
 
 # Reported as the runtime's version in ``info``; CopilotKit only displays it.
 RUNTIME_VERSION = "1.50.0"
@@ -256,7 +256,7 @@ async def graphql(request: HttpRequest, body: dict[str, Any]) -> HttpResponseBas
                 await result.subsequent_results.aclose()
 
     if "multipart/mixed" in request.headers.get("Accept", ""):
-        response = StreamingHttpResponse(streamed(multipart(payloads())), content_type=MULTIPART)
+        response = StreamingHttpResponse(multipart(payloads()), content_type=MULTIPART)
         response["Cache-Control"] = "no-cache"
         return response
     errors = [copilotkit_gql.format_error(e) for e in initial.errors or []]

@@ -77,6 +77,17 @@ SCRIPT_SHA = hashlib.sha1(GCRA_SCRIPT.encode()).hexdigest()
 DEFAULT_TIMEOUT = 0.5
 #: Connections per event loop to the limiter's Redis.
 POOL_SIZE = 32
+#: What the async client takes over from the sync client's connection parameters.
+_SERVER_PARAMS = (
+    "host",
+    "port",
+    "path",
+    "db",
+    "username",
+    "password",
+    "socket_timeout",
+    "socket_connect_timeout",
+)
 
 
 def _args(ops: Sequence[Op], now: float) -> list[str]:
@@ -151,37 +162,48 @@ class RedisStore:
         return _buckets(ops, reply)
 
     def _async_client(self) -> Any:
+        import redis
+
         loop = asyncio.get_running_loop()
-        client: Any = self.cache.client  # type: ignore[attr-defined]
-        url = str(client._server[0])  # the primary: django-redis writes to index 0
+        # The primary (what get_redis_connection(alias, write=True) returns), and where it
+        # is, as redis-py resolved it from the cache's LOCATION and OPTIONS.
+        primary = self.cache.client.get_client(write=True)  # type: ignore[attr-defined]
+        params = primary.get_connection_kwargs()
+        server = {name: params[name] for name in _SERVER_PARAMS if name in params}
+        if issubclass(primary.connection_pool.connection_class, redis.SSLConnection):
+            server.update((name, v) for name, v in params.items() if name.startswith("ssl_"))
+        key = repr(sorted(server.items()))
         per_loop = self._async_clients.get(loop)
         if per_loop is None:
             per_loop = self._async_clients[loop] = {}
-        connection = per_loop.get(url)
+        connection = per_loop.get(key)
         if connection is None:
-            connection = per_loop[url] = self._connect(client, url)
+            connection = per_loop[key] = self._connect(primary, server)
         return connection
 
     @staticmethod
-    def _connect(client: Any, url: str) -> Any:
+    def _connect(primary: Any, server: dict[str, Any]) -> Any:
         import redis.asyncio
         from redis.asyncio.retry import Retry
         from redis.backoff import NoBackoff
 
-        params = client.connection_factory.make_connection_params(url)
-        options = {
-            name: params[name]
-            for name in ("username", "password", "socket_timeout", "socket_connect_timeout")
-            if name in params
-        }
+        sync_class = primary.connection_pool.connection_class
+        if issubclass(sync_class, redis.SSLConnection):
+            connection_class: type[redis.asyncio.connection.AbstractConnection]
+            connection_class = redis.asyncio.SSLConnection
+        elif issubclass(sync_class, redis.UnixDomainSocketConnection):
+            connection_class = redis.asyncio.UnixDomainSocketConnection
+        else:
+            connection_class = redis.asyncio.Connection
+        options = dict(server)
         options.setdefault("socket_timeout", DEFAULT_TIMEOUT)
         options.setdefault("socket_connect_timeout", DEFAULT_TIMEOUT)
         # No retries: a down Redis must cost one failed attempt, then fail open or closed.
         # A bounded pool that makes a burst queue for a connection: a check takes a
         # fraction of a millisecond, and a thousand requests at once must not open (or,
         # past redis-py's default cap, fail for want of) a thousand connections.
-        pool = redis.asyncio.BlockingConnectionPool.from_url(
-            url,
+        pool = redis.asyncio.BlockingConnectionPool(
+            connection_class=connection_class,
             max_connections=POOL_SIZE,
             timeout=options["socket_timeout"],
             retry=Retry(NoBackoff(), 0),

@@ -113,10 +113,13 @@ class EmulatorApp:
     def openai_style(self, model: str) -> bool:
         return any(marker in model for marker in self.openai_style_models)
 
-    def log(self, path: str) -> dict[str, Any]:
+    def log(self, path: str, client: Sequence[Any] | None = None) -> dict[str, Any]:
+        """A new request log entry; ``client`` is the caller's ``(host, port)``, which tells
+        one connection from another."""
         entry: dict[str, Any] = {
             "id": next(self._ids),
             "path": path,
+            "client": list(client) if client else None,
             "model": None,
             "stream": False,
             "messages": [],

@@ -27,7 +27,7 @@ class Exchange:
         self.scope = scope
         self.receive = receive
         self.send = send
-        self.entry = app.log(scope["path"])
+        self.entry = app.log(scope["path"], scope.get("client"))
         self.wake = asyncio.Event()
         self._gone = False
         self._listener: asyncio.Task[None] | None = None

@@ -11,8 +11,6 @@
 - ``client``: The upstream client: Workers AI (or any OpenAI-compatible server) over httpx.
 - ``fallbacks``: Fallbacks: the ordered ways to answer a request for a model
   (``COPILOTEDGE_FALLBACKS``).
-- ``network``: An httpcore network backend on plain asyncio streams, for the upstream
-  client.
 - ``requests``: What a request to an upstream says, before any I/O: where it goes and its
   body.
 - ``resilience``: Getting an answer despite a failing upstream: retries, breakers,

@@ -17,14 +17,12 @@ import weakref
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
-import httpcore
 import httpx
 
 from copilotedge import exceptions
 from copilotedge.chat import sse
 from copilotedge.chat.deltas import Delta, error_for, parse_payload
 from copilotedge.conf import settings
-from copilotedge.upstream.network import AsyncioBackend
 from copilotedge.upstream.requests import Upstream, build_payload, route_for
 
 _MAX_ERROR_BODY = 64 * 1024
@@ -56,20 +54,8 @@ def get_client() -> httpx.AsyncClient:
 
 
 def _transport() -> httpx.AsyncHTTPTransport:
-    """httpx's transport, on httpcore's pool with the asyncio backend (:mod:`.network`).
-
-    httpx takes no network backend, so its pool is swapped for one built the same way.
-    """
     limits = httpx.Limits(max_connections=settings.MAX_CONNECTIONS, max_keepalive_connections=100)
-    transport = httpx.AsyncHTTPTransport(limits=limits)
-    transport._pool = httpcore.AsyncConnectionPool(
-        ssl_context=httpx.create_ssl_context(),
-        max_connections=limits.max_connections,
-        max_keepalive_connections=limits.max_keepalive_connections,
-        keepalive_expiry=limits.keepalive_expiry,
-        network_backend=AsyncioBackend(),
-    )
-    return transport
+    return httpx.AsyncHTTPTransport(limits=limits)
 
 
 async def aclose_client() -> None:

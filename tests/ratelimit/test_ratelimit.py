@@ -161,6 +161,20 @@ async def test_redis_keys_expire_when_the_bucket_refills(redis_server: Any) -> N
     await RedisStore.aclose()
 
 
+async def test_async_checks_write_to_the_primary_and_its_database(redis_server: Any) -> None:
+    # django-redis writes to the first LOCATION; the second (a replica) is not even up.
+    primary = redis_server.url.rsplit("/", 1)[0] + "/5"
+    replica = f"redis://127.0.0.1:{free_port()}/5"
+    cache = RedisCache(f"{primary},{replica}", {"KEY_PREFIX": f"t-{uuid.uuid4().hex}"})
+    store = RedisStore(cache)
+    assert (await store.aapply([Op("primary", Rate(10, 60.0), 4)], T0))[0].remaining == 6
+    assert store.apply([Op("primary", Rate(10, 60.0), 1)], T0)[0].remaining == 5
+    raw = cache.client.get_client(write=True)
+    assert raw.get_connection_kwargs()["db"] == 5
+    assert raw.exists(cache.make_key("primary"))
+    await RedisStore.aclose()
+
+
 @override_settings(COPILOTEDGE_RATE_LIMIT="3/m", COPILOTEDGE_TOKEN_RATE_LIMIT="1000/m")
 async def test_request_decision(store: Any, clock: FakeClock) -> None:
     checks = [await limiter(store, clock).acheck_request(IP) for _ in range(4)]

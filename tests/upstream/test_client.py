@@ -746,9 +746,10 @@ async def test_connections_are_reused_after_done(emulator: EmulatorServer) -> No
     with override_settings(
         COPILOTEDGE_API_BASE_URL=emulator.api_base_url, COPILOTEDGE_ACCOUNT_ID="acc"
     ):
+        emulator.app.clear_requests()
         for model in (META, QWEN, META):
             assert texts(await stream_deltas(model))
             await asyncio.gather(*cloudflare._draining)
-        pool = cloudflare.get_client()._transport._pool  # type: ignore[attr-defined]
-        assert len(pool.connections) == 1
+        clients = {tuple(entry["client"]) for entry in emulator.app.requests}
+        assert len(clients) == 1  # one connection (one client port) served all three
     await cloudflare.aclose_client()
