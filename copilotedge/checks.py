@@ -12,6 +12,7 @@ from django.core.checks import CheckMessage
 
 from copilotedge.conversations.checks import check_conversation_settings
 from copilotedge.copilotkit.checks import check_agents
+from copilotedge.lifecycle import check_lifecycle
 from copilotedge.ratelimit.checks import check_rate_limits
 from copilotedge.upstream.checks import check_upstream
 from copilotedge.upstream.checks_reliability import check_reliability
@@ -28,4 +29,5 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
     errors.extend(check_reliability())
     errors.extend(check_conversation_settings())
     errors.extend(check_usage())
+    errors.extend(check_lifecycle())
     return errors

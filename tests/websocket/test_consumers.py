@@ -13,11 +13,10 @@ from channels.testing import WebsocketCommunicator
 from django.conf import settings
 from django.test import AsyncClient, override_settings
 
+from copilotedge import lifecycle
 from copilotedge.conversations import live as transcript_live
 from copilotedge.conversations import transcript
 from copilotedge.models import Conversation, Message, UsageRecord
-from copilotedge.usage import writer as usage_writer
-from copilotedge.websocket import consumers
 from tests.asgi import application
 from tests.helpers import OPENAI_URL, ORIGIN, WS_PATH, WordStream, stream_response
 
@@ -75,9 +74,7 @@ def text_of(messages: list[dict[str, Any]], chat_id: Any) -> str:
 
 
 async def settle() -> None:
-    await consumers.adrain()
-    await transcript.adrain()
-    await usage_writer.adrain()
+    await lifecycle.adrain()
 
 
 # Authentication and the handshake ---------------------------------------------------------
