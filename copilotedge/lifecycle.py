@@ -263,13 +263,9 @@ async def _await_in_flight(state: Background, until: float | None) -> None:
         if until is not None and loop.time() >= until:
             return
         if state.chats:
-            chats = asyncio.gather(*state.chats, return_exceptions=True)
             timeout = None if until is None else max(0.0, until - loop.time())
-            done, _ = await asyncio.wait({chats}, timeout=timeout)
-            if not done:
-                chats.cancel()  # only the gathering: the chats themselves go on
-                with contextlib.suppress(asyncio.CancelledError):
-                    await chats
+            # asyncio.wait, not gather: a timeout must leave the chats running.
+            await asyncio.wait(set(state.chats), timeout=timeout)
         else:
             await asyncio.sleep(POLL_SECONDS)
 
