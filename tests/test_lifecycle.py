@@ -231,6 +231,36 @@ async def test_a_stop_ends_a_streamed_answer_in_band_and_records_it(
     assert body.closed  # upstream was hung up on
 
 
+async def test_a_stop_ends_a_whole_answer_with_a_503_and_records_it(
+    upstream: respx.MockRouter, auth: dict[str, str], settings: Any
+) -> None:
+    settings.COPILOTEDGE_SHUTDOWN_GRACE = 0.2
+    body = SlowStream(30.0, b"{}")  # upstream thinks for longer than the grace
+    upstream.post(OPENAI_URL).mock(
+        return_value=httpx.Response(200, stream=body, headers={"content-type": "application/json"})
+    )
+    from django.test import AsyncClient
+
+    asking = asyncio.create_task(
+        AsyncClient().post(
+            "/copilotedge/v1/chat/completions",
+            {"messages": [{"role": "user", "content": "Hi"}]},
+            content_type="application/json",
+            headers=auth,
+        )
+    )
+    await asyncio.sleep(0.1)
+    await lifecycle.ashutdown()
+    response = await asking
+    assert response.status_code == 503
+    assert response["Retry-After"] == "1"
+    assert response.json()["error"]["code"] == "shutting_down"
+    [row] = [row async for row in UsageRecord.objects.all()]
+    assert (row.outcome, row.error_code) == ("incomplete", "shutting_down")
+    [answer] = [m async for m in Message.objects.filter(role=Message.Role.ASSISTANT)]
+    assert answer.status == Message.Status.INCOMPLETE
+
+
 # The ASGI wrapper -----------------------------------------------------------------------
 
 
