@@ -137,7 +137,6 @@ def session_cookie(user: Any) -> bytes:
 async def drain_chats() -> AsyncIterator[None]:
     """Let detached chats and background saves finish before the test's database goes."""
     yield
-
     await lifecycle.adrain()
 
 
