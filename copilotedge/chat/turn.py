@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import iscoroutinefunction
 
-from copilotedge import admission, exceptions, ratelimit
+from copilotedge import admission, exceptions, lifecycle, ratelimit
 from copilotedge import background as db
 from copilotedge.auth import check_model
 from copilotedge.chat.deltas import Delta, ToolCallDelta, Usage
@@ -175,6 +175,7 @@ class Turn:
         turn never reached upstream and records no usage.
         """
         if self.reservation is None:
+            lifecycle.accepting()  # none once the server is stopping (503)
             check_model(self.principal, self.request.model)
             self.reservation = await ratelimit.areserve(self.principal, self.request)
 
@@ -185,7 +186,8 @@ class Turn:
         admission.release()  # from here it waits for upstream: let the next request in
         try:
             # Cache, retries, circuit breakers and fallbacks; counts self.attempts.
-            stream = await resilience.open_stream(self)
+            with lifecycle.reading(self):  # a stop past its grace may interrupt it
+                stream = await resilience.open_stream(self)
         except BaseException as error:
             self._fail(error)
             self.finish()
@@ -218,7 +220,7 @@ class Turn:
         on_chunk = _chunk_callback()
         try:
             with metrics.track_stream(self.protocol):
-                async for batch in self._stream.batches():
+                async for batch in lifecycle.interruptible(self, self._stream.batches()):
                     if self.first_token_at is None:
                         self.first_token_at = time.monotonic()
                     for delta in batch:
@@ -245,7 +247,8 @@ class Turn:
         await db.arelease_connections()  # not held while upstream thinks
         admission.release()
         try:
-            delta = await resilience.complete(self)
+            with lifecycle.reading(self):
+                delta = await resilience.complete(self)
             await history.astarted(self)
             self.first_token_at = time.monotonic()
             self.answer.add(delta)
@@ -280,7 +283,8 @@ class Turn:
         elif isinstance(error, exceptions.CopilotEdgeError):
             self.error = error
             started = bool(self.answer.text or self.answer.tool_calls)
-            self.outcome = "incomplete" if started else "error"
+            interrupted = isinstance(error, exceptions.ShuttingDown)  # by a stop: not its fault
+            self.outcome = "incomplete" if started or interrupted else "error"
         else:
             self.error = exceptions.CopilotEdgeError()
             self.outcome = "error"
@@ -291,6 +295,7 @@ class Turn:
             return
         self.finished = True
         history.finish(self)
+        lifecycle.finished(self)
         created = self.transcript.created if self.transcript is not None else None
         if created is not None and not created.done():
             # Cancelled while its conversation was being saved: the ledger row points at

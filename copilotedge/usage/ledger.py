@@ -189,7 +189,7 @@ def build_record(turn: Turn) -> UsageRecord:
 def record_turn(turn: Turn) -> UsageRecord:
     """Build the turn's record, count it in the metrics, and queue its write (returned).
 
-    The caller does not wait for the database; :func:`copilotedge.usage.writer.adrain` does.
+    The caller does not wait for the database; :func:`copilotedge.lifecycle.adrain` does.
     """
     record = build_record(turn)
     upstream_error = turn.error.code if isinstance(turn.error, UpstreamError) else None

@@ -17,7 +17,7 @@ from typing import Any
 
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
-from copilotedge import exceptions, ratelimit
+from copilotedge import exceptions, lifecycle, ratelimit
 from copilotedge.auth import Principal, akey_for_token, arefresh, client_ip
 from copilotedge.chat import wire
 from copilotedge.chat.turn import Turn
@@ -49,16 +49,6 @@ from copilotedge.websocket.protocol import (
 from copilotedge.websocket.resume import ResumeMixin
 
 logger = logging.getLogger(__name__)
-
-#: Every chat task of this process, attached or detached (the loop keeps only weak refs).
-_running: set[asyncio.Task[None]] = set()
-
-
-async def adrain() -> None:
-    """Wait until every chat of this loop has ended (tests and shutdown)."""
-    loop = asyncio.get_running_loop()
-    while mine := [task for task in _running if task.get_loop() is loop]:
-        await asyncio.gather(*mine, return_exceptions=True)
 
 
 def _cancel_timer(timer: asyncio.TimerHandle, task: asyncio.Task[None]) -> None:
@@ -224,11 +214,11 @@ class ChatConsumer(ResumeMixin, AsyncJsonWebsocketConsumer):  # type: ignore[mis
         # The frame was counted as a request; the Turn reserves and settles tokens itself.
         turn = Turn(request, self.principal, protocol="websocket")
         task = asyncio.get_running_loop().create_task(self._run_chat(chat_id, turn))
-        _running.add(task)
+        # Attached or detached, it is in flight until it ends: a stop waits for it.
+        lifecycle.track_chat(task)
         self.chats[chat_id] = task
 
         def ended(task: asyncio.Task[None]) -> None:
-            _running.discard(task)
             if self.chats.get(chat_id) is task:
                 del self.chats[chat_id]
 
