@@ -15,7 +15,8 @@ from django.utils import timezone
 
 from copilotedge import exceptions, lifecycle
 from copilotedge.auth import Principal, aauthenticate, akey_for_token, client_ip
-from copilotedge.chat.turn import ChatRequest, Turn
+from copilotedge.chat.turn import Turn
+from copilotedge.chat.types import ChatRequest
 from copilotedge.exceptions import PermissionDenied
 from copilotedge.models import ApiKey, hash_key
 from tests.helpers import OPENAI_URL, run_url

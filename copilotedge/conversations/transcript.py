@@ -108,7 +108,7 @@ def _save(
 class Transcript:
     """Saves and publishes the text of one generating assistant message.
 
-    ``text`` returns the whole answer so far (the turn's :class:`~copilotedge.chat.turn.Answer`);
+    ``text`` returns the whole answer so far (the turn's :class:`~copilotedge.chat.types.Answer`);
     call :meth:`grow` with each new piece and :meth:`afinish` once at the end.
     """
 

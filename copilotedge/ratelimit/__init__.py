@@ -29,8 +29,8 @@ once per chat message::
     reservation = await ratelimit.areserve(principal, chat_request)  # budget, then tokens
     ratelimit.settle(reservation, used_tokens, cost)   # scheduled off the hot path
 
-:class:`~copilotedge.chat.turn.Turn` already calls ``areserve`` in ``open()``/``complete()``
-and ``settle`` in ``finish()``, so no face calls those itself. A view the middleware
+The turn (:mod:`copilotedge.chat.turn`) reserves when it is admitted and settles when it
+ends, so no face calls those itself. A view the middleware
 must not count (health checks, metrics) is decorated with :func:`exempt`.
 
 Reset headers (:mod:`copilotedge.ratelimit.decision`) are durations as OpenAI writes them
@@ -74,7 +74,7 @@ from copilotedge.usage import metrics
 
 if TYPE_CHECKING:
     from copilotedge.auth import Principal
-    from copilotedge.chat.turn import ChatRequest
+    from copilotedge.chat.types import ChatRequest
 
 # The limiter's pieces live in ratelimit_budget, ratelimit_decision and ratelimit_limiter;
 # every name this module has always offered stays importable from here.

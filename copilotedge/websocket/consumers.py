@@ -19,7 +19,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from copilotedge import exceptions, lifecycle, ratelimit
 from copilotedge.auth import Principal, akey_for_token, arefresh, client_ip
-from copilotedge.chat import wire
+from copilotedge.chat import faces, wire
 from copilotedge.chat.turn import Turn
 from copilotedge.conf import settings
 from copilotedge.conversations import history
@@ -236,14 +236,14 @@ class ChatConsumer(ResumeMixin, AsyncJsonWebsocketConsumer):  # type: ignore[mis
                     "message_id": str(transcript.message_id) if transcript else None,
                 }
             )
-            await turn.open()
+            await faces.aopen(turn)
             async for batch in turn.batches():
                 # One message per upstream read, not per token.
                 text = "".join(delta.text for delta in batch)
                 if text:
                     await self.reply({"type": DELTA, "id": chat_id, "content": text})
             # Saved before the client hears the end, so what it fetches next is final.
-            await history.asaved(turn)
+            await turn.asaved()
             await self.reply(
                 {
                     "type": DONE,
@@ -253,10 +253,10 @@ class ChatConsumer(ResumeMixin, AsyncJsonWebsocketConsumer):  # type: ignore[mis
                 }
             )
         except exceptions.CopilotEdgeError as error:
-            await history.asaved(turn)
+            await turn.asaved()
             await self.reply_error(chat_id, error)
         except asyncio.CancelledError:
-            await history.asaved(turn)
+            await turn.asaved()
             await self.reply({"type": CANCELLED, "id": chat_id})
             raise
         except Exception:

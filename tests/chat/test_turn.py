@@ -13,7 +13,8 @@ import respx
 from copilotedge import exceptions, lifecycle
 from copilotedge.auth import Principal
 from copilotedge.chat.deltas import Delta, ToolCallDelta, Usage
-from copilotedge.chat.turn import Answer, ChatRequest, Turn
+from copilotedge.chat.turn import Turn
+from copilotedge.chat.types import Answer, ChatRequest
 from copilotedge.models import ApiKey, Conversation, UsageRecord
 from copilotedge.usage import ledger as usage
 from tests.helpers import (

@@ -12,7 +12,8 @@ from django.test import override_settings
 
 from copilotedge import lifecycle
 from copilotedge.auth import Principal
-from copilotedge.chat.turn import ChatRequest, Turn
+from copilotedge.chat.turn import Turn
+from copilotedge.chat.types import ChatRequest
 from copilotedge.conversations.history import fit_history, message_tokens, split_new
 from copilotedge.exceptions import NotFound
 from copilotedge.models import Conversation, Message, Preference, UsageRecord

@@ -21,7 +21,7 @@ from django_redis.cache import RedisCache
 
 from copilotedge import exceptions, lifecycle, ratelimit
 from copilotedge.auth import Principal
-from copilotedge.chat.turn import ChatRequest
+from copilotedge.chat.types import ChatRequest
 from copilotedge.checks import check_settings
 from copilotedge.models import ApiKey, UsageRecord
 from copilotedge.ratelimit import Limiter

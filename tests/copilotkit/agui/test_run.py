@@ -9,7 +9,8 @@ import pytest
 
 from copilotedge.auth import Principal
 from copilotedge.chat.deltas import Delta, ToolCallDelta
-from copilotedge.chat.turn import ChatRequest, Turn
+from copilotedge.chat.turn import Turn
+from copilotedge.chat.types import ChatRequest
 from copilotedge.copilotkit.agents import Agent
 from copilotedge.copilotkit.agui import run as agui
 from copilotedge.exceptions import InvalidRequest
