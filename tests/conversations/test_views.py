@@ -175,6 +175,7 @@ DEEP = base64.urlsafe_b64encode(b"[" * 100_000 + b"]" * 100_000).decode().rstrip
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize(
     ("query", "param"), [("limit=0", "limit"), ("limit=x", "limit"), ("limit=101", "limit"),
+                         ("limit=%C2%B9", "limit"),  # "¹": a digit to str.isdigit, not to int()
                          ("cursor=nope", "cursor"), (f"cursor={DEEP}", "cursor")],
 )  # fmt: skip
 async def test_list_rejects_bad_paging_naming_the_field(auth, query, param):
