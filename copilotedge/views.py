@@ -161,6 +161,8 @@ async def ai_run(request: HttpRequest, model: str) -> HttpResponseBase:
             response = JsonResponse(wire.run_envelope(turn))
     except CopilotEdgeError as error:
         return error_response(error, wire.run_error(error))
+    if turn.transcript is not None:
+        response[CONVERSATION_HEADER] = str(turn.transcript.conversation_id)
     response[cache.HEADER] = turn.cache_status
     return response
 

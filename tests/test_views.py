@@ -995,4 +995,5 @@ def test_wsgi_serves_whole_answers(auth: dict[str, str], upstream: respx.MockRou
     run = wsgi_post(RUN_MODEL_URL, {"prompt": "Hi"}, auth)
     assert run.status_code == 200
     assert run.json()["result"]["response"] == "Hello there"
+    assert run["X-CopilotEdge-Conversation"]
     assert list(UsageRecord.objects.values_list("outcome", flat=True)) == ["ok", "ok"]
