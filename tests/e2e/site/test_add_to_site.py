@@ -228,7 +228,7 @@ def test_asgi_py_imports_the_way_an_asgi_server_loads_it(site: Site) -> None:
     (``runserver`` sets it up first, so it alone would not tell)."""
     python = str(site.directory.parent / "venv" / "bin" / "python")
     probe = "import mysite.asgi; print(type(mysite.asgi.application).__name__)"
-    assert run([python, "-c", probe], site.directory, site.env).strip() == "ProtocolTypeRouter"
+    assert run([python, "-c", probe], site.directory, site.env).strip() == "Lifespan"
 
 
 def test_the_emulator_command_runs_without_uvicorn(site: Site) -> None:
