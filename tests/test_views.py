@@ -16,11 +16,11 @@ from hypothesis import HealthCheck, event, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
+from copilotedge import lifecycle
 from copilotedge.chat import sse
 from copilotedge.conf import settings as conf
 from copilotedge.conversations import history
 from copilotedge.models import ApiKey, Message, UsageRecord
-from copilotedge.usage import writer as usage_writer
 from tests.helpers import (
     OPENAI_URL,
     USAGE,
@@ -951,7 +951,7 @@ AGUI_INPUT = {
 def wsgi_post(url: str, body: Any, auth: dict[str, str]) -> Any:
     """``body`` posted through Django's WSGI handler (what ``runserver`` without daphne runs)."""
     response = Client().post(url, json.dumps(body), content_type="application/json", headers=auth)
-    async_to_sync(usage_writer.adrain)()
+    async_to_sync(lifecycle.adrain)()
     return response
 
 
