@@ -114,6 +114,42 @@ async def test_no_header_when_storing_is_off(auth, user, upstream):
     assert await Conversation.objects.acount() == 0
 
 
+# /ai/run/<model> names its conversation too -----------------------------------------------
+
+RUN = f"{BASE}/ai/run/@cf/meta/llama-3.1-8b-instruct"
+
+
+async def post_run(client: AsyncClient, auth: dict[str, str], **body: Any) -> Any:
+    response = await client.post(
+        RUN, json.dumps(body), content_type="application/json", headers=auth
+    )
+    if response.streaming:
+        response.frames = b"".join([chunk async for chunk in response.streaming_content])
+    await drain()
+    return response
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_ai_run_names_its_conversation_on_json_and_sse(auth, upstream):
+    route = upstream.post(OPENAI_URL).mock(side_effect=Answers("Paris.", "Lyon."))
+    client = AsyncClient()
+    whole = await post_run(client, auth, prompt="Capital?")
+    assert whole.status_code == 200
+    assert json.loads(whole.content)["result"]["response"] == "Paris."
+    conversation = await Conversation.objects.aget()
+    assert whole[CONVERSATION_HEADER] == str(conversation.id)
+    streamed = await post_run(
+        client, auth, prompt="Second city?", stream=True, conversation_id=str(conversation.id)
+    )
+    assert streamed.status_code == 200
+    assert streamed["Content-Type"].startswith("text/event-stream")
+    assert streamed[CONVERSATION_HEADER] == str(conversation.id)
+    assert b'"response":"Lyon."' in streamed.frames.replace(b" ", b"")
+    sent = json.loads(route.calls[1].request.content)["messages"]
+    assert [m["content"] for m in sent] == ["Capital?", "Paris.", "Second city?"]
+    assert await Message.objects.filter(conversation=conversation).acount() == 4
+
+
 # The conversations API --------------------------------------------------------------------
 
 
