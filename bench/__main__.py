@@ -1,7 +1,7 @@
 """``make bench``: the proxy measured against the emulator called directly, in one run.
 
-Starts the Workers AI emulator and the demo site under daphne on loopback, then runs
-each section and writes ``bench/results/latest.json``, ``latest.md`` and ``latest.png``.
+Starts the Workers AI emulator and the demo site under daphne (or uvicorn) on loopback, then
+runs each section and writes ``bench/results/latest.json``, ``latest.md`` and ``latest.png``.
 See ``bench/README.md`` for the method.
 """
 
@@ -57,6 +57,12 @@ def main() -> None:
         default="raw",
         help="load generator's HTTP client: raw (lightest), httpx, or the openai SDK",
     )
+    parser.add_argument(
+        "--server",
+        choices=processes.SERVERS,
+        default="daphne",
+        help="ASGI server for copilotedge and the bare relay (uvicorn: with uvloop and httptools)",
+    )
     parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL", ""))
     parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", ""))
     args = parser.parse_args()
@@ -72,7 +78,10 @@ def main() -> None:
     slow_env = {**env, "CLOUDFLARE_API_BASE_URL": f"http://127.0.0.1:{slow_port}/client/v4"}
     key = processes.prepare_database(env)
     auth = {"Authorization": f"Bearer {key}"}
-    result: dict[str, Any] = {"machine": machine(), "client": args.client}
+    result: dict[str, Any] = {"machine": machine(), "client": args.client, "server": args.server}
+
+    def serve(port: int) -> list[str]:
+        return processes.server_args(args.server, port)
 
     with contextlib.ExitStack() as stack:
         run = stack.enter_context
@@ -87,16 +96,14 @@ def main() -> None:
             )
         )
         for port in site_ports[:2]:
-            run(processes.running(processes.daphne_args(port), port, env))
-        slow_site = run(
-            processes.running(processes.daphne_args(site_ports[2]), site_ports[2], slow_env)
-        )
+            run(processes.running(serve(port), port, env))
+        slow_site = run(processes.running(serve(site_ports[2]), site_ports[2], slow_env))
         bare_env = {**env, "DJANGO_SETTINGS_MODULE": "bench.passthrough_settings"}
-        run(processes.running(processes.daphne_args(site_ports[3]), site_ports[3], bare_env))
+        run(processes.running(serve(site_ports[3]), site_ports[3], bare_env))
         bare_slow_port = processes.free_port()
         bare_slow_site = run(
             processes.running(
-                processes.daphne_args(bare_slow_port),
+                serve(bare_slow_port),
                 bare_slow_port,
                 {**slow_env, "DJANGO_SETTINGS_MODULE": "bench.passthrough_settings"},
             )
@@ -149,7 +156,11 @@ def main() -> None:
         result["admin"] = optional("admin", lambda: _admin(args.database_url, args.admin_rows))
 
     RESULTS.mkdir(exist_ok=True)
-    stem = "latest" if args.client == "raw" else f"latest-{args.client}"
+    stem = "latest"
+    if args.client != "raw":
+        stem += f"-{args.client}"
+    if args.server != "daphne":
+        stem += f"-{args.server}"
     (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     markdown = report.markdown(result)
     (RESULTS / f"{stem}.md").write_text(markdown + "\n")
