@@ -15,11 +15,11 @@ import os
 import platform
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from . import capacity, load, processes, report, streams
+from . import capacity, litellm_peer, load, processes, report, streams
 
 RESULTS = Path(__file__).resolve().parent / "results"
 METRICS_TOKEN = "bench-metrics-token-not-secret"
@@ -62,6 +62,11 @@ def main() -> None:
         choices=processes.SERVERS,
         default="daphne",
         help="ASGI server for copilotedge and the bare relay (uvicorn: with uvloop and httptools)",
+    )
+    parser.add_argument(
+        "--no-litellm",
+        action="store_true",
+        help="leave LiteLLM's proxy out of the streams section (it installs on first use)",
     )
     parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL", ""))
     parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", ""))
@@ -121,9 +126,19 @@ def main() -> None:
             for i, p in enumerate(site_ports[:2])
         ]
         if "streams" in sections:
+            peer = None
+            if not args.no_litellm:
+                try:
+                    peer = run(_litellm(fast_port, Path(tmp)))
+                except Exception as error:  # the other paths are measured all the same
+                    log = Path(tmp) / "litellm.log"
+                    result["litellm"] = {
+                        "skipped": f"{type(error).__name__}: {error}"
+                        + (f" (its log: {log})" if log.exists() else "")
+                    }
             result["streams"] = asyncio.run(
                 streams.ttft_and_throughput(
-                    direct, bare, proxies, requests=args.requests, seconds=args.seconds
+                    direct, bare, proxies, requests=args.requests, seconds=args.seconds, peer=peer
                 )
             )
         if "capacity" in sections:
@@ -167,6 +182,21 @@ def main() -> None:
     with contextlib.suppress(ImportError):
         report.plot(result, RESULTS / f"{stem}.png")
     print(markdown)
+
+
+@contextlib.contextmanager
+def _litellm(emulator_port: int, directory: Path) -> Iterator[load.Target]:
+    """LiteLLM's proxy, one worker, in front of the emulator: the peer to compare with."""
+    executable = litellm_peer.install()
+    port = processes.free_port()
+    with processes.running(
+        litellm_peer.command(executable, port, emulator_port, directory),
+        port,
+        litellm_peer.environment(),
+        timeout=litellm_peer.STARTUP_TIMEOUT,
+        log=directory / "litellm.log",
+    ):
+        yield litellm_peer.target(port)
 
 
 async def _websockets(port: int, pid: int, key: str, sockets: int) -> dict[str, Any]:

@@ -21,9 +21,14 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for_port(port: int, timeout: float = 30.0) -> None:
+def wait_for_port(
+    port: int, timeout: float = 30.0, process: subprocess.Popen[bytes] | None = None
+) -> None:
+    """Wait until something listens on ``port``; fail early if ``process`` has exited."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"{process.args!r} exited with {process.returncode}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):
                 return
@@ -34,11 +39,29 @@ def wait_for_port(port: int, timeout: float = 30.0) -> None:
 
 @contextmanager
 def running(
-    args: list[str], port: int, env: dict[str, str], *, timeout: float = 30.0
+    args: list[str],
+    port: int,
+    env: dict[str, str],
+    *,
+    timeout: float = 30.0,
+    log: Path | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
-    process = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
+    """Run ``args`` until the block ends, once it listens on ``port``.
+
+    Its standard output is dropped, or with its errors written to ``log``.
+    """
+    output = log.open("wb") if log else None
+    process = subprocess.Popen(
+        args,
+        cwd=ROOT,
+        env=env,
+        stdout=output or subprocess.DEVNULL,
+        stderr=output,
+    )
+    if output:
+        output.close()
     try:
-        wait_for_port(port, timeout)
+        wait_for_port(port, timeout, process)
         yield process
     finally:
         process.terminate()
