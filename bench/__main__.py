@@ -48,6 +48,12 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=300, help="sequential requests for TTFT")
     parser.add_argument("--seconds", type=float, default=8.0, help="length of a throughput run")
     parser.add_argument("--streams", type=int, default=1000, help="concurrent streams held")
+    parser.add_argument(
+        "--sweep",
+        type=lambda text: [int(n) for n in text.split(",") if n],
+        default=list(capacity.SWEEP),
+        help="held-stream counts of the capacity sweep, comma-separated",
+    )
     parser.add_argument("--sockets", type=int, default=500, help="concurrent WebSockets")
     parser.add_argument("--admin-rows", type=int, default=1_000_000)
     parser.add_argument("--only", action="append", choices=SECTIONS, help="run only these")
@@ -155,11 +161,18 @@ def main() -> None:
             held_bare = asyncio.run(
                 capacity.hold_streams(bare_slow, bare_slow_site.pid, args.streams)
             )
-            sizes = [n for n in (100, 250, 500) if n < args.streams]
+            sizes = [n for n in args.sweep if n < args.streams]
             rows = asyncio.run(
                 capacity.sweep(slow, slow_site.pid, sizes, metrics_url, METRICS_TOKEN)
             )
-            result["capacity"] = {"copilotedge": held, "bare": held_bare, "sweep": rows}
+            bare_rows = asyncio.run(capacity.sweep(bare_slow, bare_slow_site.pid, sizes))
+            result["capacity"] = {
+                "copilotedge": held,
+                "bare": held_bare,
+                "sweep": rows,
+                "bare_sweep": bare_rows,
+                "summary": capacity.summarise(held, held_bare, rows, bare_rows),
+            }
         if "websocket" in sections:
             result["websocket"] = optional(
                 "websocket",

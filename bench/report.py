@@ -151,6 +151,7 @@ def _ratios(s: dict[str, Any], derived: Callable[..., str]) -> list[str]:
 
 def _capacity(c: dict[str, Any]) -> list[str]:
     mine, bare = c["copilotedge"], c["bare"]
+    summary = c.get("summary", {})
     rows = [
         _row(f"{mine['streams']} held streams, one process", "copilotedge", "bare Django relay"),
         _row("---", "---", "---"),
@@ -160,6 +161,7 @@ def _capacity(c: dict[str, Any]) -> list[str]:
         "errors",
         "seconds",
         "cpu_ms_per_stream",
+        "idle_cpu_ms_per_second",
         "rss_growth_per_stream_kib",
         "threads_peak",
         "loop_lag_p99_ms_at_most",
@@ -172,6 +174,9 @@ def _capacity(c: dict[str, Any]) -> list[str]:
         )
     )
     if c.get("sweep"):
+        bare_cpu = {r["streams"]: r["cpu_ms_per_stream"] for r in c.get("bare_sweep", [])}
+        bare_cpu[bare["streams"]] = bare["cpu_ms_per_stream"]
+        ratios = summary.get("cpu_ms_per_stream_vs_bare_by_streams", {})
         rows += [
             "",
             _row(
@@ -179,11 +184,13 @@ def _capacity(c: dict[str, Any]) -> list[str]:
                 "completed",
                 "seconds",
                 "CPU ms/stream",
+                "relay CPU ms/stream",
+                "CPU copilotedge/relay",
                 "TTFT p50 ms",
                 "loop lag p99 ms (at most)",
             ),
         ]
-        rows.append(_row(*["---"] * 6))
+        rows.append(_row(*["---"] * 8))
         for r in c["sweep"] + [mine]:
             ttft = r["ttft_p50_ms"] if "ttft_p50_ms" in r else r["ttft_ms"]["p50"]
             rows.append(
@@ -192,10 +199,33 @@ def _capacity(c: dict[str, Any]) -> list[str]:
                     r["completed"],
                     r["seconds"],
                     r["cpu_ms_per_stream"],
+                    bare_cpu.get(r["streams"], ""),
+                    _cell(ratios.get(str(r["streams"]))),
                     ttft,
                     r["loop_lag_p99_ms_at_most"],
                 )
             )
+    if summary:
+        rows += [
+            "",
+            _row("held streams, copilotedge against the relay", "value", "target"),
+            _row("---", "---", "---"),
+            _row(
+                f"CPU per held stream, copilotedge/relay, {mine['streams']} streams",
+                _cell(summary.get("cpu_ms_per_stream_vs_bare")),
+                "≤ 1.3",
+            ),
+            _row(
+                "most held streams with loop lag p99 ≤ 50 ms",
+                _cell(summary.get("max_streams_lag_p99_within_50ms")),
+                "twice the baseline's",
+            ),
+            _row(
+                "fewest held streams with loop lag p99 over 50 ms",
+                _cell(summary.get("min_streams_lag_p99_over_50ms")),
+                "",
+            ),
+        ]
     return rows
 
 
