@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from . import capacity, litellm_peer, load, processes, report, streams
+from . import capacity, litellm_peer, load, processes, repeat, report, streams
 
 RESULTS = Path(__file__).resolve().parent / "results"
 METRICS_TOKEN = "bench-metrics-token-not-secret"
@@ -53,6 +53,12 @@ def main() -> None:
         type=lambda text: [int(n) for n in text.split(",") if n],
         default=list(capacity.SWEEP),
         help="held-stream counts of the capacity sweep, comma-separated",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="run the streams section N times; report each figure's median and range",
     )
     parser.add_argument("--sockets", type=int, default=500, help="concurrent WebSockets")
     parser.add_argument("--admin-rows", type=int, default=1_000_000)
@@ -142,11 +148,22 @@ def main() -> None:
                         "skipped": f"{type(error).__name__}: {error}"
                         + (f" (its log: {log})" if log.exists() else "")
                     }
-            result["streams"] = asyncio.run(
-                streams.ttft_and_throughput(
-                    direct, bare, proxies, requests=args.requests, seconds=args.seconds, peer=peer
+            runs = [
+                asyncio.run(
+                    streams.ttft_and_throughput(
+                        direct,
+                        bare,
+                        proxies,
+                        requests=args.requests,
+                        seconds=args.seconds,
+                        peer=peer,
+                    )
                 )
-            )
+                for _ in range(max(args.repeat, 1))
+            ]
+            result["streams"] = runs[0] if len(runs) == 1 else repeat.combine(runs)
+            if len(runs) > 1:
+                result["streams_runs"] = runs
         if "capacity" in sections:
             slow = load.Target(
                 "slow", f"http://127.0.0.1:{site_ports[2]}/copilotedge/v1/chat/completions", auth
