@@ -45,4 +45,4 @@ soak: $(VENV)/.installed
 	$(PY) -m bench.soak
 
 clean:
-	rm -rf $(VENV) staticfiles .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) staticfiles .pytest_cache .mypy_cache .ruff_cache bench/.cache
