@@ -2,10 +2,10 @@
 
 Each concern's checks live next to its code and keep their own range of ids:
 :mod:`copilotedge.upstream.checks`, :mod:`copilotedge.ratelimit.checks`,
-:mod:`copilotedge.copilotkit.checks`, :mod:`copilotedge.conversations.checks` and
-:mod:`copilotedge.usage.checks`. :func:`register_checks` (called from ``ready()``)
-registers each with the ``copilotedge`` tag and Django's own tag where one fits, so
-``manage.py check --tag copilotedge`` runs only these.
+:mod:`copilotedge.copilotkit.checks`, :mod:`copilotedge.conversations.checks`,
+:mod:`copilotedge.usage.checks` and :mod:`copilotedge.tools.checks`.
+:func:`register_checks` (called from ``ready()``) registers each with the ``copilotedge``
+tag and Django's own tag where one fits, so ``manage.py check --tag copilotedge`` runs only these.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from django.core.checks import CheckMessage, Tags
 from copilotedge.conversations.checks import check_conversation_settings
 from copilotedge.copilotkit.checks import check_agents, check_graphql_limits
 from copilotedge.ratelimit.checks import check_rate_limits
+from copilotedge.tools.checks import check_tool_settings
 from copilotedge.upstream.checks import check_reliability, check_upstream
 from copilotedge.usage.checks import check_usage
 
@@ -33,6 +34,7 @@ CONCERNS: tuple[tuple[Callable[[], Iterable[CheckMessage]], tuple[str, ...]], ..
     (check_graphql_limits, ()),
     (check_conversation_settings, ()),
     (check_usage, ()),
+    (check_tool_settings, ()),
 )
 
 

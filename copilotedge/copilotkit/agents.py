@@ -16,7 +16,7 @@ DEFAULT_AGENT = "default"
 # The name CopilotKit shows for a runtime-hosted agent; clients only display it.
 AGENT_CLASS_NAME = "CopilotEdgeAgent"
 # Keys an agent entry may carry; anything else is a typo the system check reports.
-AGENT_KEYS = frozenset({"name", "description", "model", "system_prompt", "params"})
+AGENT_KEYS = frozenset({"name", "description", "model", "system_prompt", "params", "tools"})
 # Upstream parameters an agent may fix (the same names the OpenAI face accepts).
 AGENT_PARAMS = frozenset(
     {"temperature", "max_tokens", "top_p", "seed", "frequency_penalty", "presence_penalty", "stop"}
@@ -33,6 +33,9 @@ class Agent:
     model: str
     system_prompt: str = ""
     params: dict[str, Any] = field(default_factory=dict)
+    #: The server-side tools it may call: registered names or dotted paths
+    #: (:func:`copilotedge.tools.get_tool` finds them).
+    tools: tuple[str, ...] = ()
 
     def info(self) -> dict[str, str]:
         """The entry CopilotKit's ``/info`` lists for this agent."""
@@ -47,6 +50,7 @@ def _build(agent_id: str, entry: dict[str, Any]) -> Agent:
         model=str(entry.get("model") or settings.MODEL),
         system_prompt=str(entry.get("system_prompt") or ""),
         params=dict(entry.get("params") or {}),
+        tools=tuple(entry.get("tools") or ()),
     )
 
 
