@@ -11,16 +11,24 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import iscoroutinefunction
 
-from copilotedge import admission, exceptions, ratelimit
+from copilotedge import admission, exceptions, ratelimit, tools
 from copilotedge import background as db
 from copilotedge.auth import check_model
-from copilotedge.chat.deltas import Delta, ToolCallDelta, Usage
+from copilotedge.chat.deltas import (
+    TOOL_CALL,
+    TOOL_CONFIRM,
+    TOOL_RESULT,
+    Delta,
+    ToolCallDelta,
+    ToolStep,
+    Usage,
+)
 from copilotedge.conf import settings
 from copilotedge.conversations import history
 from copilotedge.upstream import resilience
@@ -121,7 +129,15 @@ class Turn:
     then ``async for delta in deltas()``. Not streaming: ``await complete()``.
     """
 
-    def __init__(self, request: ChatRequest, principal: Principal, protocol: str) -> None:
+    def __init__(
+        self,
+        request: ChatRequest,
+        principal: Principal,
+        protocol: str,
+        *,
+        server_tools: Sequence[tools.Tool] = (),
+        approve: tools.Approver | None = None,
+    ) -> None:
         self.request = request
         self.principal = principal
         self.protocol = protocol
@@ -142,6 +158,19 @@ class Turn:
         # Conversation state (history.py): the stored answer, when there is one.
         self.prepared = False
         self.transcript: Transcript | None = None
+        # Server-side tools (the agent's): the model may call them, the turn runs them.
+        self.server_tools = {tool.name: tool for tool in server_tools}
+        self.approve = approve
+        #: Upstream answers asked for, tool steps run and tool calls made (the ledger's).
+        self.steps = 0
+        self.tool_steps = 0
+        self.tool_calls_run = 0
+        #: The assistant tool-call and ``role: tool`` messages of the steps, in order.
+        self.tool_messages: list[dict[str, Any]] = []
+        self._usage_so_far: Usage | None = None
+        self._more_reservations: list[ratelimit.Reservation] = []
+        if self.server_tools:
+            self._offer_tools()
 
     @property
     def messages(self) -> list[dict[str, Any]]:
@@ -185,6 +214,7 @@ class Turn:
         admission.release()  # from here it waits for upstream: let the next request in
         try:
             # Cache, retries, circuit breakers and fallbacks; counts self.attempts.
+            self.steps += 1
             stream = await resilience.open_stream(self)
         except BaseException as error:
             self._fail(error)
@@ -211,40 +241,201 @@ class Turn:
             await batches.aclose()
 
     async def batches(self) -> AsyncGenerator[list[Delta], None]:
-        """The deltas of each upstream read together (faces write each batch at once)."""
+        """The deltas of each upstream read together (faces write each batch at once).
+
+        With server tools, the model's calls of them are run here and the answer goes on
+        in a further upstream call (a step), up to ``COPILOTEDGE_MAX_TOOL_STEPS``; each
+        step's calls, approvals and results come as deltas carrying a :class:`ToolStep`.
+        """
         if self._stream is None:
             await self.open()
         assert self._stream is not None
         on_chunk = _chunk_callback()
         try:
             with metrics.track_stream(self.protocol):
-                async for batch in self._stream.batches():
-                    if self.first_token_at is None:
-                        self.first_token_at = time.monotonic()
-                    for delta in batch:
-                        self.answer.add(delta)
-                        if self.transcript is not None:
-                            self.transcript.grow(delta.text)
-                        if delta.text and on_chunk is not None:
-                            await self._call(on_chunk, delta.text)
-                    yield batch
-                    # Let the face's writer send what it made of that batch before reading
-                    # on: upstream data already buffered would be read and encoded first.
-                    # (Here, not in the face: a stop from elsewhere must land in a read.)
-                    await asyncio.sleep(0)
+                while True:
+                    step = Answer() if self.server_tools else self.answer
+                    async for batch in self._stream.batches():
+                        if self.first_token_at is None:
+                            self.first_token_at = time.monotonic()
+                        if self.server_tools:
+                            batch = self._fold_step(batch, step)
+                        for delta in batch:
+                            if not self.server_tools:
+                                self.answer.add(delta)
+                            if self.transcript is not None:
+                                self.transcript.grow(delta.text)
+                            if delta.text and on_chunk is not None:
+                                await self._call(on_chunk, delta.text)
+                        if batch:
+                            yield batch
+                        # Let the face's writer send what it made of that batch before
+                        # reading on: upstream data already buffered would be read and
+                        # encoded first. (Here, not in the face: a stop from elsewhere
+                        # must land in a read.)
+                        await asyncio.sleep(0)
+                    if not self.server_tools:
+                        break
+                    calls = list(step.tool_calls.values())
+                    ours = [call for call in calls if call.name in self.server_tools]
+                    theirs = [call for call in calls if call.name not in self.server_tools]
+                    if ours:
+                        if self.tool_steps >= settings.MAX_TOOL_STEPS:
+                            raise exceptions.ToolStepsExceeded(
+                                "The model asked for tools again after "
+                                f"{settings.MAX_TOOL_STEPS} tool steps "
+                                "(COPILOTEDGE_MAX_TOOL_STEPS); the turn ends here."
+                            )
+                        async for batch in self._run_tools(step, ours):
+                            yield batch
+                    if not ours or theirs:
+                        # The answer, or the client's own tools: the client's turn now.
+                        yield [self._hand_over(step, theirs)]
+                        break
+                    await self._aclose_stream()
+                    self._stream = await self._open_next_step()
         except BaseException as error:
             self._fail(error)
             raise
         finally:
-            await self._stream.aclose()
+            await self._aclose_stream()
             self.finish()
 
+    async def _open_next_step(self) -> resilience.DeltaStream:
+        """The next upstream call, with the tool results; it counts against the token
+        limit and the budget like the first (a spent budget ends the turn in-band)."""
+        self._more_reservations.append(await ratelimit.areserve(self.principal, self.request))
+        self.steps += 1
+        return await resilience.open_stream(self)
+
+    async def _aclose_stream(self) -> None:
+        if self._stream is not None:
+            await self._stream.aclose()
+
+    # Server tools ---------------------------------------------------------------------
+
+    def _offer_tools(self) -> None:
+        """Add the server tools' definitions to what the client offers the model."""
+        params = dict(self.request.params)
+        offered = [
+            t
+            for t in params.get("tools") or []
+            if not (isinstance(t, dict) and _tool_name(t) in self.server_tools)
+        ]
+        params["tools"] = offered + [tool.definition() for tool in self.server_tools.values()]
+        self.request.params = params
+        # An answer built from one user's tool results is nobody else's.
+        self.request.cache = "bypass"
+
+    def _fold_step(self, batch: list[Delta], step: Answer) -> list[Delta]:
+        """Fold a step's deltas; pass on only their text (tool calls wait for the step's
+        end, when it is known whose they are; usage is summed over the steps)."""
+        shown = []
+        for delta in batch:
+            step.add(delta)
+            if delta.text:
+                text = Delta(text=delta.text)
+                self.answer.add(text)
+                shown.append(text)
+        return shown
+
+    def _sum_usage(self, usage: Usage | None) -> None:
+        if usage is None:
+            return
+        total = self._usage_so_far or Usage()
+        total.prompt_tokens += usage.prompt_tokens
+        total.completion_tokens += usage.completion_tokens
+        total.total_tokens += usage.total_tokens
+        if usage.neurons is not None:
+            total.neurons = (total.neurons or 0.0) + usage.neurons
+        self._usage_so_far = total
+        self.answer.usage = total
+
+    def _hand_over(self, step: Answer, client_calls: list[ToolCall]) -> Delta:
+        """The last step's end as one delta: the client's tool calls, finish and usage."""
+        self._sum_usage(step.usage)
+        first = len(self.answer.tool_calls)
+        pieces = [
+            ToolCallDelta(first + i, call.id, call.name, call.arguments)
+            for i, call in enumerate(client_calls)
+        ]
+        end = Delta(
+            tool_calls=pieces,
+            finish_reason="tool_calls" if client_calls else step.finish_reason,
+            usage=self._usage_so_far,
+        )
+        self.answer.add(end)
+        return end
+
+    async def _run_tools(
+        self, step: Answer, calls: list[ToolCall]
+    ) -> AsyncGenerator[list[Delta], None]:
+        """Run one step's server tool calls at once, as the turn's user; a delta for each
+        call, approval asked and result, as they happen. Closing this cancels the tools."""
+        self._sum_usage(step.usage)
+        self.tool_steps += 1
+        self.tool_calls_run += len(calls)
+        number = self.tool_steps
+        yield [
+            Delta(tool_step=ToolStep(TOOL_CALL, c.id, c.name, c.arguments, step=number))
+            for c in calls
+        ]
+        events: asyncio.Queue[Delta | None] = asyncio.Queue()
+
+        async def approve(call: tools.ToolCallRequest) -> bool:
+            confirm = ToolStep(TOOL_CONFIRM, call.id, call.name, call.arguments, step=number)
+            events.put_nowait(Delta(tool_step=confirm))
+            return self.approve is not None and await self.approve(call)
+
+        async def run(call: ToolCall) -> tools.ToolResult:
+            request = tools.ToolCallRequest(call.id, call.name, call.arguments)
+            context = tools.ToolContext(
+                user=self.principal.user,
+                principal=self.principal,
+                tool_call_id=call.id,
+                conversation_id=self.request.conversation_id,
+            )
+            result = await tools.arun(self.server_tools[call.name], request, context, approve)
+            ended = ToolStep(
+                TOOL_RESULT, call.id, call.name, call.arguments, result.content, result.outcome,
+                step=number,
+            )  # fmt: skip
+            events.put_nowait(Delta(tool_step=ended))
+            return result
+
+        running = asyncio.ensure_future(asyncio.gather(*(run(call) for call in calls)))
+        running.add_done_callback(lambda _: events.put_nowait(None))
+        try:
+            # Results arrive before the end marker: it is queued once all calls ended.
+            while (event := await events.get()) is not None:
+                yield [event]
+            results = running.result()
+        finally:
+            if not running.done():
+                running.cancel()
+                await asyncio.wait({running})
+        assistant = {
+            "role": "assistant",
+            "content": step.text,
+            "tool_calls": [call.as_openai() for call in calls],
+        }
+        messages = [assistant, *(result.message() for result in results)]
+        self.tool_messages += messages
+        self.request.messages = [*self.request.messages, *messages]
+
     async def complete(self) -> Answer:
+        if self.server_tools:
+            # The steps are streamed from upstream; the client gets the whole answer.
+            async for _ in self.batches():
+                pass
+            await self.asaved()
+            return self.answer
         await self.prepare()
         await self.admit()
         await db.arelease_connections()  # not held while upstream thinks
         admission.release()
         try:
+            self.steps += 1
             delta = await resilience.complete(self)
             await history.astarted(self)
             self.first_token_at = time.monotonic()
@@ -311,3 +502,10 @@ class Turn:
         if self.reservation is not None:
             # The window is charged what the turn really used, off the hot path like the write.
             ratelimit.settle(self.reservation, record.total_tokens, record.cost)
+        for reservation in self._more_reservations:
+            ratelimit.settle(reservation, 0)  # the first settlement charged every step
+
+
+def _tool_name(definition: dict[str, Any]) -> Any:
+    function = definition.get("function")
+    return (function if isinstance(function, dict) else definition).get("name")

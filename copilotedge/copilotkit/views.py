@@ -60,7 +60,7 @@ async def arun(request: HttpRequest, agent_id: str, body: Any) -> HttpResponseBa
         agent, run_input, agui.thread_conversation_id(principal, run_input.thread_id)
     )
     chat.create_conversation = True
-    turn = Turn(chat, principal, protocol="agui")
+    turn = Turn(chat, principal, protocol="agui", server_tools=agent.server_tools())
     opened = True
     try:
         await turn.open()

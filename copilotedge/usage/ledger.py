@@ -183,6 +183,8 @@ def build_record(turn: Turn) -> UsageRecord:
         latency_ms=round((time.monotonic() - started) * 1000),
         ttft_ms=round((first - started) * 1000) if first is not None else None,
         attempts=turn.attempts,
+        steps=max(1, turn.steps),
+        tool_calls=turn.tool_calls_run,
     )
 
 
