@@ -24,6 +24,7 @@ from copilotedge.chat import sse, wire
 from copilotedge.chat.turn import Turn
 from copilotedge.chat.validation import parse_chat, parse_include_usage, parse_json, parse_model
 from copilotedge.conf import settings
+from copilotedge.copilotkit.agents import named_agent, with_agent
 from copilotedge.exceptions import (
     CopilotEdgeError,
     DatabaseUnavailable,
@@ -108,8 +109,18 @@ def event_stream(frames: AsyncIterator[bytes]) -> StreamingHttpResponse:
 async def chat_completions(request: HttpRequest) -> HttpResponseBase:
     principal = await aauthenticate(request)
     body = read_json(request)
-    turn = Turn(parse_chat(body), principal, protocol="openai")
-    turn.request.cache = cache.parse_directive(request.headers)
+    # ``model: "agent:<id>"``: that agent's model, prompt and params, and its server tools.
+    agent = named_agent(body.get("model"))
+    chat = parse_chat({**body, "model": None} if agent else body)
+    if agent is not None:
+        chat = with_agent(chat, agent)
+    chat.cache = cache.parse_directive(request.headers)
+    turn = Turn(
+        chat,
+        principal,
+        protocol="openai",
+        server_tools=agent.server_tools() if agent is not None else (),
+    )
     response: HttpResponseBase
     if turn.request.stream:
         include_usage = parse_include_usage(body)
