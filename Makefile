@@ -33,6 +33,7 @@ test: $(VENV)/.installed tests/e2e/node/js/node_modules/.installed
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 typecheck: $(VENV)/.installed
 	$(VENV)/bin/mypy copilotedge project
@@ -45,4 +46,4 @@ soak: $(VENV)/.installed
 	$(PY) -m bench.soak
 
 clean:
-	rm -rf $(VENV) staticfiles .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) staticfiles .pytest_cache .mypy_cache .ruff_cache .import_linter_cache

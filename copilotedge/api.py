@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from copilotedge.auth import Principal
-from copilotedge.chat import wire
+from copilotedge.chat import faces, wire
 from copilotedge.chat.turn import Turn
 from copilotedge.chat.validation import parse_chat
 
@@ -52,9 +52,9 @@ async def handle_request(
     """
     turn = Turn(parse_chat(body), principal or Principal(), protocol="python")
     if turn.request.stream:
-        await turn.open()
+        await faces.aopen(turn)
         return ChatStream(turn)
-    await turn.complete()
+    await faces.acomplete(turn)
     return wire.openai_completion(turn)
 
 

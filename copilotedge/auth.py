@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
 import hmac
 import ipaddress
 import logging
@@ -24,7 +22,7 @@ from django.http import HttpRequest, HttpResponse
 from django.middleware.csrf import CsrfViewMiddleware
 from django.utils import timezone
 
-from copilotedge import exceptions
+from copilotedge import exceptions, lifecycle
 from copilotedge.conf import settings
 from copilotedge.models import KEY_PREFIX, ApiKey, hash_key
 
@@ -200,7 +198,6 @@ def check_model(principal: Principal, model: str) -> None:
         )
 
 
-_touching: set[asyncio.Task[None]] = set()
 # When this process last scheduled a write per key: a burst of requests that all read
 # the old value from the database schedules one write, not one each.
 _touched: dict[int, datetime] = {}
@@ -214,12 +211,7 @@ def touch(key: ApiKey) -> None:
     if last is not None and last > stale:
         return
     _touched[key.pk] = now
-    # A fresh context: the write outlives the request, so it must not use its thread.
-    task = asyncio.get_running_loop().create_task(
-        _atouch(key.pk, now, stale), context=contextvars.Context()
-    )
-    _touching.add(task)
-    task.add_done_callback(_touching.discard)
+    lifecycle.spawn(_atouch(key.pk, now, stale))
 
 
 async def _atouch(pk: int, now: datetime, stale: datetime) -> None:
@@ -234,13 +226,6 @@ async def _atouch(pk: int, now: datetime, stale: datetime) -> None:
 def forget_touches() -> None:
     """Forget which keys this process recorded lately (tests reuse primary keys)."""
     _touched.clear()
-
-
-async def adrain() -> None:
-    """Wait for scheduled ``last_used_at`` writes (tests and shutdown)."""
-    loop = asyncio.get_running_loop()
-    while mine := [task for task in _touching if task.get_loop() is loop]:
-        await asyncio.gather(*mine, return_exceptions=True)
 
 
 def _csrf_view(request: HttpRequest) -> HttpResponse:  # pragma: no cover - never called

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -91,6 +90,11 @@ class GroupCommit:
             self._task = loop.create_task(self._run(), context=detached())
         return future
 
+    @property
+    def idle(self) -> bool:
+        """Nothing queued and no batch under way."""
+        return not self._queue and (self._task is None or self._task.done())
+
     async def adrain(self) -> None:
         while self._task is not None and not self._task.done():
             await asyncio.shield(self._task)
@@ -133,24 +137,3 @@ def _run_batch(jobs: list[Callable[[], Any]]) -> list[tuple[bool, Any]]:
         else:
             outcomes.append((True, value))
     return outcomes
-
-
-_writers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, GroupCommit] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def writer() -> GroupCommit:
-    """This event loop's :class:`GroupCommit` for copilotedge's background writes."""
-    loop = asyncio.get_running_loop()
-    found = _writers.get(loop)
-    if found is None:
-        found = _writers[loop] = GroupCommit()
-    return found
-
-
-async def adrain() -> None:
-    """Wait until every write queued on this event loop is done (tests, shutdown)."""
-    found = _writers.get(asyncio.get_running_loop())
-    if found is not None:
-        await found.adrain()

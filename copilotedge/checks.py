@@ -18,6 +18,7 @@ from django.core.checks import CheckMessage, Tags
 
 from copilotedge.conversations.checks import check_conversation_settings
 from copilotedge.copilotkit.checks import check_agents, check_graphql_limits
+from copilotedge.lifecycle import check_lifecycle
 from copilotedge.ratelimit.checks import check_rate_limits
 from copilotedge.tools.checks import check_tool_settings
 from copilotedge.upstream.checks import check_reliability, check_upstream
@@ -34,6 +35,7 @@ CONCERNS: tuple[tuple[Callable[[], Iterable[CheckMessage]], tuple[str, ...]], ..
     (check_graphql_limits, ()),
     (check_conversation_settings, ()),
     (check_usage, ()),
+    (check_lifecycle, ()),
     (check_tool_settings, ()),
 )
 

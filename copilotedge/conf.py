@@ -278,6 +278,11 @@ class Settings:
         """Cancel a socket's chats when it drops instead of finishing and storing them."""
         return bool(_get("COPILOTEDGE_WS_CANCEL_ON_DISCONNECT", False))
 
+    @property
+    def SHUTDOWN_GRACE(self) -> float:
+        """Seconds answers in flight at a stop may take to finish before they are ended."""
+        return float(_get("COPILOTEDGE_SHUTDOWN_GRACE", 10.0))
+
     # -- Reliability: retries, circuit breaker, fallbacks, response cache --
 
     @property

@@ -90,6 +90,19 @@ class AnswerStopped(CopilotEdgeError):
     default_message = "The answer was stopped before it finished."
 
 
+class ShuttingDown(CopilotEdgeError):
+    """The server is stopping: a new request is refused, an answer past the grace period ends."""
+
+    status_code = 503
+    type = "server_error"
+    code = "shutting_down"
+    default_message = "The server is shutting down; try again shortly."
+
+    def __init__(self, message: str | None = None, **kwargs: Any) -> None:
+        kwargs.setdefault("retry_after", 1.0)
+        super().__init__(message, **kwargs)
+
+
 class RateLimited(CopilotEdgeError):
     status_code = 429
     type = "rate_limit_error"

@@ -20,11 +20,11 @@ from django.views.decorators.csrf import csrf_exempt
 
 from copilotedge import openapi
 from copilotedge.auth import aauthenticate
-from copilotedge.chat import sse, wire
+from copilotedge.chat import faces, sse, wire
+from copilotedge.chat.agents import named_agent, with_agent
 from copilotedge.chat.turn import Turn
 from copilotedge.chat.validation import parse_chat, parse_include_usage, parse_json, parse_model
 from copilotedge.conf import settings
-from copilotedge.copilotkit.agents import named_agent, with_agent
 from copilotedge.exceptions import (
     CopilotEdgeError,
     DatabaseUnavailable,
@@ -124,10 +124,10 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
     response: HttpResponseBase
     if turn.request.stream:
         include_usage = parse_include_usage(body)
-        await turn.open()
+        await faces.aopen(turn)
         response = event_stream(wire.openai_stream(turn, include_usage=include_usage))
     else:
-        await turn.complete()
+        await faces.acomplete(turn)
         response = JsonResponse(wire.openai_completion(turn))
     if turn.transcript is not None:
         response[CONVERSATION_HEADER] = str(turn.transcript.conversation_id)
@@ -154,10 +154,10 @@ async def ai_run(request: HttpRequest, model: str) -> HttpResponseBase:
         turn.request.cache = cache.parse_directive(request.headers)
         response: HttpResponseBase
         if turn.request.stream:
-            await turn.open()
+            await faces.aopen(turn)
             response = event_stream(wire.run_stream(turn))
         else:
-            await turn.complete()
+            await faces.acomplete(turn)
             response = JsonResponse(wire.run_envelope(turn))
     except CopilotEdgeError as error:
         return error_response(error, wire.run_error(error))

@@ -15,19 +15,22 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from copilotedge.admission import AdmissionLimit  # noqa: E402
-from copilotedge.routing import lifespan, websocket_urlpatterns  # noqa: E402
+from copilotedge.routing import Lifespan, websocket_urlpatterns  # noqa: E402
 from copilotedge.threads import RequestThreads  # noqa: E402
 
-application = ProtocolTypeRouter(
-    {
-        # A burst of requests is set up a few at a time (COPILOTEDGE_ADMISSION_LIMIT), and
-        # each request's sync code runs in a pooled thread, not one started for it.
-        "http": AdmissionLimit(RequestThreads(django_asgi_app)),
-        "websocket": AllowedHostsOriginValidator(
-            AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
-        ),
-        "lifespan": lifespan,
-    }
+# Lifespan: a stop (SIGTERM, or the ASGI lifespan's shutdown) finishes and records
+# the answers in flight before the process exits.
+application = Lifespan(
+    ProtocolTypeRouter(
+        {
+            # A burst of requests is set up a few at a time (COPILOTEDGE_ADMISSION_LIMIT), and
+            # each request's sync code runs in a pooled thread, not one started for it.
+            "http": AdmissionLimit(RequestThreads(django_asgi_app)),
+            "websocket": AllowedHostsOriginValidator(
+                AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
+            ),
+        }
+    )
 )
 
 # What is loaded by now lives as long as the process: keep it out of the collector's

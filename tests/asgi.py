@@ -12,15 +12,18 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from copilotedge.admission import AdmissionLimit  # noqa: E402
-from copilotedge.routing import lifespan, websocket_urlpatterns  # noqa: E402
+from copilotedge.routing import Lifespan, websocket_urlpatterns  # noqa: E402
 from copilotedge.threads import RequestThreads  # noqa: E402
 
-application = ProtocolTypeRouter(
-    {
-        "http": AdmissionLimit(RequestThreads(django_asgi_app)),
-        "websocket": AllowedHostsOriginValidator(
-            AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
-        ),
-        "lifespan": lifespan,
-    }
+# Lifespan: a stop (SIGTERM, or the ASGI lifespan's shutdown) finishes and records
+# the answers in flight before the process exits.
+application = Lifespan(
+    ProtocolTypeRouter(
+        {
+            "http": AdmissionLimit(RequestThreads(django_asgi_app)),
+            "websocket": AllowedHostsOriginValidator(
+                AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
+            ),
+        }
+    )
 )

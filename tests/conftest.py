@@ -13,9 +13,9 @@ from django.db import connections
 from django.test import Client
 from django.utils import timezone
 
+from copilotedge import lifecycle
 from copilotedge.models import ApiKey, UsageRecord
 from copilotedge.testing import EmulatorApp, EmulatorServer
-from copilotedge.usage import writer as usage_writer
 from tests.helpers import (
     SampleLedger,
     UsageRowCheck,
@@ -56,7 +56,7 @@ def upstream() -> Iterator[respx.MockRouter]:
 @pytest.fixture
 async def drain_usage() -> AsyncIterator[None]:
     yield
-    await usage_writer.adrain()
+    await lifecycle.adrain()
 
 
 @pytest.fixture(scope="module")
@@ -81,20 +81,13 @@ def django_db_setup(django_db_setup: None) -> Iterator[None]:
 
 @pytest.fixture(autouse=True)
 async def _fresh_limits() -> AsyncIterator[None]:
-    from copilotedge import auth, ratelimit
-    from copilotedge.conversations import transcript
     from copilotedge.ratelimit.stores import RedisStore
-    from copilotedge.upstream import breakers as breaker
 
     reset_limits()
     yield
     # Background saves (answers, conversations, the ledger) must land before the test's
     # database is flushed: a write still under way would deadlock the flush.
-    await transcript.adrain()
-    await usage_writer.adrain()
-    await auth.adrain()
-    await ratelimit.adrain()
-    await breaker.adrain()
+    await lifecycle.adrain()
     await RedisStore.aclose()
 
 
@@ -123,12 +116,7 @@ def session_cookie(user: Any) -> bytes:
 async def drain_chats() -> AsyncIterator[None]:
     """Let detached chats and background saves finish before the test's database goes."""
     yield
-    from copilotedge.conversations import transcript
-    from copilotedge.websocket import consumers
-
-    await consumers.adrain()
-    await transcript.adrain()
-    await usage_writer.adrain()
+    await lifecycle.adrain()
 
 
 @pytest.fixture(autouse=True)
@@ -143,7 +131,7 @@ def usage_row() -> UsageRowCheck:
     """Wait for ledger writes, require exactly one usage row, check it (see above)."""
 
     async def check(**expected: Any) -> UsageRecord:
-        await usage_writer.adrain()
+        await lifecycle.adrain()
         rows = [row async for row in UsageRecord.objects.all()]
         assert len(rows) == 1, f"expected one usage row, found {len(rows)}: {rows}"
         check_usage_invariants(rows[0])

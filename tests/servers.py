@@ -1,4 +1,4 @@
-"""Real servers for end-to-end tests: the demo's ASGI app under daphne, on loopback."""
+"""Real servers for end-to-end tests: the suite's ASGI app under daphne or uvicorn, on loopback."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 from django.db import connection
 
@@ -53,7 +53,7 @@ class DaphneServer:
         # A file, not a pipe: a pipe nobody reads would block a chatty server.
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the server
 
-    def start(self) -> DaphneServer:
+    def start(self) -> Self:
         env = {
             **os.environ,
             **self.env,
@@ -63,16 +63,7 @@ class DaphneServer:
             "PYTHONPATH": str(ROOT),
         }
         self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "daphne",
-                "-b",
-                "127.0.0.1",
-                "-p",
-                str(self.port),
-                "tests.asgi:application",
-            ],
+            self.command(),
             cwd=ROOT,
             env=env,
             stdout=subprocess.DEVNULL,
@@ -84,6 +75,13 @@ class DaphneServer:
             self.stop()
             raise
         return self
+
+    def command(self) -> list[str]:
+        return [
+            *(sys.executable, "-m", "daphne"),
+            *("-b", "127.0.0.1", "-p", str(self.port)),
+            "tests.asgi:application",
+        ]
 
     def stop(self) -> str:
         """Stop the server; returns what it wrote to stderr (tracebacks, if any)."""
@@ -99,7 +97,7 @@ class DaphneServer:
         self._stderr.seek(0)
         return self._stderr.read().decode(errors="replace")
 
-    def __enter__(self) -> DaphneServer:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(
@@ -109,6 +107,17 @@ class DaphneServer:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+class UvicornServer(DaphneServer):
+    """``tests.asgi:application`` under a real uvicorn process (with the ASGI lifespan)."""
+
+    def command(self) -> list[str]:
+        return [
+            *(sys.executable, "-m", "uvicorn"),
+            *("--host", "127.0.0.1", "--port", str(self.port), "--lifespan", "on"),
+            "tests.asgi:application",
+        ]
 
 
 class RedisServer:

@@ -13,10 +13,10 @@ from django.contrib.auth import get_user_model
 from django.test import AsyncClient, RequestFactory, override_settings
 from django.utils import timezone
 
-from copilotedge import auth as auth_module
-from copilotedge import exceptions
+from copilotedge import exceptions, lifecycle
 from copilotedge.auth import Principal, aauthenticate, akey_for_token, client_ip
-from copilotedge.chat.turn import ChatRequest, Turn
+from copilotedge.chat.turn import Turn
+from copilotedge.chat.types import ChatRequest
 from copilotedge.exceptions import PermissionDenied
 from copilotedge.models import ApiKey, hash_key
 from tests.helpers import OPENAI_URL, run_url
@@ -283,26 +283,26 @@ async def test_last_used_at_is_written_at_most_once_a_minute(
     key, headers = await new_key(user)
     client = AsyncClient()
     await client.get(MODELS, headers=headers)
-    await auth_module.adrain()
+    await lifecycle.adrain()
     await key.arefresh_from_db()
     first = key.last_used_at
     assert first is not None and timezone.now() - first < timedelta(seconds=10)
     for _ in range(3):
         await client.get(MODELS, headers=headers)
-    await auth_module.adrain()
+    await lifecycle.adrain()
     await key.arefresh_from_db()
     assert key.last_used_at == first
     # Even if the database says otherwise, this process wrote it less than a minute ago.
     old = timezone.now() - timedelta(minutes=2)
     await ApiKey.objects.filter(pk=key.pk).aupdate(last_used_at=old)
     await client.get(MODELS, headers=headers)
-    await auth_module.adrain()
+    await lifecycle.adrain()
     await key.arefresh_from_db()
     assert key.last_used_at == old
     # A minute later it is written again.
     later = timezone.now() + timedelta(seconds=61)
     monkeypatch.setattr(timezone, "now", lambda: later)
     await client.get(MODELS, headers=headers)
-    await auth_module.adrain()
+    await lifecycle.adrain()
     await key.arefresh_from_db()
     assert key.last_used_at == later

@@ -21,10 +21,9 @@ from django.http import HttpRequest, HttpResponse
 from django.test import AsyncClient, RequestFactory, override_settings
 from django.urls import include, path
 
-from copilotedge import ratelimit
+from copilotedge import lifecycle, ratelimit
 from copilotedge.middleware import RateLimitMiddleware
 from copilotedge.models import ApiKey, UsageRecord
-from copilotedge.usage import writer as usage_writer
 from copilotedge.usage.ledger import estimate_prompt_tokens
 from tests.helpers import OPENAI_URL, openai_chunk, redis_cache_settings, sse_body
 from tests.servers import DaphneServer, RedisServer
@@ -142,8 +141,8 @@ async def test_tokens_refused_up_front_and_debited_after(
     ok = await chat(auth, max_tokens=600)
     assert ok.status_code == 200
     assert ok["x-ratelimit-remaining-tokens"] == str(1000 - estimate_prompt_tokens(HELLO) - 600)
-    await usage_writer.adrain()
-    await ratelimit.adrain()  # the real 50 tokens are charged, the rest given back
+    await lifecycle.adrain()
+    await lifecycle.adrain()  # the real 50 tokens are charged, the rest given back
     listed = await AsyncClient().get(MODELS, headers=auth)
     assert listed["x-ratelimit-remaining-tokens"] == "950"
     refused = await chat(auth, max_tokens=960)

@@ -93,7 +93,7 @@ async def test_a_database_without_a_free_connection_is_a_503_to_retry(
     async def no_connection(*args: Any) -> None:
         raise OperationalError("couldn't get a connection after 30.00 sec")
 
-    monkeypatch.setattr(history, "aprepare", no_connection)
+    monkeypatch.setattr(history, "aplan", no_connection)
     response = await post(CHAT, {"model": MODEL, "messages": HI}, auth)
     assert response.status_code == 503
     assert response["Retry-After"] == "1"

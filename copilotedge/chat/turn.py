@@ -1,24 +1,44 @@
-"""One conversation turn, shared by every face (OpenAI, /ai/run, AG-UI, GraphQL, WebSocket).
+"""One conversation turn: the one orchestrator, shared by every face (OpenAI, /ai/run,
+AG-UI, GraphQL, WebSocket, the Python API).
 
-A :class:`Turn` sends the request upstream, yields normalised deltas while folding them
-into a complete answer, and when it ends (finished, failed or cancelled) records usage.
-Faces only translate the request in and the deltas out.
+A :class:`Turn` asks each service in turn and gets values back; none of them knows the turn:
+
+1. :func:`copilotedge.conversations.history.aplan`: preferences and stored history applied,
+   fitted to the budget (the request as it goes upstream);
+2. :meth:`Turn.admit`: the key's models and the limiter's reservation
+   (:func:`copilotedge.ratelimit.areserve`), on the prompt that goes upstream;
+3. :func:`copilotedge.conversations.history.astore`: the turn's rows, and the
+   :class:`~copilotedge.conversations.transcript.Transcript` that saves the answer as it grows;
+4. :func:`copilotedge.upstream.resilience.open_stream` (or ``complete``): the answer, from the
+   cache or upstream, with what was served in a :class:`~copilotedge.upstream.resilience.Served`;
+5. with server tools (an agent's, :mod:`copilotedge.tools`): the model's calls of them run
+   here, as the turn's user, and their results go back upstream in a further call (a
+   step), until the model answers, up to ``COPILOTEDGE_MAX_TOOL_STEPS``; each step is
+   reserved against the limits like the first;
+6. at the end, one :class:`~copilotedge.chat.types.TurnRecord` for the stored answer
+   (``history.finish``), the ledger (:func:`copilotedge.usage.ledger.record`) and the
+   limiter's settlement, all scheduled, never waited for.
+
+A face runs the steps (:mod:`copilotedge.chat.faces` does it for every face): ``await
+prepare()`` does the database and limit work, then the face lets go of what its request
+holds, then ``await open()`` (upstream errors raise here, before any byte is sent) and
+``async for delta in deltas()``, or ``await complete()`` when not streaming. Faces only
+translate the request in and the deltas out.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import iscoroutinefunction
 
-from copilotedge import admission, exceptions, ratelimit, tools
-from copilotedge import background as db
+from copilotedge import exceptions, lifecycle, ratelimit, tools
 from copilotedge.auth import check_model
 from copilotedge.chat.deltas import (
     TOOL_CALL,
@@ -29,93 +49,17 @@ from copilotedge.chat.deltas import (
     ToolStep,
     Usage,
 )
+from copilotedge.chat.types import Answer, ChatRequest, ToolCall, TurnRecord
 from copilotedge.conf import settings
 from copilotedge.conversations import history
 from copilotedge.upstream import resilience
-from copilotedge.usage import ledger as usage
-from copilotedge.usage import metrics
+from copilotedge.usage import ledger, metrics
 
 if TYPE_CHECKING:
     from copilotedge.auth import Principal
     from copilotedge.conversations.transcript import Transcript
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class ChatRequest:
-    """A validated request, whatever protocol it came in on."""
-
-    model: str
-    messages: list[dict[str, Any]]
-    params: dict[str, Any] = field(default_factory=dict)
-    stream: bool = False
-    conversation_id: uuid.UUID | None = None
-    #: False when the client named no model (a user's preferred model may then apply).
-    model_given: bool = True
-    #: Start a conversation with ``conversation_id`` if none has it (AG-UI threadIds).
-    create_conversation: bool = False
-    cache: str = (
-        ""  # the client's X-CopilotEdge-Cache directive (see copilotedge.upstream.response_cache)
-    )
-
-
-@dataclass
-class ToolCall:
-    id: str
-    name: str = ""
-    arguments: str = ""
-
-    def as_openai(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "type": "function",
-            "function": {"name": self.name, "arguments": self.arguments},
-        }
-
-
-class Answer:
-    """Folds deltas into the complete answer: text, tool calls, finish reason, usage."""
-
-    def __init__(self) -> None:
-        self._parts: list[str] = []
-        self.tool_calls: dict[int, ToolCall] = {}
-        self.finish_reason: str | None = None
-        self.usage: Usage | None = None
-
-    @property
-    def text(self) -> str:
-        if len(self._parts) > 1:
-            self._parts = ["".join(self._parts)]
-        return self._parts[0] if self._parts else ""
-
-    def add(self, delta: Delta) -> None:
-        if delta.text:
-            self._parts.append(delta.text)
-        for piece in delta.tool_calls:
-            self._add_tool_call(piece)
-        if delta.finish_reason:
-            self.finish_reason = delta.finish_reason
-        if delta.usage is not None:
-            self.usage = delta.usage
-
-    def _add_tool_call(self, piece: ToolCallDelta) -> None:
-        call = self.tool_calls.get(piece.index)
-        if call is None:
-            call = ToolCall(id=piece.id or f"call_{uuid.uuid4().hex[:24]}")
-            self.tool_calls[piece.index] = call
-        if piece.name:
-            call.name = piece.name
-        call.arguments += piece.arguments
-
-    def final_finish_reason(self) -> str:
-        return self.finish_reason or ("tool_calls" if self.tool_calls else "stop")
-
-    def message(self) -> dict[str, Any]:
-        message: dict[str, Any] = {"role": "assistant", "content": self.text}
-        if self.tool_calls:
-            message["tool_calls"] = [call.as_openai() for call in self.tool_calls.values()]
-        return message
 
 
 def _chunk_callback() -> Callable[[str], Any] | None:
@@ -125,8 +69,12 @@ def _chunk_callback() -> Callable[[str], Any] | None:
 class Turn:
     """One request upstream and everything recorded about it.
 
-    Streaming: ``await open()`` (upstream errors raise here, before any byte is sent),
-    then ``async for delta in deltas()``. Not streaming: ``await complete()``.
+    Streaming: ``await prepare()``, ``await open()``, then ``async for delta in
+    deltas()``. Not streaming: ``await prepare()``, then ``await complete()``. (``open``
+    and ``complete`` prepare a turn that is not yet.)
+
+    ``server_tools`` are offered to the model and run here when it calls them;
+    ``approve`` asks a person about a ``confirm=True`` tool's call (none: denied).
     """
 
     def __init__(
@@ -144,30 +92,30 @@ class Turn:
         self.id = uuid.uuid4()
         self.created = int(time.time())
         self.answer = Answer()
-        self.model_served = request.model
+        #: The model that answered, the attempts upstream and the cache's part.
+        self.served = resilience.Served(request.model)
         self.outcome = "ok"
         self.error: exceptions.CopilotEdgeError | None = None
-        self.attempts = 0
         self.started = time.monotonic()
         self.first_token_at: float | None = None
-        self.finished = False
-        self.cache_status = "BYPASS"  # HIT, MISS or BYPASS (copilotedge.upstream.response_cache)
-        self.cache_hit = False
+        #: How the turn ended, once it did (what bookkeeping was given).
+        self.record: TurnRecord | None = None
         self._stream: resilience.DeltaStream | None = None
         self.reservation: ratelimit.Reservation | None = None
-        # Conversation state (history.py): the stored answer, when there is one.
         self.prepared = False
+        #: The stored answer, when the turn is stored.
         self.transcript: Transcript | None = None
-        # Server-side tools (the agent's): the model may call them, the turn runs them.
         self.server_tools = {tool.name: tool for tool in server_tools}
         self.approve = approve
-        #: Upstream answers asked for, tool steps run and tool calls made (the ledger's).
+        #: Upstream calls made, server tool steps run and server tool calls made.
         self.steps = 0
         self.tool_steps = 0
         self.tool_calls_run = 0
         #: The assistant tool-call and ``role: tool`` messages of the steps, in order.
         self.tool_messages: list[dict[str, Any]] = []
-        self._usage_so_far: Usage | None = None
+        #: The answer of the current upstream call (the turn's own, without server tools).
+        self._step = self.answer
+        self._usage: Usage | None = None
         self._more_reservations: list[ratelimit.Reservation] = []
         if self.server_tools:
             self._offer_tools()
@@ -176,22 +124,46 @@ class Turn:
     def messages(self) -> list[dict[str, Any]]:
         return self.request.messages
 
+    @property
+    def model_served(self) -> str:
+        return self.served.model
+
+    @property
+    def attempts(self) -> int:
+        return self.served.attempts
+
+    @property
+    def cache_status(self) -> str:
+        """HIT, MISS or BYPASS (the ``X-CopilotEdge-Cache`` response header)."""
+        return self.served.cache_status
+
+    @property
+    def finished(self) -> bool:
+        return self.record is not None
+
     async def prepare(self) -> None:
-        """Apply preferences and stored history, admit the turn, then save it (once).
+        """Plan the history, admit the turn, then store it (once).
 
         History and preferences come first so admission sees the model and prompt that
-        go upstream; saving comes last so a refused turn leaves nothing stored.
+        go upstream; storing comes last so a refused turn leaves nothing stored.
         """
-        if not self.prepared:
-            self.prepared = True
-            await history.aprepare(self, self.admit)
+        if self.prepared:
+            return
+        self.prepared = True
+        plan = await history.aplan(self.principal, self.request)
+        self.request = plan.request
+        self.served = resilience.Served(self.request.model)
+        await self.admit()
+        self.transcript = await history.astore(self.principal, plan, self.answer)
+        if self.transcript is not None:
+            self.request.conversation_id = self.transcript.conversation_id
 
     async def astart(self) -> None:
         """Prepare, then wait until a new conversation is stored (for a face that
         announces its id before the answer starts)."""
         await self.prepare()
         try:
-            await history.astarted(self)
+            await history.astarted(self.transcript)
         except BaseException as error:
             self._fail(error)
             self.finish()
@@ -204,31 +176,39 @@ class Turn:
         turn never reached upstream and records no usage.
         """
         if self.reservation is None:
+            lifecycle.accepting()  # none once the server is stopping (503)
             check_model(self.principal, self.request.model)
             self.reservation = await ratelimit.areserve(self.principal, self.request)
 
     async def open(self) -> None:
+        """Open the answer: from the cache, or upstream once it sent a first delta."""
         await self.prepare()
         await self.admit()
-        await db.arelease_connections()  # not held for the whole stream
-        admission.release()  # from here it waits for upstream: let the next request in
         try:
-            # Cache, retries, circuit breakers and fallbacks; counts self.attempts.
-            self.steps += 1
-            stream = await resilience.open_stream(self)
+            stream = await self._open_step(self.started)
         except BaseException as error:
             self._fail(error)
             self.finish()
             raise
         try:
             # A new conversation was being saved meanwhile: stored before a byte goes out.
-            await history.astarted(self)
+            await history.astarted(self.transcript)
         except BaseException as error:
             self._fail(error)
             await stream.abort(error)
             self.finish()
             raise
         self._stream = stream
+
+    async def _open_step(self, started: float) -> resilience.DeltaStream:
+        """One upstream call: cache, retries, circuit breakers and fallbacks
+        (``self.served`` counts the attempts of every step)."""
+        self.steps += 1
+        self._step = Answer() if self.server_tools else self.answer
+        with lifecycle.reading(self):  # a stop past its grace may interrupt it
+            return await resilience.open_stream(
+                self.request, self._step, self.served, started=started
+            )
 
     async def deltas(self) -> AsyncIterator[Delta]:
         batches = self.batches()
@@ -243,31 +223,32 @@ class Turn:
     async def batches(self) -> AsyncGenerator[list[Delta], None]:
         """The deltas of each upstream read together (faces write each batch at once).
 
-        With server tools, the model's calls of them are run here and the answer goes on
-        in a further upstream call (a step), up to ``COPILOTEDGE_MAX_TOOL_STEPS``; each
-        step's calls, approvals and results come as deltas carrying a :class:`ToolStep`.
+        With server tools, the model's calls of them run here and the answer goes on in
+        a further upstream call (a step); each step's calls, approvals and results come
+        as deltas carrying a :class:`~copilotedge.chat.deltas.ToolStep`. Like upstream
+        reads, running tools are interrupted by a stop past its grace.
         """
         if self._stream is None:
             await self.open()
-        assert self._stream is not None
         on_chunk = _chunk_callback()
         try:
             with metrics.track_stream(self.protocol):
                 while True:
-                    step = Answer() if self.server_tools else self.answer
-                    async for batch in self._stream.batches():
+                    assert self._stream is not None
+                    async for batch in lifecycle.interruptible(self, self._stream.batches()):
                         if self.first_token_at is None:
                             self.first_token_at = time.monotonic()
                         if self.server_tools:
-                            batch = self._fold_step(batch, step)
-                        for delta in batch:
-                            if not self.server_tools:
+                            batch = self._fold_step(batch)
+                        else:
+                            for delta in batch:
                                 self.answer.add(delta)
+                        for delta in batch:
                             if self.transcript is not None:
                                 self.transcript.grow(delta.text)
                             if delta.text and on_chunk is not None:
                                 await self._call(on_chunk, delta.text)
-                        if batch:
+                        if batch or not self.server_tools:
                             yield batch
                         # Let the face's writer send what it made of that batch before
                         # reading on: upstream data already buffered would be read and
@@ -276,6 +257,7 @@ class Turn:
                         await asyncio.sleep(0)
                     if not self.server_tools:
                         break
+                    step = self._step
                     calls = list(step.tool_calls.values())
                     ours = [call for call in calls if call.name in self.server_tools]
                     theirs = [call for call in calls if call.name not in self.server_tools]
@@ -286,7 +268,8 @@ class Turn:
                                 f"{settings.MAX_TOOL_STEPS} tool steps "
                                 "(COPILOTEDGE_MAX_TOOL_STEPS); the turn ends here."
                             )
-                        async for batch in self._run_tools(step, ours):
+                        running = self._run_tools(step, ours)
+                        async for batch in lifecycle.interruptible(self, running):
                             yield batch
                     if not ours or theirs:
                         # The answer, or the client's own tools: the client's turn now.
@@ -305,12 +288,13 @@ class Turn:
         """The next upstream call, with the tool results; it counts against the token
         limit and the budget like the first (a spent budget ends the turn in-band)."""
         self._more_reservations.append(await ratelimit.areserve(self.principal, self.request))
-        self.steps += 1
-        return await resilience.open_stream(self)
+        # Its own time limits: a tool or an approval may have taken long.
+        return await self._open_step(time.monotonic())
 
     async def _aclose_stream(self) -> None:
-        if self._stream is not None:
-            await self._stream.aclose()
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            await stream.aclose()
 
     # Server tools ---------------------------------------------------------------------
 
@@ -327,12 +311,12 @@ class Turn:
         # An answer built from one user's tool results is nobody else's.
         self.request.cache = "bypass"
 
-    def _fold_step(self, batch: list[Delta], step: Answer) -> list[Delta]:
+    def _fold_step(self, batch: list[Delta]) -> list[Delta]:
         """Fold a step's deltas; pass on only their text (tool calls wait for the step's
         end, when it is known whose they are; usage is summed over the steps)."""
         shown = []
         for delta in batch:
-            step.add(delta)
+            self._step.add(delta)
             if delta.text:
                 text = Delta(text=delta.text)
                 self.answer.add(text)
@@ -342,13 +326,13 @@ class Turn:
     def _sum_usage(self, usage: Usage | None) -> None:
         if usage is None:
             return
-        total = self._usage_so_far or Usage()
+        total = self._usage or Usage()
         total.prompt_tokens += usage.prompt_tokens
         total.completion_tokens += usage.completion_tokens
         total.total_tokens += usage.total_tokens
         if usage.neurons is not None:
             total.neurons = (total.neurons or 0.0) + usage.neurons
-        self._usage_so_far = total
+        self._usage = total
         self.answer.usage = total
 
     def _hand_over(self, step: Answer, client_calls: list[ToolCall]) -> Delta:
@@ -362,7 +346,7 @@ class Turn:
         end = Delta(
             tool_calls=pieces,
             finish_reason="tool_calls" if client_calls else step.finish_reason,
-            usage=self._usage_so_far,
+            usage=self._usage,
         )
         self.answer.add(end)
         return end
@@ -432,12 +416,11 @@ class Turn:
             return self.answer
         await self.prepare()
         await self.admit()
-        await db.arelease_connections()  # not held while upstream thinks
-        admission.release()
         try:
             self.steps += 1
-            delta = await resilience.complete(self)
-            await history.astarted(self)
+            with lifecycle.reading(self):
+                delta = await resilience.complete(self.request, self.served, started=self.started)
+            await history.astarted(self.transcript)
             self.first_token_at = time.monotonic()
             self.answer.add(delta)
             on_chunk = _chunk_callback()
@@ -454,7 +437,7 @@ class Turn:
     async def asaved(self) -> None:
         """Wait until the stored answer is final (a face says "done" after it: what the
         client sends or fetches next sees the whole answer)."""
-        await history.asaved(self)
+        await history.asaved(self.transcript)
 
     async def _call(self, callback: Callable[[str], Any], text: str) -> None:
         try:
@@ -470,27 +453,66 @@ class Turn:
             self.outcome = "cancelled"
         elif isinstance(error, exceptions.CopilotEdgeError):
             self.error = error
-            started = bool(self.answer.text or self.answer.tool_calls)
-            self.outcome = "incomplete" if started else "error"
+            started = bool(self.answer.text or self.answer.tool_calls or self.tool_steps)
+            interrupted = isinstance(error, exceptions.ShuttingDown)  # by a stop: not its fault
+            self.outcome = "incomplete" if started or interrupted else "error"
         else:
             self.error = exceptions.CopilotEdgeError()
             self.outcome = "error"
 
+    def as_record(self) -> TurnRecord:
+        """The turn as it stands: its final record once it ended, else one made now."""
+        if self.record is not None:
+            return self.record
+        answer = self.answer
+        return TurnRecord(
+            id=self.id,
+            principal=self.principal,
+            protocol=self.protocol,
+            model_requested=self.request.model,
+            model_served=self.served.model,
+            messages=self.request.messages,
+            params=self.request.params,
+            conversation_id=self.request.conversation_id,
+            outcome=self.outcome,
+            error=self.error,
+            attempts=self.served.attempts,
+            cache_status=self.served.cache_status,
+            started=self.started,
+            first_token_at=self.first_token_at,
+            ended=time.monotonic(),
+            text=answer.text,
+            tool_calls=tuple(
+                ToolCall(call.id, call.name, call.arguments) for call in answer.tool_calls.values()
+            ),
+            finish_reason=answer.finish_reason,
+            usage=answer.usage,
+            steps=max(1, self.steps),
+            tool_calls_run=self.tool_calls_run,
+            tool_messages=tuple(self.tool_messages),
+        )
+
     def finish(self) -> None:
         """Record the turn once, without waiting for the database."""
-        if self.finished:
+        if self.record is not None:
             return
-        self.finished = True
-        history.finish(self)
-        created = self.transcript.created if self.transcript is not None else None
+        transcript = self.transcript
+        if transcript is not None and transcript.deleted:
+            self.request.conversation_id = None  # the usage record must not point at it
+        self.record = self.as_record()
+        history.finish(transcript, self.record)
+        lifecycle.finished(self)
+        created = transcript.created if transcript is not None else None
         if created is not None and not created.done():
             # Cancelled while its conversation was being saved: the ledger row points at
             # the conversation, so it is queued once that is settled.
-            created.add_done_callback(lambda _: self._record())
+            created.add_done_callback(lambda _: self._account())
         else:
-            self._record()
+            self._account()
 
-    def _record(self) -> None:
+    def _account(self) -> None:
+        """The ledger row and the limiter's settlement (both off the hot path)."""
+        assert self.record is not None
         transcript = self.transcript
         if transcript is not None and transcript.created is not None:
             created = transcript.created
@@ -498,10 +520,11 @@ class Turn:
                 transcript.deleted = True
         if transcript is not None and transcript.deleted:
             self.request.conversation_id = None  # the usage record must not point at it
-        record = usage.record_turn(self)
+            self.record = dataclasses.replace(self.record, conversation_id=None)
+        row = ledger.record(self.record)
         if self.reservation is not None:
             # The window is charged what the turn really used, off the hot path like the write.
-            ratelimit.settle(self.reservation, record.total_tokens, record.cost)
+            ratelimit.settle(self.reservation, row.total_tokens, row.cost)
         for reservation in self._more_reservations:
             ratelimit.settle(reservation, 0)  # the first settlement charged every step
 

@@ -6,7 +6,7 @@ import json
 import uuid
 from typing import Any
 
-from copilotedge.chat.turn import ChatRequest
+from copilotedge.chat.types import ChatRequest
 from copilotedge.conf import settings
 from copilotedge.exceptions import InvalidRequest, NotFound, RequestTooLarge
 

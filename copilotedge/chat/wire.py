@@ -20,7 +20,7 @@ def completion_id(turn: Turn) -> str:
 
 def usage_of(turn: Turn) -> dict[str, int]:
     """Usage as the client sees it: the same counts the ledger records."""
-    return count_tokens(turn).as_openai()
+    return count_tokens(turn.as_record()).as_openai()
 
 
 def openai_completion(turn: Turn) -> dict[str, Any]:

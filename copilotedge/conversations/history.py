@@ -1,14 +1,19 @@
 """Conversations in the turn: preferences, stored history, the budget, and what is saved.
 
-:func:`aprepare` runs before a turn goes upstream. It applies the caller's
-:class:`~copilotedge.models.Preference` where the request says nothing, loads the stored
-history of ``conversation_id`` (the caller's own only), fits it to the history budget,
-stores the new messages and an empty ``streaming`` assistant message
-(:mod:`copilotedge.conversations.store`), and gives the turn a
-:class:`~copilotedge.conversations.transcript.Transcript`. A new conversation's rows are saved while
-upstream starts answering; :func:`astarted` waits for them before the first byte goes
-out. :func:`finish` saves the final answer. Every face (OpenAI, AG-UI, WebSocket) gets this through
-:class:`~copilotedge.chat.turn.Turn`.
+A turn asks, in this order:
+
+- :func:`aplan`: apply the caller's :class:`~copilotedge.models.Preference` where the
+  request says nothing, load the stored history of ``conversation_id`` (the caller's own
+  only) and fit it to the history budget. Nothing is written: the turn is admitted (model
+  and limits) after this, on the prompt that goes upstream, so a refused turn stores
+  nothing.
+- :func:`astore`: store the new messages and an empty ``streaming`` assistant message
+  (:mod:`copilotedge.conversations.store`), and give back the
+  :class:`~copilotedge.conversations.transcript.Transcript` that saves the answer as it
+  grows. A new conversation's rows are saved while upstream starts answering;
+  :func:`astarted` waits for them before the first byte goes out.
+- :func:`finish`: save the final answer from the turn's
+  :class:`~copilotedge.chat.types.TurnRecord`; :func:`asaved` waits for that.
 
 A client may send only the new messages (the usual way with ``conversation_id``) or the
 whole conversation again (as AG-UI clients do): when the request's messages start with
@@ -18,9 +23,10 @@ the stored ones, only the rest is new.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from django.db import DatabaseError
@@ -28,6 +34,7 @@ from django.utils import timezone
 
 from copilotedge import exceptions
 from copilotedge.chat.token_estimates import estimate_message_tokens
+from copilotedge.chat.types import Answer, ChatRequest, TurnRecord
 from copilotedge.conf import settings
 from copilotedge.conversations.preferences import apply_preference, apreference
 from copilotedge.conversations.store import astore_turn, new_conversation, storable_json
@@ -37,7 +44,6 @@ from copilotedge.usage.ledger import count_tokens
 
 if TYPE_CHECKING:
     from copilotedge.auth import Principal
-    from copilotedge.chat.turn import Turn
 
 logger = logging.getLogger(__name__)
 
@@ -138,30 +144,24 @@ async def astored(conversation: Conversation) -> tuple[list[dict[str, Any]], boo
     return [m.as_openai() for m in ordered], truncated
 
 
-async def astarted(turn: Turn) -> None:
-    """Wait until a new conversation's rows are saved; :class:`DatabaseUnavailable` if not.
+@dataclasses.dataclass(frozen=True, slots=True)
+class HistoryPlan:
+    """What a turn sends upstream and what it would store, before it is admitted."""
 
-    Faces call this (through :class:`~copilotedge.chat.turn.Turn`) before the first byte goes
-    out, so a conversation id a client is given always names a stored conversation.
-    """
-    transcript = turn.transcript
-    if transcript is None or transcript.created is None:
-        return
-    try:
-        await asyncio.shield(transcript.created)
-    except DatabaseError as error:
-        logger.warning("Could not save conversation %s: %s", transcript.conversation_id, error)
-        transcript.deleted = True  # nothing may point at it
-        raise exceptions.DatabaseUnavailable() from error
+    #: The request as it goes upstream: preferences applied, stored history fitted in.
+    request: ChatRequest
+    #: The turn's own messages (the ones to store).
+    new: list[dict[str, Any]]
+    #: The request's ``conversation_id`` names a conversation this turn starts.
+    create: bool = False
+    #: Whether the turn is stored at all (setting, caller, preference).
+    store: bool = False
 
 
-async def aprepare(turn: Turn, admit: Callable[[], Awaitable[None]]) -> None:
-    """Apply preferences and the stored conversation to ``turn``, ``admit`` it (rate limits
-    see the prompt that goes upstream), then save its new turn."""
-    request = turn.request
-    principal = turn.principal
+async def aplan(principal: Principal, request: ChatRequest) -> HistoryPlan:
+    """Apply preferences and the stored conversation to ``request``; nothing is written."""
     preference = await apreference(principal)
-    apply_preference(request, preference)
+    request = apply_preference(request, preference)
     stored: list[dict[str, Any]] = []
     truncated = creating = False
     if request.conversation_id is not None:
@@ -179,62 +179,79 @@ async def aprepare(turn: Turn, admit: Callable[[], Awaitable[None]]) -> None:
     has_system = any(m["role"] == _SYSTEM for m in to_send)
     if preference is not None and preference.system_prompt and not has_system:
         to_send = [{"role": "system", "content": preference.system_prompt}, *to_send]
-    request.messages = fit_history(
+    fitted = fit_history(
         to_send,
         keep_last=len(new),
         max_messages=settings.HISTORY_MAX_MESSAGES,
         max_tokens=settings.HISTORY_MAX_TOKENS,
     )
-    await admit()
     store = (
         settings.STORE_CONVERSATIONS
         and principal.user is not None
         and (preference is None or preference.store_conversations)
     )
-    if not store:
-        return
+    return HistoryPlan(dataclasses.replace(request, messages=fitted), new, creating, store)
+
+
+async def astore(principal: Principal, plan: HistoryPlan, answer: Answer) -> Transcript | None:
+    """Save the planned turn (its new messages and an empty answer), if it is stored.
+
+    The transcript saves ``answer``'s text as the caller folds deltas into it. A new
+    conversation's rows are only queued here: :func:`astarted` waits for them.
+    """
+    if not plan.store:
+        return None
+    request = plan.request
     created = None
     if request.conversation_id is None:
-        conversation, answer, created = new_conversation(principal, request.model, new)
+        conversation, message, created = new_conversation(principal, request.model, plan.new)
     else:
-        conversation, answer = await astore_turn(
-            principal, request.conversation_id, request.model, new, creating
+        conversation, message = await astore_turn(
+            principal, request.conversation_id, request.model, plan.new, plan.create
         )
-    request.conversation_id = conversation.id
-    turn.transcript = Transcript(
-        answer.id, conversation.id, lambda: turn.answer.text, created=created
-    )
+    return Transcript(message.id, conversation.id, lambda: answer.text, created=created)
 
 
-def finish(turn: Turn) -> None:
-    """Schedule saving the turn's final answer (the caller does not wait)."""
-    transcript = turn.transcript
-    if transcript is None:
+async def astarted(transcript: Transcript | None) -> None:
+    """Wait until a new conversation's rows are saved; :class:`DatabaseUnavailable` if not.
+
+    A turn waits for this before its first byte goes out, so a conversation id a client
+    is given always names a stored conversation.
+    """
+    if transcript is None or transcript.created is None:
         return
-    if transcript.deleted:
-        turn.request.conversation_id = None  # the usage record must not point at it
-    transcript.saving = spawn(_afinish(turn, transcript))
+    try:
+        await asyncio.shield(transcript.created)
+    except DatabaseError as error:
+        logger.warning("Could not save conversation %s: %s", transcript.conversation_id, error)
+        transcript.deleted = True  # nothing may point at it
+        raise exceptions.DatabaseUnavailable() from error
 
 
-async def asaved(turn: Turn) -> None:
-    """Wait until the turn's final answer is saved (a face may say "done" after it)."""
-    saving = turn.transcript.saving if turn.transcript is not None else None
+def finish(transcript: Transcript | None, turn: TurnRecord) -> None:
+    """Schedule saving the finished ``turn``'s answer (the caller does not wait)."""
+    if transcript is not None:
+        transcript.saving = spawn(_afinish(transcript, turn))
+
+
+async def asaved(transcript: Transcript | None) -> None:
+    """Wait until the final answer is saved (a face may say "done" after it)."""
+    saving = transcript.saving if transcript is not None else None
     if saving is not None:
         # Shielded: a waiter being cancelled must not cancel the save.
         await asyncio.shield(saving)
 
 
-async def _afinish(turn: Turn, transcript: Transcript) -> None:
-    answer = turn.answer
+async def _afinish(transcript: Transcript, turn: TurnRecord) -> None:
     status = _STATUS_OF_OUTCOME.get(turn.outcome, Message.Status.ERROR)
     counted = count_tokens(turn)  # the ledger's own counts, upstream's or estimated
-    tool_calls = storable_json([call.as_openai() for call in answer.tool_calls.values()] or None)
-    finish_reason = answer.final_finish_reason() if status == Message.Status.COMPLETE else ""
+    tool_calls = storable_json([call.as_openai() for call in turn.tool_calls] or None)
+    finish_reason = turn.final_finish_reason() if status == Message.Status.COMPLETE else ""
     try:
         await transcript.afinish(
             {
                 "status": status,
-                "finish_reason": finish_reason or answer.finish_reason or "",
+                "finish_reason": finish_reason or turn.finish_reason or "",
                 "tool_calls": tool_calls,
                 "prompt_tokens": counted.prompt,
                 "completion_tokens": counted.completion,

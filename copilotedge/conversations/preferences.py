@@ -8,6 +8,7 @@ that time, as with API keys.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +17,7 @@ from copilotedge.models import Preference
 
 if TYPE_CHECKING:
     from copilotedge.auth import Principal
-    from copilotedge.chat.turn import ChatRequest
+    from copilotedge.chat.types import ChatRequest
 
 CACHE_SECONDS = 5.0
 _CACHE_MAX = 10_000
@@ -50,13 +51,16 @@ async def apreference(principal: Principal) -> Preference | None:
     return preference
 
 
-def apply_preference(request: ChatRequest, preference: Preference | None) -> None:
-    """Fill in what the request left unsaid from the caller's preferences."""
+def apply_preference(request: ChatRequest, preference: Preference | None) -> ChatRequest:
+    """``request`` with what it left unsaid filled in from the caller's preferences."""
     if preference is None:
-        return
+        return request
+    model = request.model
     if not request.model_given and preference.model in settings.MODELS:
-        request.model = preference.model
+        model = preference.model
+    params = dict(request.params)
     if preference.temperature is not None:
-        request.params.setdefault("temperature", preference.temperature)
+        params.setdefault("temperature", preference.temperature)
     if preference.max_tokens is not None:
-        request.params.setdefault("max_tokens", preference.max_tokens)
+        params.setdefault("max_tokens", preference.max_tokens)
+    return dataclasses.replace(request, model=model, params=params)

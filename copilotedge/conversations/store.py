@@ -1,9 +1,10 @@
 """The database writes of a turn: its new messages and the empty answer that will grow.
 
 A new conversation needs no reads, so :func:`new_conversation` builds its rows at once
-and hands them to the group-commit writer (:mod:`copilotedge.background`): they are saved while
-upstream starts answering, and :func:`copilotedge.conversations.history.astarted` waits for them. A
-turn of a stored conversation (or of one a client-chosen id starts) is saved by
+and hands them to the group-commit writer (:func:`copilotedge.lifecycle.writer`): they
+are saved while upstream starts answering, and
+:func:`copilotedge.conversations.history.astarted` waits for them. A turn of a stored
+conversation (or of one a client-chosen id starts) is saved by
 :func:`astore_turn` in one transaction that numbers the new messages after the stored
 ones, tried again when a concurrent turn took the same numbers.
 """
@@ -23,8 +24,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Max
 from django.utils import timezone
 
-from copilotedge import background as db
-from copilotedge import exceptions
+from copilotedge import exceptions, lifecycle
 from copilotedge.conversations.transcript import spawn, storable
 from copilotedge.models import Conversation, Message
 
@@ -161,7 +161,7 @@ def new_conversation(
         title=storable(derive_title(new)), created_at=now, updated_at=now,
     )  # fmt: skip
     rows = _message_rows(conversation, 0, new, now)
-    created = db.writer().submit(functools.partial(_create, conversation, rows))
+    created = lifecycle.writer().submit(functools.partial(_create, conversation, rows))
     return conversation, rows[-1], created
 
 

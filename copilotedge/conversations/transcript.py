@@ -31,7 +31,7 @@ from typing import Any
 
 from django.utils import timezone
 
-from copilotedge import background as db
+from copilotedge import lifecycle
 from copilotedge.conf import settings
 from copilotedge.conversations.live import (
     LIVE_DELTA,
@@ -49,7 +49,6 @@ WATCH_CHECK_SECONDS = 2.0
 
 #: Transcripts of the answers this process is generating, by message id.
 active: dict[uuid.UUID, Transcript] = {}
-_background: set[asyncio.Task[Any]] = set()
 
 
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
@@ -65,23 +64,8 @@ def storable(text: str) -> str:
 
 
 def spawn(coroutine: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
-    """Run ``coroutine`` in the background, keeping a reference until it is done.
-
-    Detached from the request's context, so its queries do not hold a connection in the
-    request's thread for as long as the answer streams (see :mod:`copilotedge.background`).
-    """
-    task = asyncio.get_running_loop().create_task(coroutine, context=db.detached())
-    _background.add(task)
-    task.add_done_callback(_background.discard)
-    return task
-
-
-async def adrain() -> None:
-    """Wait for every background save and publication of this loop (tests and shutdown)."""
-    loop = asyncio.get_running_loop()
-    while mine := [task for task in _background if task.get_loop() is loop]:
-        await asyncio.gather(*mine, return_exceptions=True)
-    await db.adrain()
+    """Run a save or publication in the background (:func:`copilotedge.lifecycle.spawn`)."""
+    return lifecycle.spawn(coroutine)
 
 
 async def awatch(message_id: uuid.UUID) -> None:
@@ -102,7 +86,7 @@ async def _asave(
     The writer runs jobs in order, so this lands after the row's creation if that is
     still queued.
     """
-    return await db.writer().submit(
+    return await lifecycle.writer().submit(
         functools.partial(
             _save, message_id, streaming_only, check_watch, fields | {"updated_at": timezone.now()}
         )
@@ -124,7 +108,7 @@ def _save(
 class Transcript:
     """Saves and publishes the text of one generating assistant message.
 
-    ``text`` returns the whole answer so far (the turn's :class:`~copilotedge.chat.turn.Answer`);
+    ``text`` returns the whole answer so far (the turn's :class:`~copilotedge.chat.types.Answer`);
     call :meth:`grow` with each new piece and :meth:`afinish` once at the end.
     """
 

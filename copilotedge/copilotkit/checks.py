@@ -8,9 +8,9 @@ from typing import Any
 
 from django.core.checks import CheckMessage, Error, Warning
 
+from copilotedge.chat.agents import AGENT_KEYS, AGENT_PARAMS, DEFAULT_AGENT
 from copilotedge.chat.validation import parse_params
 from copilotedge.conf import settings
-from copilotedge.copilotkit.agents import AGENT_KEYS, AGENT_PARAMS, DEFAULT_AGENT
 from copilotedge.exceptions import InvalidRequest
 from copilotedge.tools import UnknownTool, get_tool
 

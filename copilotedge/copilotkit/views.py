@@ -22,8 +22,9 @@ from graphql import (
 )
 
 from copilotedge.auth import aauthenticate
+from copilotedge.chat import faces
+from copilotedge.chat.agents import all_agents, get_agent
 from copilotedge.chat.turn import Turn
-from copilotedge.copilotkit.agents import all_agents, get_agent
 from copilotedge.copilotkit.agui import run as agui
 from copilotedge.copilotkit.agui import runs as agui_runs
 from copilotedge.copilotkit.graphql import resolve as copilotkit_gql
@@ -63,7 +64,7 @@ async def arun(request: HttpRequest, agent_id: str, body: Any) -> HttpResponseBa
     turn = Turn(chat, principal, protocol="agui", server_tools=agent.server_tools())
     opened = True
     try:
-        await turn.open()
+        await faces.aopen(turn)
     except UpstreamError:
         opened = False  # told in-band as RUN_ERROR; limits and auth stay HTTP errors
 

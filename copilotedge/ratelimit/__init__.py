@@ -29,8 +29,8 @@ once per chat message::
     reservation = await ratelimit.areserve(principal, chat_request)  # budget, then tokens
     ratelimit.settle(reservation, used_tokens, cost)   # scheduled off the hot path
 
-:class:`~copilotedge.chat.turn.Turn` already calls ``areserve`` in ``open()``/``complete()``
-and ``settle`` in ``finish()``, so no face calls those itself. A view the middleware
+The turn (:mod:`copilotedge.chat.turn`) reserves when it is admitted and settles when it
+ends, so no face calls those itself. A view the middleware
 must not count (health checks, metrics) is decorated with :func:`exempt`.
 
 Reset headers (:mod:`copilotedge.ratelimit.decision`) are durations as OpenAI writes them
@@ -42,7 +42,6 @@ ERROR (the headers then report the full limit), or refuse with a 503
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -50,7 +49,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from copilotedge import exceptions
+from copilotedge import exceptions, lifecycle
 from copilotedge.ratelimit.budget import (
     BUDGET_CACHE_SECONDS,
     SpendLookup,
@@ -75,7 +74,7 @@ from copilotedge.usage import metrics
 
 if TYPE_CHECKING:
     from copilotedge.auth import Principal
-    from copilotedge.chat.turn import ChatRequest
+    from copilotedge.chat.types import ChatRequest
 
 # The limiter's pieces live in ratelimit_budget, ratelimit_decision and ratelimit_limiter;
 # every name this module has always offered stays importable from here.
@@ -95,7 +94,6 @@ __all__ = [
     "SpendLookup",
     "Tracked",
     "acheck_request",
-    "adrain",
     "amonth_spend",
     "areserve",
     "budget_for",
@@ -204,9 +202,6 @@ async def areserve(principal: Principal, request: ChatRequest) -> Reservation:
     return Reservation(principal, decision.reserved, limiter)
 
 
-_pending: set[asyncio.Task[None]] = set()
-
-
 def settle(reservation: Reservation, used: int, cost: Decimal = Decimal(0)) -> None:
     """Schedule charging the real usage; the turn does not wait for the store."""
     principal = reservation.principal
@@ -214,18 +209,7 @@ def settle(reservation: Reservation, used: int, cost: Decimal = Decimal(0)) -> N
         add_spend(principal, cost)
     if used == reservation.tokens or not is_limited(principal):
         return
-    coroutine = reservation.limiter.asettle(principal, reservation.tokens, used)
-    # A fresh context: the charge outlives the request (and must not use its thread).
-    task = asyncio.get_running_loop().create_task(coroutine, context=contextvars.Context())
-    _pending.add(task)
-    task.add_done_callback(_pending.discard)
-
-
-async def adrain() -> None:
-    """Wait for every scheduled settlement (tests and shutdown)."""
-    loop = asyncio.get_running_loop()
-    while mine := [task for task in _pending if task.get_loop() is loop]:
-        await asyncio.gather(*mine, return_exceptions=True)
+    lifecycle.spawn(reservation.limiter.asettle(principal, reservation.tokens, used))
 
 
 V = TypeVar("V", bound=Callable[..., Any])

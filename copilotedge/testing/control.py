@@ -16,7 +16,7 @@ from copilotedge.testing.asgi import Receive, Scope, Send
 from copilotedge.testing.faults import Fault, parse_faults
 
 if TYPE_CHECKING:
-    from copilotedge.testing.emulator import EmulatorApp
+    from copilotedge.testing.state import EmulatorState
 
 PREFIX = "/__emulator/"
 
@@ -47,7 +47,7 @@ def _validated(spec: Any) -> _Request:
     return _Request(faults, count, path_contains, retry_after)
 
 
-async def _queue_faults(app: EmulatorApp, receive: Receive, send: Send) -> None:
+async def _queue_faults(app: EmulatorState, receive: Receive, send: Send) -> None:
     raw = await asgi.read_body(receive)
     if raw is None:
         return
@@ -69,7 +69,7 @@ async def _queue_faults(app: EmulatorApp, receive: Receive, send: Send) -> None:
     await asgi.reply_json(send, 200, {"queued": queued})
 
 
-async def handle(app: EmulatorApp, scope: Scope, receive: Receive, send: Send) -> None:
+async def handle(app: EmulatorState, scope: Scope, receive: Receive, send: Send) -> None:
     action = scope["path"].partition(PREFIX)[2].strip("/")
     method = scope["method"]
     if (action, method) == ("health", "GET"):

@@ -14,7 +14,7 @@ from copilotedge.testing.request import BadInput, UpstreamRequest, match_route, 
 from copilotedge.testing.shapes import MALFORMED_FRAME, OpenAIShape, RunShape, Shape, error_body
 
 if TYPE_CHECKING:
-    from copilotedge.testing.emulator import EmulatorApp
+    from copilotedge.testing.state import EmulatorState
 
 _STREAM_HEADERS = [(b"cache-control", b"no-cache")]
 
@@ -22,7 +22,7 @@ _STREAM_HEADERS = [(b"cache-control", b"no-cache")]
 class Exchange:
     """One upstream request and its response."""
 
-    def __init__(self, app: EmulatorApp, scope: Scope, receive: Receive, send: Send) -> None:
+    def __init__(self, app: EmulatorState, scope: Scope, receive: Receive, send: Send) -> None:
         self.app = app
         self.scope = scope
         self.receive = receive

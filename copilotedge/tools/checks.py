@@ -1,4 +1,4 @@
-"""Checks of the tool settings: copilotedge.E070-E071."""
+"""Checks of the tool settings: copilotedge.E080-E081."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ def check_tool_settings() -> Iterable[CheckMessage]:
     except (TypeError, ValueError):
         steps = 0
     if steps < 1:
-        yield Error("COPILOTEDGE_MAX_TOOL_STEPS must be a positive integer.", id="copilotedge.E070")
+        yield Error("COPILOTEDGE_MAX_TOOL_STEPS must be a positive integer.", id="copilotedge.E080")
     try:
         timeout = settings.TOOL_CONFIRM_TIMEOUT
     except (TypeError, ValueError):
@@ -24,5 +24,5 @@ def check_tool_settings() -> Iterable[CheckMessage]:
     if not 0 < timeout < float("inf"):
         yield Error(
             "COPILOTEDGE_TOOL_CONFIRM_TIMEOUT must be a positive number of seconds.",
-            id="copilotedge.E071",
+            id="copilotedge.E081",
         )

@@ -22,7 +22,7 @@ from copilotedge.conf import settings
 from copilotedge.upstream import client as cloudflare
 
 if TYPE_CHECKING:
-    from copilotedge.chat.turn import Turn
+    from copilotedge.chat.types import ChatRequest
     from copilotedge.upstream.fallbacks import Candidate
 
 
@@ -86,14 +86,19 @@ class TimedStream:
             await on_end(error)
 
 
-async def open_attempt(turn: Turn, candidate: Candidate, remaining: float) -> TimedStream:
-    """Open ``candidate``'s stream and read it up to its first meaningful delta, in time."""
+async def open_attempt(
+    request: ChatRequest, candidate: Candidate, remaining: float, *, started: float
+) -> TimedStream:
+    """Open ``candidate``'s stream and read it up to its first meaningful delta, in time.
+
+    ``started`` is when the turn started (its overall limit counts from there).
+    """
     limit = min(settings.FIRST_TOKEN_TIMEOUT, remaining)
     stream: cloudflare.UpstreamStream | None = None
     try:
         async with asyncio.timeout(limit):
             stream = await cloudflare.open_stream(
-                candidate.model, turn.messages, turn.request.params, candidate.upstream
+                candidate.model, request.messages, request.params, candidate.upstream
             )
             iterator = stream.batches()
             head = await _first_batches(iterator)
@@ -107,7 +112,7 @@ async def open_attempt(turn: Turn, candidate: Candidate, remaining: float) -> Ti
         if stream is not None:
             await stream.aclose()
         raise
-    return TimedStream(stream, iterator, head, turn.started + settings.TOTAL_TIMEOUT)
+    return TimedStream(stream, iterator, head, started + settings.TOTAL_TIMEOUT)
 
 
 async def _first_batches(iterator: AsyncIterator[list[Delta]]) -> list[list[Delta]]:
@@ -120,15 +125,17 @@ async def _first_batches(iterator: AsyncIterator[list[Delta]]) -> list[list[Delt
     return head
 
 
-async def complete_attempt(turn: Turn, candidate: Candidate, remaining: float) -> Delta:
+async def complete_attempt(
+    request: ChatRequest, candidate: Candidate, remaining: float, *, started: float
+) -> Delta:
     """``candidate``'s whole answer, within what is left of the turn's overall limit."""
     # The whole answer is "before the first byte" here, so only the connect and first-token
     # limits differ from the streamed case: the overall limit bounds the rest.
-    limit = max(0.0, turn.started + settings.TOTAL_TIMEOUT - time.monotonic())
+    limit = max(0.0, started + settings.TOTAL_TIMEOUT - time.monotonic())
     try:
         async with asyncio.timeout(limit):
             return await cloudflare.complete(
-                candidate.model, turn.messages, turn.request.params, candidate.upstream
+                candidate.model, request.messages, request.params, candidate.upstream
             )
     except TimeoutError:
         raise exceptions.UpstreamTimeout("The answer took longer than allowed.") from None

@@ -28,6 +28,7 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 
+from copilotedge import lifecycle
 from copilotedge.conf import settings
 from copilotedge.exceptions import ServiceUnavailable
 from copilotedge.upstream.breaker_stores import LocalStore, arun, store
@@ -48,7 +49,7 @@ STATE_TTL = 1.0
 _known: dict[str, tuple[Any, float]] = {}
 #: window key -> successes not yet added to the shared count
 _unsent: dict[str, int] = {}
-#: window key -> the task adding them
+#: window key -> the task adding them (a :func:`copilotedge.lifecycle.spawn` task)
 _sending: dict[str, asyncio.Task[None]] = {}
 
 
@@ -137,7 +138,7 @@ class CircuitBreaker:
         # successes that arrive meanwhile go in one INCRBY.
         _unsent[key] = _unsent.get(key, 0) + 1
         if _sending_here(key) is None:
-            task = asyncio.get_running_loop().create_task(self._asend(key, window))
+            task = lifecycle.spawn(self._asend(key, window))
             _sending[key] = task
             task.add_done_callback(functools.partial(_sent, key))
 
@@ -223,9 +224,3 @@ def _sending_here(key: str) -> asyncio.Task[None] | None:
     if task is None or task.done() or task.get_loop() is not asyncio.get_running_loop():
         return None
     return task
-
-
-async def adrain() -> None:
-    """Wait until this event loop's counted successes are in the shared store (tests)."""
-    while pending := [key for key in list(_sending) if _sending_here(key) is not None]:
-        await asyncio.gather(*(_sending[key] for key in pending), return_exceptions=True)

@@ -1,15 +1,17 @@
 """Getting an answer despite a failing upstream: retries, breakers, fallbacks, timeouts.
 
-A :class:`~copilotedge.chat.turn.Turn` asks :func:`open_stream` or :func:`complete`. They look in
-the response cache first (:mod:`copilotedge.upstream.response_cache`), then try the
-request's model on the
-default upstream and, in order, its fallbacks (``COPILOTEDGE_FALLBACKS``); each candidate
-is guarded by its upstream's circuit breaker (:mod:`copilotedge.upstream.breakers`) and retried with
-exponential backoff and full jitter. Everything happens before the first byte reaches
-the client: a stream is handed back only once its first delta has arrived, so a hang
-before the first token is retried too. After that, a stalled stream ends with an error
-(between-token and overall timeouts), never a hang. One attempt at one candidate, with
-those time limits, is :mod:`copilotedge.upstream.attempts`.
+A turn asks :func:`open_stream` or :func:`complete` with its request. They look in the
+response cache first (:mod:`copilotedge.upstream.response_cache`), then try the request's
+model on the default upstream and, in order, its fallbacks (``COPILOTEDGE_FALLBACKS``);
+each candidate is guarded by its upstream's circuit breaker
+(:mod:`copilotedge.upstream.breakers`) and retried with exponential backoff and full
+jitter. Everything happens before the first byte reaches the client: a stream is handed
+back only once its first delta has arrived, so a hang before the first token is retried
+too. After that, a stalled stream ends with an error (between-token and overall
+timeouts), never a hang. One attempt at one candidate, with those time limits, is
+:mod:`copilotedge.upstream.attempts`. What was served (the model that answered, the
+attempts made, the cache's part) is told in a :class:`Served`, which holds after a
+failure too.
 
 Retried: connection errors, timeouts before the first delta, 5xx, 429 capacity (3040).
 Not retried: other 4xx, the daily quota (3036), validation errors. A ``Retry-After``
@@ -24,23 +26,36 @@ import copy
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
 
 from copilotedge import exceptions
 from copilotedge.chat.deltas import Delta
+from copilotedge.chat.types import Answer, ChatRequest
 from copilotedge.conf import settings
 from copilotedge.upstream import attempts
 from copilotedge.upstream import response_cache as cache
 from copilotedge.upstream.breakers import CircuitBreaker, acircuit_states, circuit_states
 from copilotedge.upstream.fallbacks import Candidate, candidates_for
 
-if TYPE_CHECKING:
-    from copilotedge.chat.turn import Turn
-
 T = TypeVar("T")
 
 # The breakers' states for /health and metrics: {upstream name: closed | open | half_open}.
-__all__ = ["acircuit_states", "circuit_states", "complete", "open_stream"]
+__all__ = ["Served", "acircuit_states", "circuit_states", "complete", "open_stream"]
+
+
+@dataclass(slots=True)
+class Served:
+    """What upstream did for one request, filled in as it happens.
+
+    The caller makes one per request and reads it however the call ended (a failure or a
+    cancellation still made attempts): the model that answered, the attempts at upstream,
+    and the response cache's part (HIT, MISS or BYPASS).
+    """
+
+    model: str
+    attempts: int = 0
+    cache_status: str = cache.BYPASS
 
 
 class DeltaStream(Protocol):
@@ -89,12 +104,15 @@ def backoff(attempt: int, retry_after: float | None) -> float | None:
 
 
 async def _call(
-    turn: Turn, attempt: Callable[[Candidate, float], Awaitable[T]]
+    model: str,
+    served: Served,
+    started: float,
+    attempt: Callable[[Candidate, float], Awaitable[T]],
 ) -> tuple[T, Candidate]:
     """Run ``attempt`` over the candidates with breakers, retries and the deadline."""
-    deadline = turn.started + settings.RETRY_DEADLINE
+    deadline = started + settings.RETRY_DEADLINE
     last_error: exceptions.CopilotEdgeError | None = None
-    for candidate in candidates_for(turn.request.model):
+    for candidate in candidates_for(model):
         breaker = CircuitBreaker(candidate.upstream.name)
         for number in range(1, settings.RETRY_ATTEMPTS + 1):
             remaining = deadline - time.monotonic()
@@ -105,7 +123,7 @@ async def _call(
             except exceptions.ServiceUnavailable as error:
                 last_error = error
                 break
-            turn.attempts += 1
+            served.attempts += 1
             try:
                 result = await attempt(candidate, remaining)
             except exceptions.CopilotEdgeError as error:
@@ -125,7 +143,7 @@ async def _call(
                 raise
             else:
                 await breaker.asuccess(probe)
-                turn.model_served = candidate.model
+                served.model = candidate.model
                 return result, candidate
         if last_error is not None and not falls_over(last_error):
             break
@@ -134,23 +152,23 @@ async def _call(
     raise last_error
 
 
-async def _consult_cache(turn: Turn, plan: cache.Plan) -> tuple[cache.Entry | None, cache.Plan]:
+async def _consult_cache(served: Served, plan: cache.Plan) -> tuple[cache.Entry | None, cache.Plan]:
     """A cached (or coalesced) answer, or none; the plan loses its key if the cache is down."""
     if plan.key is None:
-        turn.cache_status = cache.BYPASS
+        served.cache_status = cache.BYPASS
         return None, plan
-    turn.cache_status = cache.MISS
+    served.cache_status = cache.MISS
     if not plan.read:
         return None, plan
     try:
         entry = await cache.alookup(plan.key)
     except cache.CacheUnavailable:
-        turn.cache_status = cache.BYPASS
+        served.cache_status = cache.BYPASS
         return None, cache.Plan()
     return entry, plan
 
 
-async def _follow_or_lead(turn: Turn, plan: cache.Plan) -> tuple[cache.Entry | None, Any]:
+async def _follow_or_lead(plan: cache.Plan) -> tuple[cache.Entry | None, Any]:
     """Single flight: wait for an identical in-flight request, or lead one.
 
     Returns ``(entry, None)`` when a leader answered, ``(None, flight)`` when this turn
@@ -180,24 +198,39 @@ def _land(plan: cache.Plan, flight: Any, entry: cache.Entry | None, error: Any =
         cache.land(plan.key, flight, entry, error)
 
 
-async def _from_cache(turn: Turn) -> tuple[cache.Entry | None, cache.Plan, Any]:
+async def _from_cache(
+    request: ChatRequest, served: Served
+) -> tuple[cache.Entry | None, cache.Plan, Any]:
     """A cached (or in-flight, shared) answer, else the plan and flight an upstream call fills."""
-    entry, plan = await _consult_cache(turn, cache.plan_for(turn))
+    entry, plan = await _consult_cache(served, cache.plan_for(request))
     flight = None
     if entry is None:
-        entry, flight = await _follow_or_lead(turn, plan)
+        entry, flight = await _follow_or_lead(plan)
     if entry is not None:
-        cache.serve_hit(turn, entry)
+        served.cache_status = cache.HIT
+        served.model = cache.served_model(entry, request.model)
     return entry, plan, flight
 
 
-async def open_stream(turn: Turn) -> DeltaStream:
-    """The turn's answer as a stream, from the cache or an upstream that sent a first delta."""
-    entry, plan, flight = await _from_cache(turn)
+async def open_stream(
+    request: ChatRequest, answer: Answer, served: Served, *, started: float
+) -> DeltaStream:
+    """``request``'s answer as a stream, from the cache or an upstream that sent a first delta.
+
+    ``answer`` is where the caller folds the stream's deltas: once the stream ended
+    normally it is what the cache stores. ``started`` is when the turn started (the retry
+    deadline and the overall limit count from there).
+    """
+    entry, plan, flight = await _from_cache(request, served)
     if entry is not None:
         return cache.ReplayStream(entry)
     try:
-        stream, candidate = await _call(turn, lambda c, r: attempts.open_attempt(turn, c, r))
+        stream, candidate = await _call(
+            request.model,
+            served,
+            started,
+            lambda c, r: attempts.open_attempt(request, c, r, started=started),
+        )
     except BaseException as error:
         _land(plan, flight, None, error)
         raise
@@ -205,10 +238,10 @@ async def open_stream(turn: Turn) -> DeltaStream:
 
     async def on_end(error: BaseException | None) -> None:
         if error is None:
-            answer = cache.entry_from_answer(turn.model_served, turn.answer)
+            entry = cache.entry_from_answer(served.model, answer)
             if plan.write and plan.key is not None:
-                await cache.astore(plan.key, answer)
-            _land(plan, flight, answer)
+                await cache.astore(plan.key, entry)
+            _land(plan, flight, entry)
             return
         _land(plan, flight, None, error)
         if isinstance(error, exceptions.CopilotEdgeError) and counts_against_upstream(error):
@@ -218,21 +251,27 @@ async def open_stream(turn: Turn) -> DeltaStream:
     return stream
 
 
-async def complete(turn: Turn) -> Delta:
-    """The turn's whole answer, from the cache or upstream."""
-    entry, plan, flight = await _from_cache(turn)
+async def complete(request: ChatRequest, served: Served, *, started: float) -> Delta:
+    """``request``'s whole answer, from the cache or upstream (``started`` as for
+    :func:`open_stream`)."""
+    entry, plan, flight = await _from_cache(request, served)
     if entry is not None:
         return cache.delta_from_entry(entry)
     try:
-        delta, _ = await _call(turn, lambda c, r: attempts.complete_attempt(turn, c, r))
+        delta, _ = await _call(
+            request.model,
+            served,
+            started,
+            lambda c, r: attempts.complete_attempt(request, c, r, started=started),
+        )
     except BaseException as error:
         _land(plan, flight, None, error)
         raise
     for piece in delta.tool_calls:
         # Fix the ids now so that the client and every later cache hit see the same ones.
         piece.id = piece.id or f"call_{random.getrandbits(96):024x}"
-    answer = cache.entry_from_delta(turn.model_served, delta)
+    entry = cache.entry_from_delta(served.model, delta)
     if plan.write and plan.key is not None:
-        await cache.astore(plan.key, answer)
-    _land(plan, flight, answer)
+        await cache.astore(plan.key, entry)
+    _land(plan, flight, entry)
     return delta

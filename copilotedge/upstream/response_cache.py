@@ -32,24 +32,26 @@ import logging
 import weakref
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.core.cache import caches
 
 from copilotedge.chat.deltas import Delta, ToolCallDelta, Usage
+
+# The statuses the X-CopilotEdge-Cache response header says.
+from copilotedge.chat.types import BYPASS as BYPASS
+from copilotedge.chat.types import HIT as HIT
+from copilotedge.chat.types import MISS as MISS
+from copilotedge.chat.types import Answer, ChatRequest
 from copilotedge.conf import settings
 from copilotedge.exceptions import CopilotEdgeError, InvalidRequest
 from copilotedge.log_limits import Throttle
 from copilotedge.upstream.requests import OPENAI_PARAMS
 
-if TYPE_CHECKING:
-    from copilotedge.chat.turn import Turn
-
 logger = logging.getLogger(__name__)
 
 HEADER = "X-CopilotEdge-Cache"
-HIT, MISS, BYPASS = "HIT", "MISS", "BYPASS"
 USE, REFRESH = "use", "refresh"
 DIRECTIVES = frozenset({USE, REFRESH, BYPASS.lower()})
 
@@ -107,12 +109,13 @@ class Plan:
     write: bool = False
 
 
-def plan_for(turn: Turn) -> Plan:
-    directive = turn.request.cache
+def plan_for(request: ChatRequest) -> Plan:
+    """What the cache does for ``request`` (as it goes upstream, history included)."""
+    directive = request.cache
     if not settings.RESPONSE_CACHE or directive == BYPASS.lower():
         return Plan()
-    params = turn.request.params
-    key = key_for(turn.request.model, turn.messages, params)
+    params = request.params
+    key = key_for(request.model, request.messages, params)
     if directive == REFRESH:
         return Plan(key, read=False, write=True)
     if directive == USE or is_deterministic(params):
@@ -167,8 +170,8 @@ def _usage_dict(usage: Usage | None) -> dict[str, Any] | None:
     }
 
 
-def entry_from_answer(model: str, answer: Any) -> Entry:
-    """An entry from a folded :class:`~copilotedge.chat.turn.Answer`."""
+def entry_from_answer(model: str, answer: Answer) -> Entry:
+    """An entry from a folded :class:`~copilotedge.chat.types.Answer`."""
     return {
         "v": _VERSION,
         "model": model,
@@ -233,11 +236,9 @@ class ReplayStream:
         await self.aclose()
 
 
-def serve_hit(turn: Turn, entry: Entry) -> None:
-    """Mark ``turn`` as answered from the cache by ``entry``."""
-    turn.cache_status = HIT
-    turn.cache_hit = True
-    turn.model_served = str(entry.get("model") or turn.request.model)
+def served_model(entry: Entry, requested: str) -> str:
+    """The model that made the cached answer ``entry`` (``requested`` if it does not say)."""
+    return str(entry.get("model") or requested)
 
 
 class Flight:

@@ -1,26 +1,25 @@
 """The token-usage ledger: what a turn cost, written off the stream's hot path.
 
 Every turn, however it ends (answered, failed, cancelled, served from the cache), becomes
-one :class:`~copilotedge.models.UsageRecord`. :func:`record_turn` builds it synchronously
-(cheap, no I/O: token counts, prices, cost), updates the Prometheus metrics from it, and
-queues it for the background writer in :mod:`copilotedge.usage.writer`, so the response
-never waits for the database.
+one :class:`~copilotedge.models.UsageRecord`. :func:`record` builds it from the turn's
+:class:`~copilotedge.chat.types.TurnRecord` synchronously (cheap, no I/O: token counts,
+prices, cost), updates the Prometheus metrics from it, and queues it for the background
+writer in :mod:`copilotedge.usage.writer`, so the response never waits for the database.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import logging
-import time
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import TYPE_CHECKING
 
 from copilotedge.chat.token_estimates import (
     estimate_completion_tokens,
     estimate_prompt_tokens,
     estimate_tokens,
 )
+from copilotedge.chat.types import TurnRecord
 from copilotedge.conf import settings
 from copilotedge.exceptions import UpstreamError
 from copilotedge.models import UsageRecord
@@ -38,12 +37,9 @@ __all__ = [
     "estimate_tokens",
     "has_price",
     "price_of",
-    "record_turn",
+    "record",
     "usage_recorded",
 ]
-
-if TYPE_CHECKING:
-    from copilotedge.chat.turn import Turn
 
 logger = logging.getLogger(__name__)
 
@@ -74,25 +70,24 @@ class TokenCount:
         }
 
 
-def count_tokens(turn: Turn) -> TokenCount:
+def count_tokens(turn: TurnRecord) -> TokenCount:
     """Upstream's counts when it sent them, else an offline estimate.
 
     The estimate charges the prompt whenever upstream may have processed it: always,
     unless the turn failed without a byte of answer (upstream refused or was unreachable,
     and refused requests are not billed). A partial answer is counted as far as it got.
     """
-    answer = turn.answer
-    upstream = answer.usage
+    upstream = turn.usage
     if upstream is not None and (upstream.prompt_tokens or upstream.completion_tokens):
         return TokenCount(
             upstream.prompt_tokens, upstream.completion_tokens, "upstream", upstream.neurons
         )
-    calls = [(call.name, call.arguments) for call in answer.tool_calls.values()]
-    completion = estimate_completion_tokens(answer.text, calls)
+    calls = [(call.name, call.arguments) for call in turn.tool_calls]
+    completion = estimate_completion_tokens(turn.text, calls)
     # A cache hit is charged like the call it stands for, so its saving is what that cost.
     reached = turn.attempts > 0 or turn.cache_hit
     charged = reached and (turn.outcome != UsageRecord.Outcome.ERROR or completion)
-    prompt = estimate_prompt_tokens(turn.messages, turn.request.params) if charged else 0
+    prompt = estimate_prompt_tokens(turn.messages, turn.params) if charged else 0
     return TokenCount(prompt, completion, "estimated", upstream.neurons if upstream else None)
 
 
@@ -148,14 +143,14 @@ def cost_of(
     return cost.quantize(_COST_PLACES)
 
 
-def _status_code(turn: Turn) -> int:
+def _status_code(turn: TurnRecord) -> int:
     if turn.error is not None:
         return turn.error.status_code
     return _CANCELLED_STATUS if turn.outcome == UsageRecord.Outcome.CANCELLED else 200
 
 
-def build_record(turn: Turn) -> UsageRecord:
-    """The turn's record, built in memory (no I/O)."""
+def build_record(turn: TurnRecord) -> UsageRecord:
+    """The turn's ledger row, built in memory (no I/O)."""
     tokens = count_tokens(turn)
     cost = cost_of(turn.model_served, tokens.prompt, tokens.completion, tokens.neurons)
     cache_hit = turn.cache_hit
@@ -165,9 +160,9 @@ def build_record(turn: Turn) -> UsageRecord:
         request_id=turn.id,
         user_id=principal.user_id,
         api_key_id=principal.api_key.pk if principal.api_key else None,
-        conversation_id=turn.request.conversation_id,
+        conversation_id=turn.conversation_id,
         protocol=turn.protocol,
-        model_requested=turn.request.model,
+        model_requested=turn.model_requested,
         model_served=turn.model_served,
         prompt_tokens=tokens.prompt,
         completion_tokens=tokens.completion,
@@ -180,23 +175,23 @@ def build_record(turn: Turn) -> UsageRecord:
         outcome=turn.outcome,
         status_code=_status_code(turn),
         error_code=(turn.error.code or "") if turn.error else "",
-        latency_ms=round((time.monotonic() - started) * 1000),
+        latency_ms=round((turn.ended - started) * 1000),
         ttft_ms=round((first - started) * 1000) if first is not None else None,
         attempts=turn.attempts,
-        steps=max(1, turn.steps),
+        steps=turn.steps,
         tool_calls=turn.tool_calls_run,
     )
 
 
-def record_turn(turn: Turn) -> UsageRecord:
-    """Build the turn's record, count it in the metrics, and queue its write (returned).
+def record(turn: TurnRecord) -> UsageRecord:
+    """Build the turn's ledger row, count it in the metrics, and queue its write (returned).
 
-    The caller does not wait for the database; :func:`copilotedge.usage.writer.adrain` does.
+    The caller does not wait for the database; :func:`copilotedge.lifecycle.adrain` does.
     """
-    record = build_record(turn)
+    row = build_record(turn)
     upstream_error = turn.error.code if isinstance(turn.error, UpstreamError) else None
     metrics.observe_record(
-        record, cache_status=turn.cache_status.lower(), upstream_error=upstream_error
+        row, cache_status=turn.cache_status.lower(), upstream_error=upstream_error
     )
-    usage_writer.enqueue(record)
-    return record
+    usage_writer.enqueue(row)
+    return row

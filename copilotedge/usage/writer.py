@@ -3,10 +3,10 @@
 :func:`enqueue` hands a built :class:`~copilotedge.models.UsageRecord` (see
 :mod:`copilotedge.usage.ledger`) to its event loop's writer, so the response never waits for the
 database. The records go into the same group-commit transactions as the conversations'
-rows (:mod:`copilotedge.background`): a turn's last answer save and its record usually share one
-commit. A failing insert falls back to saving each record on its own with retries; a
-record that never lands is logged whole. Either way each record is announced on
-:data:`usage_recorded`. :func:`adrain` waits for all of it.
+rows (:func:`copilotedge.lifecycle.writer`): a turn's last answer save and its record usually
+share one commit. A failing insert falls back to saving each record on its own with
+retries; a record that never lands is logged whole. Either way each record is announced
+on :data:`usage_recorded`. :func:`copilotedge.lifecycle.adrain` waits for all of it.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from asgiref.sync import sync_to_async
 from django.db import IntegrityError, close_old_connections
 from django.dispatch import Signal
 
-from copilotedge import background as db
+from copilotedge import lifecycle
 from copilotedge.models import UsageRecord
 
 logger = logging.getLogger(__name__)
@@ -118,7 +118,6 @@ class _Writer:
         self.lock = threading.Lock()
         self.queue: list[UsageRecord] = []
         self.waiting = False  # an insert is queued and has not taken its records yet
-        self.tasks: set[asyncio.Task[None]] = set()
 
     def add(self, record: UsageRecord) -> None:
         with self.lock:
@@ -127,7 +126,7 @@ class _Writer:
                 return
             self.waiting = True
         insert = _Insert(self)
-        db.writer().submit(insert).add_done_callback(insert.settle)
+        lifecycle.writer().submit(insert).add_done_callback(insert.settle)
 
     def take(self) -> list[UsageRecord]:
         with self.lock:
@@ -158,11 +157,7 @@ class _Insert:
         if self.records is None:  # the group commit ended before the job ran
             self.records = self.writer.take()
         error = inserted.exception() if not inserted.cancelled() else asyncio.CancelledError()
-        task = asyncio.get_running_loop().create_task(
-            _asettle(self.records, error), context=db.detached()
-        )
-        self.writer.tasks.add(task)
-        task.add_done_callback(self.writer.tasks.discard)
+        lifecycle.spawn(_asettle(self.records, error))
 
 
 _writers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Writer] = (
@@ -177,13 +172,3 @@ def enqueue(record: UsageRecord) -> None:
     if writer is None:
         writer = _writers[loop] = _Writer()
     writer.add(record)
-
-
-async def adrain() -> None:
-    """Wait until every queued record of this event loop is written (tests, shutdown)."""
-    await db.adrain()
-    writer = _writers.get(asyncio.get_running_loop())
-    while writer is not None and (writer.tasks or writer.waiting):
-        if writer.tasks:
-            await asyncio.gather(*writer.tasks, return_exceptions=True)
-        await db.adrain()

@@ -17,9 +17,10 @@ from typing import Any
 
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
-from copilotedge import exceptions, ratelimit
+from copilotedge import exceptions, lifecycle, ratelimit
 from copilotedge.auth import Principal, akey_for_token, arefresh, client_ip
-from copilotedge.chat import wire
+from copilotedge.chat import faces, wire
+from copilotedge.chat.agents import DEFAULT_AGENT, get_agent, named_agent, with_agent
 from copilotedge.chat.deltas import TOOL_CALL as STEP_CALL
 from copilotedge.chat.deltas import TOOL_CONFIRM as STEP_CONFIRM
 from copilotedge.chat.deltas import TOOL_RESULT as STEP_RESULT
@@ -27,7 +28,6 @@ from copilotedge.chat.deltas import ToolStep
 from copilotedge.chat.turn import Turn
 from copilotedge.conf import settings
 from copilotedge.conversations import history
-from copilotedge.copilotkit.agents import DEFAULT_AGENT, get_agent, named_agent, with_agent
 from copilotedge.tools import ToolCallRequest
 from copilotedge.websocket import confirm
 from copilotedge.websocket.input import (
@@ -59,16 +59,6 @@ from copilotedge.websocket.protocol import (
 from copilotedge.websocket.resume import ResumeMixin
 
 logger = logging.getLogger(__name__)
-
-#: Every chat task of this process, attached or detached (the loop keeps only weak refs).
-_running: set[asyncio.Task[None]] = set()
-
-
-async def adrain() -> None:
-    """Wait until every chat of this loop has ended (tests and shutdown)."""
-    loop = asyncio.get_running_loop()
-    while mine := [task for task in _running if task.get_loop() is loop]:
-        await asyncio.gather(*mine, return_exceptions=True)
 
 
 def _cancel_timer(timer: asyncio.TimerHandle, task: asyncio.Task[None]) -> None:
@@ -272,11 +262,11 @@ class ChatConsumer(ResumeMixin, AsyncJsonWebsocketConsumer):  # type: ignore[mis
             approve=approve,
         )
         task = asyncio.get_running_loop().create_task(self._run_chat(chat_id, turn))
-        _running.add(task)
+        # Attached or detached, it is in flight until it ends: a stop waits for it.
+        lifecycle.track_chat(task)
         self.chats[chat_id] = task
 
         def ended(task: asyncio.Task[None]) -> None:
-            _running.discard(task)
             if self.chats.get(chat_id) is task:
                 del self.chats[chat_id]
 
@@ -294,7 +284,7 @@ class ChatConsumer(ResumeMixin, AsyncJsonWebsocketConsumer):  # type: ignore[mis
                     "message_id": str(transcript.message_id) if transcript else None,
                 }
             )
-            await turn.open()
+            await faces.aopen(turn)
             async for batch in turn.batches():
                 # One message per upstream read, not per token.
                 text = "".join(delta.text for delta in batch)
@@ -304,7 +294,7 @@ class ChatConsumer(ResumeMixin, AsyncJsonWebsocketConsumer):  # type: ignore[mis
                     if delta.tool_step is not None:
                         await self.reply(tool_frame(chat_id, delta.tool_step))
             # Saved before the client hears the end, so what it fetches next is final.
-            await history.asaved(turn)
+            await turn.asaved()
             await self.reply(
                 {
                     "type": DONE,
@@ -314,10 +304,10 @@ class ChatConsumer(ResumeMixin, AsyncJsonWebsocketConsumer):  # type: ignore[mis
                 }
             )
         except exceptions.CopilotEdgeError as error:
-            await history.asaved(turn)
+            await turn.asaved()
             await self.reply_error(chat_id, error)
         except asyncio.CancelledError:
-            await history.asaved(turn)
+            await turn.asaved()
             await self.reply({"type": CANCELLED, "id": chat_id})
             raise
         except Exception:

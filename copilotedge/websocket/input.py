@@ -1,7 +1,7 @@
 """WebSocket input: a client's frames checked and turned into what the consumer acts on.
 
 A frame must be a JSON object in a text frame of at most ``WS_MAX_MESSAGE_BYTES``; a
-``chat`` message becomes the turn's :class:`~copilotedge.chat.turn.ChatRequest`, and the
+``chat`` message becomes the turn's :class:`~copilotedge.chat.types.ChatRequest`, and the
 ``id`` a client gives a chat or resume is checked here too. Each failure is a 4xx
 :class:`~copilotedge.exceptions.CopilotEdgeError` naming the field, which the consumer
 sends back as an ``error`` message.
@@ -13,7 +13,7 @@ import json
 from typing import Any
 
 from copilotedge import exceptions
-from copilotedge.chat.turn import ChatRequest
+from copilotedge.chat.types import ChatRequest
 from copilotedge.chat.validation import (
     parse_conversation_id,
     parse_messages,

@@ -14,10 +14,8 @@ import pytest
 from channels.testing import WebsocketCommunicator
 from django.test import AsyncClient, override_settings
 
-from copilotedge.conversations import transcript
+from copilotedge import lifecycle
 from copilotedge.models import Conversation, Message, UsageRecord
-from copilotedge.usage import writer as usage_writer
-from copilotedge.websocket import consumers
 from tests import sample_tools
 from tests.asgi import application
 from tests.helpers import ORIGIN, WS_PATH
@@ -47,9 +45,7 @@ def agent_tools(emulator):
 
 
 async def settle() -> None:
-    await consumers.adrain()
-    await transcript.adrain()
-    await usage_writer.adrain()
+    await lifecycle.adrain()
 
 
 async def agui_events(auth: dict[str, str], text: str) -> list[dict[str, Any]]:
@@ -223,3 +219,24 @@ async def test_cancel_during_a_slow_tool_cancels_it(agent_tools, session_cookie)
     await settle()
     row = await UsageRecord.objects.aget()
     assert (row.outcome, row.tool_calls) == ("cancelled", 1)
+
+
+@override_settings(COPILOTEDGE_SHUTDOWN_GRACE=0.2)
+async def test_a_stop_during_a_slow_tool_ends_the_turn_shutting_down(agent_tools, session_cookie):
+    socket = await socket_for(session_cookie)
+    await socket.send_json_to(chat("CALL:wait_forever{}"))
+    seen = await until(socket, "tool_call")
+    call_id = seen[-1]["tool_call_id"]
+    stopping = asyncio.create_task(lifecycle.ashutdown())
+    seen = await until(socket, "error")
+    assert seen[-1]["error"]["code"] == "shutting_down"
+    await stopping
+    assert call_id in sample_tools.cancelled_waits
+    await socket.disconnect()
+    row = await UsageRecord.objects.aget()
+    assert (row.outcome, row.error_code, row.steps, row.tool_calls) == (
+        "incomplete",
+        "shutting_down",
+        1,
+        1,
+    )

@@ -10,13 +10,13 @@ import httpx
 import pytest
 import respx
 
-from copilotedge import exceptions
+from copilotedge import exceptions, lifecycle
 from copilotedge.auth import Principal
 from copilotedge.chat.deltas import Delta, ToolCallDelta, Usage
-from copilotedge.chat.turn import Answer, ChatRequest, Turn
+from copilotedge.chat.turn import Turn
+from copilotedge.chat.types import Answer, ChatRequest
 from copilotedge.models import ApiKey, Conversation, UsageRecord
 from copilotedge.usage import ledger as usage
-from copilotedge.usage import writer as usage_writer
 from tests.helpers import (
     OPENAI_URL,
     USAGE,
@@ -103,7 +103,7 @@ def make_turn(principal: Principal, *, model: str = MODEL, stream: bool = True) 
 
 
 async def record_of(turn: Turn) -> UsageRecord:
-    await usage_writer.adrain()
+    await lifecycle.adrain()
     return await UsageRecord.objects.aget(request_id=turn.id)
 
 
@@ -329,7 +329,7 @@ async def test_a_turn_is_recorded_once(principal: Principal, upstream: respx.Moc
     turn = make_turn(principal)
     await consume(turn)
     turn.finish()
-    await usage_writer.adrain()
+    await lifecycle.adrain()
     assert await UsageRecord.objects.filter(request_id=turn.id).acount() == 1
 
 

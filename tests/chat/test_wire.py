@@ -13,7 +13,8 @@ from copilotedge.auth import Principal
 from copilotedge.chat import sse, wire
 from copilotedge.chat import token_estimates as tokens
 from copilotedge.chat.deltas import Delta, ToolCallDelta, Usage
-from copilotedge.chat.turn import ChatRequest, Turn
+from copilotedge.chat.turn import Turn
+from copilotedge.chat.types import ChatRequest
 from copilotedge.conversations import transcript
 
 

@@ -10,13 +10,13 @@ from typing import Any
 import pytest
 from django.test import override_settings
 
+from copilotedge import lifecycle
 from copilotedge.auth import Principal
-from copilotedge.chat.turn import ChatRequest, Turn
-from copilotedge.conversations import transcript
+from copilotedge.chat.turn import Turn
+from copilotedge.chat.types import ChatRequest
 from copilotedge.conversations.history import fit_history, message_tokens, split_new
 from copilotedge.exceptions import NotFound
 from copilotedge.models import Conversation, Message, Preference, UsageRecord
-from copilotedge.usage import writer as usage_writer
 from tests.helpers import OPENAI_URL, WordStream, stream_response
 
 MODEL = "@cf/meta/llama-3.1-8b-instruct"
@@ -87,8 +87,7 @@ async def run_turn(request: ChatRequest, principal: Principal) -> Turn:
     await turn.open()
     async for _ in turn.deltas():
         pass
-    await transcript.adrain()
-    await usage_writer.adrain()
+    await lifecycle.adrain()
     return turn
 
 
@@ -215,13 +214,13 @@ async def test_a_growing_answer_is_saved_as_streaming_while_it_grows(user, upstr
         await asyncio.sleep(0)
         row = await Message.objects.aget(role="assistant")
         seen.append((row.status, row.content))
-    await transcript.adrain()
+    await lifecycle.adrain()
     final = await Message.objects.aget(role="assistant")
     assert final.status == "complete" and final.content == turn.answer.text
     partial = [c for s, c in seen if s == "streaming" and 0 < len(c) < len(final.content)]
     assert partial, "no save happened while the answer grew"
     assert all(final.content.startswith(c) for c in partial)
-    await usage_writer.adrain()
+    await lifecycle.adrain()
 
 
 @pytest.mark.django_db(transaction=True)
@@ -235,8 +234,7 @@ async def test_a_growing_answer_is_saved_every_flush_bytes(user, upstream):
     async for _ in turn.deltas():
         await asyncio.sleep(0.01)
         lengths.append(len((await Message.objects.aget(role="assistant")).content))
-    await transcript.adrain()
-    await usage_writer.adrain()
+    await lifecycle.adrain()
     assert any(0 < n < 240 for n in lengths)  # saved mid-answer although the interval is 60 s
 
 
@@ -250,8 +248,7 @@ async def test_an_upstream_failure_is_stored_with_its_status(user, upstream):
     with pytest.raises(Exception, match="ended the answer early"):
         async for _ in turn.deltas():
             pass
-    await transcript.adrain()
-    await usage_writer.adrain()
+    await lifecycle.adrain()
     row = await Message.objects.aget(role="assistant")
     assert (row.status, row.content) == ("incomplete", "partial ")
 
@@ -262,8 +259,7 @@ async def test_an_upstream_refusal_before_any_token_is_stored_as_error(user, ups
     turn = Turn(ChatRequest(MODEL, [msg("user", "hi")]), Principal(user=user), "openai")
     with pytest.raises(Exception, match="capacity"):
         await turn.open()
-    await transcript.adrain()
-    await usage_writer.adrain()
+    await lifecycle.adrain()
     statuses = [(m.role, m.status) async for m in Message.objects.all()]
     assert statuses == [("user", "complete"), ("assistant", "error")]
 

@@ -13,9 +13,8 @@ import pytest
 from django.test import AsyncClient, override_settings
 from django.utils import timezone
 
-from copilotedge.conversations import transcript
+from copilotedge import lifecycle
 from copilotedge.models import ApiKey, Conversation, Message, Preference
-from copilotedge.usage import writer as usage_writer
 from tests.helpers import OPENAI_URL, WordStream, stream_response
 
 CONVERSATION_HEADER = "X-CopilotEdge-Conversation"
@@ -39,8 +38,7 @@ class Answers:
 
 
 async def drain() -> None:
-    await transcript.adrain()
-    await usage_writer.adrain()
+    await lifecycle.adrain()
 
 
 async def post_chat(client: AsyncClient, auth: dict[str, str], **body: Any) -> Any:

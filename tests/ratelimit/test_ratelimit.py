@@ -19,9 +19,9 @@ from django.test import override_settings
 from django.utils import timezone
 from django_redis.cache import RedisCache
 
-from copilotedge import exceptions, ratelimit
+from copilotedge import exceptions, lifecycle, ratelimit
 from copilotedge.auth import Principal
-from copilotedge.chat.turn import ChatRequest
+from copilotedge.chat.types import ChatRequest
 from copilotedge.checks import check_settings
 from copilotedge.models import ApiKey, UsageRecord
 from copilotedge.ratelimit import Limiter
@@ -397,6 +397,6 @@ async def test_a_finished_turn_counts_against_the_budget_at_once(user: Any) -> N
     assert first.allowed
     # The ledger row is written later; the cached spend counts the turn meanwhile.
     ratelimit.settle(ratelimit.Reservation(principal, 10, limits), 12, Decimal("0.10"))
-    await ratelimit.adrain()
+    await lifecycle.adrain()
     refused = await limits.areserve(principal, 10)
     assert isinstance(refused.error, exceptions.BudgetExceeded)

@@ -1,4 +1,4 @@
-"""The tool settings' checks and the agents' tool lists (E047, E070, E071)."""
+"""The tool settings' checks and the agents' tool lists (E047, E080, E081)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from django.core.management.base import SystemCheckError
 from django.test import override_settings
 
 import tests.sample_tools  # noqa: F401  (registers the tools named below)
+from copilotedge.chat.agents import get_agent
 from copilotedge.checks import check_settings
-from copilotedge.copilotkit.agents import get_agent
 
 
 def ids() -> list[str]:
@@ -21,10 +21,10 @@ def ids() -> list[str]:
 @pytest.mark.parametrize(
     ("name", "value", "check_id"),
     [
-        ("COPILOTEDGE_MAX_TOOL_STEPS", 0, "copilotedge.E070"),
-        ("COPILOTEDGE_MAX_TOOL_STEPS", "many", "copilotedge.E070"),
-        ("COPILOTEDGE_TOOL_CONFIRM_TIMEOUT", -1, "copilotedge.E071"),
-        ("COPILOTEDGE_TOOL_CONFIRM_TIMEOUT", "soon", "copilotedge.E071"),
+        ("COPILOTEDGE_MAX_TOOL_STEPS", 0, "copilotedge.E080"),
+        ("COPILOTEDGE_MAX_TOOL_STEPS", "many", "copilotedge.E080"),
+        ("COPILOTEDGE_TOOL_CONFIRM_TIMEOUT", -1, "copilotedge.E081"),
+        ("COPILOTEDGE_TOOL_CONFIRM_TIMEOUT", "soon", "copilotedge.E081"),
     ],
 )
 def test_bad_tool_settings_are_reported(name, value, check_id):
@@ -35,7 +35,7 @@ def test_bad_tool_settings_are_reported(name, value, check_id):
 
 
 def test_the_defaults_pass():
-    assert not [i for i in ids() if i in {"copilotedge.E070", "copilotedge.E071"}]
+    assert not [i for i in ids() if i in {"copilotedge.E080", "copilotedge.E081"}]
 
 
 @pytest.mark.parametrize(

@@ -12,13 +12,13 @@ import respx
 from django.core.cache import caches
 from django.test import AsyncClient
 
+from copilotedge import lifecycle
 from copilotedge.exceptions import ServiceUnavailable
 from copilotedge.models import UsageRecord
 from copilotedge.upstream import breaker_stores
 from copilotedge.upstream import breakers as breaker
 from copilotedge.upstream.breaker_stores import CacheStore, LocalStore
 from copilotedge.upstream.breakers import CircuitBreaker
-from copilotedge.usage import writer as usage_writer
 from tests.helpers import OPENAI_URL, capacity_error, reset_circuits
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -66,7 +66,7 @@ async def test_failures_open_the_circuit_and_then_it_fails_fast(
     assert response["Retry-After"] == "1"
     assert route.call_count == 3  # the fourth request never left
     assert elapsed < 0.1
-    await usage_writer.adrain()
+    await lifecycle.adrain()
     last = await UsageRecord.objects.order_by("-created_at").afirst()
     assert last is not None
     assert (last.status_code, last.attempts, last.error_code) == (503, 0, "service_unavailable")
@@ -231,7 +231,7 @@ async def test_on_redis_healthy_calls_read_the_state_once_and_count_in_the_backg
     monkeypatch.setattr(CacheStore, "get", lambda store, key: reads.append(key) or read(store, key))
     for _ in range(10):
         await circuit.asuccess(await circuit.abefore_call())
-    await breaker.adrain()
+    await lifecycle.adrain()
     assert len(reads) == 1  # then trusted for STATE_TTL
     assert caches["default"].get(circuit._window_key("calls")) == 10  # every success counted
     circuit.reset()

@@ -12,9 +12,9 @@ import pytest
 import respx
 from django.test import AsyncClient
 
+from copilotedge import lifecycle
 from copilotedge.models import UsageRecord
 from copilotedge.upstream import resilience
-from copilotedge.usage import writer as usage_writer
 from tests.helpers import (
     OPENAI_URL,
     SlowStream,
@@ -81,7 +81,7 @@ def text_of(events: list[Any]) -> str:
 
 
 async def records() -> list[UsageRecord]:
-    await usage_writer.adrain()
+    await lifecycle.adrain()
     return [r async for r in UsageRecord.objects.order_by("created_at")]
 
 

@@ -13,9 +13,9 @@ import pytest
 import respx
 from django.test import AsyncClient
 
+from copilotedge import lifecycle
 from copilotedge.models import UsageRecord
 from copilotedge.upstream import response_cache as cache
-from copilotedge.usage import writer as usage_writer
 from tests.helpers import OPENAI_URL, SlowStream, openai_chunk, reset_circuits, sse_body
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -72,7 +72,7 @@ async def frames(response: Any) -> list[Any]:
 
 
 async def records() -> list[UsageRecord]:
-    await usage_writer.adrain()
+    await lifecycle.adrain()
     return [r async for r in UsageRecord.objects.order_by("created_at")]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import uuid
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
@@ -17,8 +18,8 @@ from django.test import AsyncClient, override_settings
 
 from copilotedge.auth import Principal
 from copilotedge.chat import token_estimates as tokens
-from copilotedge.chat.deltas import Delta, Usage
-from copilotedge.chat.turn import ChatRequest, Turn
+from copilotedge.chat.deltas import Usage
+from copilotedge.chat.types import TurnRecord
 from copilotedge.upstream import response_cache as cache
 from copilotedge.usage import ledger as usage
 from tests.helpers import OPENAI_URL, openai_chunk, read_stream, run_url, sse_body
@@ -97,10 +98,19 @@ def test_unknown_model_is_never_free(caplog: pytest.LogCaptureFixture) -> None:
 
 
 async def test_a_cache_hit_records_the_cost_it_saved(user: Any) -> None:
-    turn = Turn(ChatRequest(MODEL, MESSAGES), Principal(user=user), protocol="openai")
-    turn.attempts = 0  # served from the cache: nothing went upstream
-    turn.cache_status, turn.cache_hit = cache.HIT, True
-    turn.answer.add(Delta(text="Hello", usage=Usage(100, 50, 150)))
+    turn = TurnRecord(
+        id=uuid.uuid4(),
+        principal=Principal(user=user),
+        protocol="openai",
+        model_requested=MODEL,
+        model_served=MODEL,
+        messages=MESSAGES,
+        params={},
+        attempts=0,  # served from the cache: nothing went upstream
+        cache_status=cache.HIT,
+        text="Hello",
+        usage=Usage(100, 50, 150),
+    )
     record = usage.build_record(turn)
     assert record.cache_hit is True
     assert record.cost == 0

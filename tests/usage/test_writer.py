@@ -11,6 +11,7 @@ import respx
 from django.db.utils import OperationalError
 from django.test import AsyncClient
 
+from copilotedge import lifecycle
 from copilotedge.models import UsageRecord
 from copilotedge.usage import ledger as usage
 from copilotedge.usage import writer as usage_writer
@@ -140,7 +141,7 @@ async def test_a_write_that_never_lands_is_logged_whole_and_still_signalled(
             headers=auth,
         )
         assert (await read_stream(response))[-1] == "[DONE]"
-        await usage_writer.adrain()
+        await lifecycle.adrain()
     finally:
         usage_writer.usage_recorded.disconnect(receiver)
     assert await UsageRecord.objects.acount() == 0
@@ -188,7 +189,7 @@ async def test_usage_recorded_receivers_get_the_saved_row_and_one_failing_does_n
             headers=auth,
         )
         assert response.status_code == 200
-        await usage_writer.adrain()
+        await lifecycle.adrain()
     finally:
         usage.usage_recorded.disconnect(broken)
         usage.usage_recorded.disconnect(billing)

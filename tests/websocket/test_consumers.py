@@ -14,11 +14,10 @@ from django.conf import settings
 from django.test import AsyncClient, override_settings
 from django.utils import timezone
 
+from copilotedge import lifecycle
 from copilotedge.conversations import live as transcript_live
 from copilotedge.conversations import transcript
 from copilotedge.models import ApiKey, Conversation, Message, UsageRecord
-from copilotedge.usage import writer as usage_writer
-from copilotedge.websocket import consumers
 from tests.asgi import application
 from tests.helpers import OPENAI_URL, ORIGIN, WS_PATH, WordStream, stream_response
 
@@ -76,9 +75,7 @@ def text_of(messages: list[dict[str, Any]], chat_id: Any) -> str:
 
 
 async def settle() -> None:
-    await consumers.adrain()
-    await transcript.adrain()
-    await usage_writer.adrain()
+    await lifecycle.adrain()
 
 
 # Authentication and the handshake ---------------------------------------------------------
@@ -334,6 +331,44 @@ async def test_a_detached_chat_runs_at_most_the_detached_timeout(session_cookie,
     await settle()
     row = await Message.objects.aget(pk=start["message_id"])
     assert row.status == "cancelled" and 0 < len(row.content) < len(FULL)
+
+
+@override_settings(COPILOTEDGE_SHUTDOWN_GRACE=0.2)
+async def test_a_stop_past_its_grace_ends_a_chat_with_an_error_and_records_it(ws, upstream):
+    stream = WordStream(WORDS, delay=0.1)
+    slow_upstream(upstream, stream)
+    await ws.send_json_to(chat("s"))
+    start = (await receive_until(ws, "delta", "s"))[0]
+    await lifecycle.ashutdown()
+    end = (await receive_until(ws, "error", "s"))[-1]
+    assert end["error"] == {
+        "message": "The server is shutting down; try again shortly.",
+        "code": "shutting_down",
+    }
+    row = await Message.objects.aget(pk=start["message_id"])
+    assert row.status == "incomplete" and 0 < len(row.content) < len(FULL)
+    record = await UsageRecord.objects.aget()
+    assert (record.outcome, record.error_code) == ("incomplete", "shutting_down")
+    assert stream.closed.is_set()
+    await ws.send_json_to(chat("late"))  # a new chat during the stop is refused
+    refused = (await receive_until(ws, "error", "late"))[-1]
+    assert refused["error"]["code"] == "shutting_down"
+
+
+@override_settings(COPILOTEDGE_SHUTDOWN_GRACE=0.2)
+async def test_a_stop_records_a_detached_chat_too(session_cookie, upstream):
+    slow_upstream(upstream, WordStream(WORDS, delay=0.1))
+    socket = communicator((b"cookie", session_cookie))
+    await socket.connect()
+    await socket.receive_json_from()
+    await socket.send_json_to(chat("d"))
+    start = (await receive_until(socket, "delta", "d"))[0]
+    await socket.disconnect()
+    await lifecycle.ashutdown()
+    row = await Message.objects.aget(pk=start["message_id"])
+    assert row.status == "incomplete" and 0 < len(row.content) < len(FULL)
+    record = await UsageRecord.objects.aget()
+    assert (record.outcome, record.error_code) == ("incomplete", "shutting_down")
 
 
 @override_settings(COPILOTEDGE_FLUSH_INTERVAL=0.05)

@@ -17,8 +17,9 @@ from typing import Any
 from graphql import GraphQLError
 
 from copilotedge.auth import Principal
+from copilotedge.chat import faces
+from copilotedge.chat.agents import all_agents, get_agent
 from copilotedge.chat.turn import Turn
-from copilotedge.copilotkit.agents import all_agents, get_agent
 from copilotedge.copilotkit.agui.threads import aowned_conversation, thread_conversation_id
 from copilotedge.copilotkit.graphql.input import chat_request
 from copilotedge.copilotkit.graphql.run import CopilotRun, Feed, message_status, response_status
@@ -64,7 +65,7 @@ async def generate_copilot_response(
     run = CopilotRun(Turn(request, context.principal, protocol="graphql"))
     context.runs.append(run)
     try:
-        await run.turn.open()
+        await faces.aopen(run.turn)
     except UpstreamError as error:
         run.fail_early(error)  # a FailedResponseStatus, as the client expects
     else:

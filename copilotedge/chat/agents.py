@@ -1,7 +1,8 @@
-"""The agents CopilotKit clients can talk to: an id mapped to a model, a system prompt and params.
+"""Agents: an id mapped to a model, a system prompt, params and server-side tools.
 
-Configured in ``COPILOTEDGE_AGENTS`` (id -> dict); both CopilotKit faces (AG-UI and the
-legacy GraphQL runtime) resolve the agent a request names here, so they answer alike.
+Configured in ``COPILOTEDGE_AGENTS`` (id -> dict). Every face that names an agent (the
+CopilotKit faces by id, the OpenAI face and the WebSocket by ``model: "agent:<id>"``)
+resolves it here, so they answer alike.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from copilotedge.chat.turn import ChatRequest
+from copilotedge.chat.types import ChatRequest
 from copilotedge.conf import settings
 from copilotedge.exceptions import NotFound
 from copilotedge.tools import Tool, get_tool
