@@ -403,9 +403,10 @@ class Turn:
             "content": step.text,
             "tool_calls": [call.as_openai() for call in calls],
         }
-        messages = [assistant, *(result.message() for result in results)]
-        self.tool_messages += messages
-        self.request.messages = [*self.request.messages, *messages]
+        results_messages = [result.message() for result in results]
+        self.request.messages = [*self.request.messages, assistant, *results_messages]
+        # Stored with the answer, which holds the text of every step.
+        self.tool_messages += [{**assistant, "content": ""}, *results_messages]
 
     async def complete(self) -> Answer:
         if self.server_tools:

@@ -240,3 +240,45 @@ async def test_a_stop_during_a_slow_tool_ends_the_turn_shutting_down(agent_tools
         1,
         1,
     )
+
+
+async def test_a_reloaded_or_resumed_conversation_shows_the_tool_steps(
+    agent_tools, session_cookie, auth
+):
+    socket = await socket_for(session_cookie)
+    await socket.send_json_to(chat("Who am I? CALL:caller{}"))
+    seen = await until(socket, "done")
+    conversation_id = seen[0]["conversation_id"]
+    [call] = [m for m in seen if m["type"] == "tool_call"]
+    answer = "".join(m["content"] for m in seen if m["type"] == "delta")
+    await socket.disconnect()
+    await settle()
+
+    response = await AsyncClient().get(
+        f"/copilotedge/conversations/{conversation_id}/", headers=auth
+    )
+    messages = [
+        {k: m[k] for k in ("role", "content", "tool_calls", "tool_call_id")}
+        for m in response.json()["messages"]
+    ]
+    assert messages == [
+        {"role": "user", "content": "Who am I? CALL:caller{}", "tool_calls": None,
+         "tool_call_id": None},
+        {"role": "assistant", "content": "", "tool_call_id": None, "tool_calls": [
+            {"id": call["tool_call_id"], "type": "function",
+             "function": {"name": "caller", "arguments": call["arguments"]}}]},
+        {"role": "tool", "content": "alice", "tool_calls": None,
+         "tool_call_id": call["tool_call_id"]},
+        {"role": "assistant", "content": answer, "tool_calls": None, "tool_call_id": None},
+    ]  # fmt: skip
+
+    socket = await socket_for(session_cookie)
+    await socket.send_json_to({"type": "resume", "id": "r", "conversation_id": conversation_id})
+    resumed = await until(socket, "done")
+    assert [m["type"] for m in resumed] == ["start", "tool_call", "tool_result", "delta", "done"]
+    assert resumed[1] == {**call, "id": "r"}
+    assert resumed[2] == {
+        "type": "tool_result", "id": "r", "tool_call_id": call["tool_call_id"], "content": "alice"
+    }  # fmt: skip
+    assert resumed[3]["content"] == answer
+    await socket.disconnect()
