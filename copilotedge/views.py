@@ -23,7 +23,13 @@ from copilotedge.auth import aauthenticate
 from copilotedge.chat import faces, sse, wire
 from copilotedge.chat.agents import named_agent, with_agent
 from copilotedge.chat.turn import Turn
-from copilotedge.chat.validation import parse_chat, parse_include_usage, parse_json, parse_model
+from copilotedge.chat.validation import (
+    parse_chat,
+    parse_include_tool_steps,
+    parse_include_usage,
+    parse_json,
+    parse_model,
+)
 from copilotedge.conf import settings
 from copilotedge.exceptions import (
     CopilotEdgeError,
@@ -124,8 +130,12 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
     response: HttpResponseBase
     if turn.request.stream:
         include_usage = parse_include_usage(body)
+        include_tool_steps = parse_include_tool_steps(body)
         await faces.aopen(turn)
-        response = event_stream(wire.openai_stream(turn, include_usage=include_usage))
+        frames = wire.openai_stream(
+            turn, include_usage=include_usage, include_tool_steps=include_tool_steps
+        )
+        response = event_stream(frames)
     else:
         await faces.acomplete(turn)
         response = JsonResponse(wire.openai_completion(turn))

@@ -83,3 +83,29 @@ def test_an_unknown_agent_is_a_404(client: openai.OpenAI) -> None:
         client.chat.completions.create(
             model="agent:nobody", messages=[{"role": "user", "content": "hi"}]
         )
+
+
+def test_the_sdk_sees_each_tool_step_when_it_asks(client: openai.OpenAI) -> None:
+    stream = client.chat.completions.create(
+        model="agent:helper",
+        messages=[{"role": "user", "content": "Who am I? CALL:caller{}"}],
+        stream=True,
+        stream_options={"include_tool_steps": True},  # type: ignore[typeddict-unknown-key]
+    )
+    chunks = list(stream)
+    steps = [c.model_extra["copilotedge_tool_step"] for c in chunks if not c.choices]
+    call, result = steps
+    assert call == {
+        "step": 1,
+        "type": "call",
+        "tool_call_id": call["tool_call_id"],
+        "name": "caller",
+        "arguments": "{}",
+    }
+    assert result == {**call, "type": "result", "content": "alice", "outcome": "ok"}
+    # The steps come before the answer, which still streams as usual.
+    first_text = next(i for i, c in enumerate(chunks) if c.choices and c.choices[0].delta.content)
+    assert chunks.index(next(c for c in chunks if not c.choices)) < first_text
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text.startswith("Tool result: alice")
+    assert chunks[-1].choices[0].finish_reason == "stop"
