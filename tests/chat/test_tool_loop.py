@@ -282,3 +282,62 @@ async def test_a_reloaded_or_resumed_conversation_shows_the_tool_steps(
     }  # fmt: skip
     assert resumed[3]["content"] == answer
     await socket.disconnect()
+
+
+# Legacy GraphQL ----------------------------------------------------------------------------
+
+GRAPHQL = """
+mutation generateCopilotResponse($data: GenerateCopilotResponseInput!) {
+  generateCopilotResponse(data: $data) {
+    status { ... on BaseResponseStatus { code } }
+    messages {
+      __typename
+      ... on BaseMessageOutput { id status { ... on SuccessMessageStatus { code } } }
+      ... on TextMessageOutput { content role parentMessageId }
+      ... on ActionExecutionMessageOutput { name arguments scope parentMessageId }
+      ... on ResultMessageOutput { actionExecutionId actionName result }
+    }
+  }
+}
+"""
+
+
+async def test_graphql_shows_action_executions_and_their_results(agent_tools, auth):
+    data = {
+        "metadata": {"requestType": "Chat"},
+        "threadId": "graphql-tools",
+        "messages": [{"id": "m1", "createdAt": "2025-01-01T00:00:00Z",
+                      "textMessage": {"role": "user", "content": "Who am I? CALL:caller{}"}}],
+        "frontend": {"actions": [], "url": "http://localhost"},
+    }  # fmt: skip
+    response = await AsyncClient().post(
+        "/copilotedge/copilotkit",
+        {"query": GRAPHQL, "variables": {"data": data}},
+        content_type="application/json",
+        headers=auth,
+    )
+    result = response.json()["data"]["generateCopilotResponse"]
+    assert result["status"] == {"code": "Success"}
+    call, outcome, answer = result["messages"]
+    assert call == {
+        "__typename": "ActionExecutionMessageOutput",
+        "id": call["id"],
+        "status": {"code": "Success"},
+        "name": "caller",
+        "arguments": ["{}"],
+        "scope": "server",
+        "parentMessageId": call["parentMessageId"],
+    }
+    assert outcome == {
+        "__typename": "ResultMessageOutput",
+        "id": outcome["id"],
+        "status": {"code": "Success"},
+        "actionExecutionId": call["id"],
+        "actionName": "caller",
+        "result": "alice",
+    }
+    assert answer["__typename"] == "TextMessageOutput"
+    assert "".join(answer["content"]).startswith("Tool result: alice")
+    await settle()
+    row = await UsageRecord.objects.aget()
+    assert (row.protocol, row.steps, row.tool_calls) == ("graphql", 2, 1)

@@ -62,7 +62,8 @@ async def generate_copilot_response(
     thread_id = data.get("threadId") or str(uuid.uuid4())
     request.conversation_id = thread_conversation_id(context.principal, thread_id)
     request.create_conversation = True
-    run = CopilotRun(Turn(request, context.principal, protocol="graphql"))
+    turn = Turn(request, context.principal, protocol="graphql", server_tools=agent.server_tools())
+    run = CopilotRun(turn)
     context.runs.append(run)
     try:
         await faces.aopen(run.turn)
