@@ -3,9 +3,10 @@
 Each concern's checks live next to its code and keep their own range of ids:
 :mod:`copilotedge.upstream.checks`, :mod:`copilotedge.ratelimit.checks`,
 :mod:`copilotedge.copilotkit.checks`, :mod:`copilotedge.conversations.checks`,
-:mod:`copilotedge.usage.checks` and :mod:`copilotedge.tools.checks`.
-:func:`register_checks` (called from ``ready()``) registers each with the ``copilotedge``
-tag and Django's own tag where one fits, so ``manage.py check --tag copilotedge`` runs only these.
+:mod:`copilotedge.usage.checks`, :mod:`copilotedge.chat.checks` and
+:mod:`copilotedge.tools.checks`. :func:`register_checks` (called from ``ready()``) registers
+each with the ``copilotedge`` tag and Django's own tag where one fits, so
+``manage.py check --tag copilotedge`` runs only these.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ from typing import Any
 from django.core import checks
 from django.core.checks import CheckMessage, Tags
 
+from copilotedge.chat.checks import check_asgi
 from copilotedge.conversations.checks import check_conversation_settings
 from copilotedge.copilotkit.checks import check_agents, check_graphql_limits
 from copilotedge.lifecycle import check_lifecycle
-from copilotedge.ratelimit.checks import check_rate_limits
+from copilotedge.ratelimit.checks import check_middleware, check_rate_limits
 from copilotedge.tools.checks import check_tool_settings
 from copilotedge.upstream.checks import check_reliability, check_upstream
 from copilotedge.usage.checks import check_usage
@@ -31,11 +33,13 @@ CONCERNS: tuple[tuple[Callable[[], Iterable[CheckMessage]], tuple[str, ...]], ..
     (check_upstream, ()),
     (check_reliability, (Tags.caches,)),
     (check_rate_limits, (Tags.caches,)),
+    (check_middleware, ()),
     (check_agents, ()),
     (check_graphql_limits, ()),
     (check_conversation_settings, ()),
     (check_usage, ()),
     (check_lifecycle, ()),
+    (check_asgi, ()),
     (check_tool_settings, ()),
 )
 

@@ -103,6 +103,19 @@ class ShuttingDown(CopilotEdgeError):
         super().__init__(message, **kwargs)
 
 
+class AsgiRequired(CopilotEdgeError):
+    """A streamed answer was asked of a site served over WSGI, which cannot stream it."""
+
+    status_code = 501
+    type = "server_error"
+    code = "asgi_required"
+    default_message = (
+        "Streaming needs an ASGI server, and this site is served over WSGI. Serve it with "
+        'daphne or uvicorn (for runserver, put "daphne" first in INSTALLED_APPS), or send '
+        '"stream": false.'
+    )
+
+
 class RateLimited(CopilotEdgeError):
     status_code = 429
     type = "rate_limit_error"

@@ -1,6 +1,7 @@
 """ASGI routing pieces a site mounts: the WebSocket routes and the stop handling.
 
-A site wires them as::
+A site wires them in its ``asgi.py``, after ``get_asgi_application()`` (these import
+models, so Django must be set up first)::
 
     application = Lifespan(
         ProtocolTypeRouter({
@@ -14,6 +15,10 @@ A site wires them as::
 :class:`Lifespan` makes a stop lose nothing (see :mod:`copilotedge.lifecycle`): it drains
 at the ASGI lifespan's shutdown (uvicorn, hypercorn) and, for servers without lifespan
 (daphne), on SIGTERM/SIGINT before the server's own handler runs.
+
+``websocket_urlpatterns`` serves the chat socket at ``ws/copilotedge/chat/``;
+``websocket_routes(prefix="ws/ai/")`` serves it under a path of the site's choosing
+(``ws/ai/chat/``).
 """
 
 from __future__ import annotations
@@ -22,16 +27,25 @@ import json
 import math
 from typing import Any
 
-from django.urls import path
+from django.urls import URLPattern, path
 
 from copilotedge import lifecycle
 from copilotedge.exceptions import ShuttingDown
 from copilotedge.upstream.client import aclose_client
 from copilotedge.websocket.consumers import ChatConsumer
 
-websocket_urlpatterns = [
-    path("ws/copilotedge/chat/", ChatConsumer.as_asgi(), name="copilotedge-chat"),
-]
+DEFAULT_PREFIX = "ws/copilotedge/"
+
+
+def websocket_routes(prefix: str = DEFAULT_PREFIX) -> list[URLPattern]:
+    """The app's WebSocket routes under ``prefix`` (the chat socket is ``<prefix>chat/``),
+    for ``URLRouter``; ``prefix`` is a path without a leading slash, like ``"ws/ai/"``."""
+    prefix = prefix.strip("/")
+    route = f"{prefix}/chat/" if prefix else "chat/"
+    return [path(route, ChatConsumer.as_asgi(), name="copilotedge-chat")]
+
+
+websocket_urlpatterns = websocket_routes()
 
 #: The close code a WebSocket opened during a stop is refused with ("service restart").
 CLOSE_SHUTTING_DOWN = 1012

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 from django.core.exceptions import RequestDataTooBig
+from django.core.handlers.wsgi import WSGIRequest
 from django.db import OperationalError
 from django.http import HttpRequest, JsonResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
@@ -32,6 +33,7 @@ from copilotedge.chat.validation import (
 )
 from copilotedge.conf import settings
 from copilotedge.exceptions import (
+    AsgiRequired,
     CopilotEdgeError,
     DatabaseUnavailable,
     InvalidRequest,
@@ -101,6 +103,13 @@ def read_json(request: HttpRequest) -> dict[str, Any]:
         raise too_large from None
 
 
+def require_asgi(request: HttpRequest) -> None:
+    """Refuse to stream over WSGI: its handler cannot serve an async stream as it goes,
+    so the answer would come late or cut short."""
+    if isinstance(request, WSGIRequest):
+        raise AsgiRequired()
+
+
 def event_stream(frames: AsyncIterator[bytes]) -> StreamingHttpResponse:
     response = StreamingHttpResponse(
         wire.with_keepalive(frames, settings.KEEPALIVE_SECONDS),
@@ -129,6 +138,7 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
     )
     response: HttpResponseBase
     if turn.request.stream:
+        require_asgi(request)
         include_usage = parse_include_usage(body)
         include_tool_steps = parse_include_tool_steps(body)
         await faces.aopen(turn)
@@ -164,6 +174,7 @@ async def ai_run(request: HttpRequest, model: str) -> HttpResponseBase:
         turn.request.cache = cache.parse_directive(request.headers)
         response: HttpResponseBase
         if turn.request.stream:
+            require_asgi(request)
             await faces.aopen(turn)
             response = event_stream(wire.run_stream(turn))
         else:
@@ -171,6 +182,8 @@ async def ai_run(request: HttpRequest, model: str) -> HttpResponseBase:
             response = JsonResponse(wire.run_envelope(turn))
     except CopilotEdgeError as error:
         return error_response(error, wire.run_error(error))
+    if turn.transcript is not None:
+        response[CONVERSATION_HEADER] = str(turn.transcript.conversation_id)
     response[cache.HEADER] = turn.cache_status
     return response
 

@@ -62,6 +62,14 @@ def test_no_credential_warnings_for_another_upstream() -> None:
     assert ids(COPILOTEDGE_API_BASE_URL="http://127.0.0.1:8788", COPILOTEDGE_ACCOUNT_ID="") == []
 
 
+@pytest.mark.parametrize("name", ["COPILOTEDGE_API_TOKEN", "COPILOTEDGE_ACCOUNT_ID"])
+@pytest.mark.parametrize("value", ["…", "a token", "tok\n", "clé"])
+def test_e008_a_credential_that_cannot_be_sent_upstream(name: str, value: str) -> None:
+    assert ids(**{name: value}) == ["copilotedge.E008"]
+    with override_settings(**{name: value}), pytest.raises(SystemCheckError, match=r"E008"):
+        call_command("check")
+
+
 def test_warnings_do_not_fail_the_check_command() -> None:
     with override_settings(COPILOTEDGE_API_BASE_URL=DEFAULT_BASE_URL, COPILOTEDGE_API_TOKEN=""):
         err = StringIO()

@@ -9,16 +9,18 @@ from typing import Any
 import httpx
 import pytest
 import respx
+from asgiref.sync import async_to_sync
 from django.db import OperationalError
-from django.test import AsyncClient, override_settings
+from django.test import AsyncClient, Client, override_settings
 from hypothesis import HealthCheck, event, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
+from copilotedge import lifecycle
 from copilotedge.chat import sse
 from copilotedge.conf import settings as conf
 from copilotedge.conversations import history
-from copilotedge.models import ApiKey
+from copilotedge.models import ApiKey, Message, UsageRecord
 from tests.helpers import (
     OPENAI_URL,
     USAGE,
@@ -929,3 +931,69 @@ async def test_no_json_body_gives_a_5xx(auth: dict[str, str], body: Any, url: st
             frames = events(await read(response))
             assert frames[-1] == "[DONE]"
             assert not any(isinstance(f, dict) and "error" in f for f in frames)
+
+
+# -- under WSGI (runserver without daphne): whole answers only ---------------------------
+
+RUN_MODEL_URL = f"/copilotedge/ai/run/{MODEL}"
+AGUI_RUN = "/copilotedge/copilotkit/agent/default/run"
+AGUI_INPUT = {
+    "threadId": "thread-1",
+    "runId": "run-1",
+    "messages": [{"id": "m1", "role": "user", "content": "Hi"}],
+    "tools": [],
+    "context": [],
+    "state": {},
+    "forwardedProps": {},
+}
+
+
+def wsgi_post(url: str, body: Any, auth: dict[str, str]) -> Any:
+    """``body`` posted through Django's WSGI handler (what ``runserver`` without daphne runs)."""
+    response = Client().post(url, json.dumps(body), content_type="application/json", headers=auth)
+    async_to_sync(lifecycle.adrain)()
+    return response
+
+
+@pytest.mark.parametrize(
+    ("url", "body"),
+    [(CHAT, {"messages": HI, "stream": True}), (RUN_MODEL_URL, {"prompt": "Hi", "stream": True})],
+    ids=["openai", "run"],
+)
+def test_wsgi_refuses_a_streamed_request_with_asgi_required(
+    url: str, body: dict[str, Any], auth: dict[str, str], upstream: respx.MockRouter
+) -> None:
+    route = upstream.post(OPENAI_URL).respond(200, content=answer_stream("Hello", " world"))
+    response = wsgi_post(url, body, auth)
+    assert response.status_code == 501
+    assert not response.streaming
+    error = error_of(response)
+    assert error["code"] == "asgi_required"
+    assert "ASGI server" in error["message"] and '"daphne"' in error["message"]
+    assert not route.called
+    assert not UsageRecord.objects.exists()
+    assert not Message.objects.filter(role="assistant").exists()
+
+
+def test_wsgi_refuses_a_stream_by_default_and_an_agui_run(
+    auth: dict[str, str], upstream: respx.MockRouter
+) -> None:
+    route = upstream.post(OPENAI_URL).respond(200, content=answer_stream("Hello"))
+    with override_settings(COPILOTEDGE_STREAM=True):
+        assert error_of(wsgi_post(CHAT, {"messages": HI}, auth))["code"] == "asgi_required"
+    agui = wsgi_post(AGUI_RUN, AGUI_INPUT, auth)
+    assert (agui.status_code, error_of(agui)["code"]) == (501, "asgi_required")
+    assert not route.called
+    assert not UsageRecord.objects.filter(outcome="ok").exists()
+
+
+def test_wsgi_serves_whole_answers(auth: dict[str, str], upstream: respx.MockRouter) -> None:
+    upstream.post(OPENAI_URL).respond(json=answer_json("Hello there"))
+    chat = wsgi_post(CHAT, {"messages": HI}, auth)
+    assert chat.status_code == 200
+    assert chat.json()["choices"][0]["message"]["content"] == "Hello there"
+    run = wsgi_post(RUN_MODEL_URL, {"prompt": "Hi"}, auth)
+    assert run.status_code == 200
+    assert run.json()["result"]["response"] == "Hello there"
+    assert run["X-CopilotEdge-Conversation"]
+    assert list(UsageRecord.objects.values_list("outcome", flat=True)) == ["ok", "ok"]

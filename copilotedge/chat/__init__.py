@@ -3,6 +3,7 @@
 - ``types``: The values a turn is made of: :class:`ChatRequest`, :class:`Answer`, the
   :class:`TurnRecord` of a finished turn. Imports nothing above it; every service uses
   these, never the turn.
+- ``checks``: The system check that the site serves ASGI (streamed answers need it).
 - ``deltas``: Deltas: the normalised pieces of an upstream answer, and the parsing that
   makes them.
 - ``sse``: Server-Sent Events: an incremental parser and an encoder. No Django, no httpx.

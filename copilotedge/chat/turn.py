@@ -1,7 +1,8 @@
 """One conversation turn: the one orchestrator, shared by every face (OpenAI, /ai/run,
 AG-UI, GraphQL, WebSocket, the Python API).
 
-A :class:`Turn` asks each service in turn and gets values back; none of them knows the turn:
+A :class:`Turn` asks each service in this order and gets values back; none of them knows
+the turn:
 
 1. :func:`copilotedge.conversations.history.aplan`: preferences and stored history applied,
    fitted to the budget (the request as it goes upstream);

@@ -44,8 +44,10 @@ def check_conversation_settings() -> list[CheckMessage]:
             Warning(
                 "CHANNEL_LAYERS has no 'default' layer: WebSocket clients cannot resume "
                 "an answer that is still being generated.",
-                hint="Use channels_redis.core.RedisChannelLayer (or InMemoryChannelLayer "
-                "for a single process).",
+                hint='Add a "default" layer to CHANNEL_LAYERS in your settings: '
+                '"channels_redis.core.RedisChannelLayer" (pip install "copilotedge[redis]") '
+                "when the site runs more than one process, else "
+                '"channels.layers.InMemoryChannelLayer".',
                 id="copilotedge.W030",
             )
         )
@@ -80,7 +82,8 @@ def _check_redis_read_timeout(layers: dict[str, Any]) -> list[CheckMessage]:
                     f"CHANNEL_LAYERS[{alias!r}] reaches Redis with redis-py {major}'s "
                     f"read timeout (5 s by default): a WebSocket with no message for "
                     f"{_LAYER_BLOCK_SECONDS} s fails and disconnects.",
-                    hint='Give each host a longer read timeout: {"address": REDIS_URL, '
+                    hint=f'In CHANNEL_LAYERS[{alias!r}]["CONFIG"]["hosts"] in your settings, '
+                    'give each host a longer read timeout: {"address": "redis://…", '
                     '"socket_timeout": None}.',
                     id="copilotedge.W031",
                 )

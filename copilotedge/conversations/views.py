@@ -88,7 +88,7 @@ def _limit(request: HttpRequest) -> int:
     raw = request.GET.get("limit")
     if raw is None:
         return min(settings.CONVERSATIONS_PAGE_SIZE, MAX_PAGE_SIZE)
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE_SIZE:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_PAGE_SIZE:
         raise InvalidRequest(
             f"'limit' must be an integer from 1 to {MAX_PAGE_SIZE}.", param="limit"
         )

@@ -34,7 +34,7 @@ from copilotedge.copilotkit.graphql.limits import Operation, aparse_operation
 from copilotedge.copilotkit.graphql.schema import get_schema
 from copilotedge.exceptions import CopilotEdgeError, InvalidRequest, UpstreamError
 from copilotedge.models import Message
-from copilotedge.views import api_view, event_stream, read_json
+from copilotedge.views import api_view, event_stream, read_json, require_asgi
 
 # Reported as the runtime's version in ``info``; CopilotKit only displays it.
 RUNTIME_VERSION = "1.50.0"
@@ -53,6 +53,7 @@ def runtime_info() -> dict[str, Any]:
 
 async def arun(request: HttpRequest, agent_id: str, body: Any) -> HttpResponseBase:
     principal = await aauthenticate(request)
+    require_asgi(request)
     agent = get_agent(agent_id)
     run_input = agui.parse_run_input(body)
     # The thread is stored as a conversation (started by its first run), so that
@@ -212,6 +213,8 @@ async def graphql(request: HttpRequest, body: dict[str, Any]) -> HttpResponseBas
     """Execute a GraphQL operation; incremental results go out as ``multipart/mixed``."""
     try:
         principal = await aauthenticate(request)
+        if "multipart/mixed" in request.headers.get("Accept", ""):
+            require_asgi(request)
     except CopilotEdgeError as error:
         formatted = {"message": error.message, "extensions": {"code": error.code}}
         return graphql_error_response([formatted], error.status_code, error)

@@ -1,4 +1,9 @@
-"""Run the emulator on a loopback port in a background thread, for tests and the demo."""
+"""Run the emulator on a loopback port in a background thread, for tests.
+
+uvicorn serves it here (a server that can start and stop in a thread, again and again,
+in one process); it comes with the ``testing`` extra. ``manage.py copilotedge_emulator``
+needs no extra: it serves the emulator with daphne, in the foreground.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +11,17 @@ import socket
 import threading
 import time
 from types import TracebackType
-
-import uvicorn
+from typing import TYPE_CHECKING
 
 from copilotedge.testing.emulator import EmulatorApp
+
+if TYPE_CHECKING:
+    import uvicorn
+
+UVICORN_MISSING = (
+    'EmulatorServer serves the emulator with uvicorn: pip install "copilotedge[testing]". '
+    "(manage.py copilotedge_emulator serves it with daphne and needs no extra.)"
+)
 
 _START_TIMEOUT = 10.0
 # How long stop() lets open responses finish before uvicorn cancels them.
@@ -45,6 +57,10 @@ class EmulatorServer:
     def start(self) -> EmulatorServer:
         if self._thread is not None:
             raise RuntimeError("the emulator server is already running")
+        try:
+            import uvicorn
+        except ImportError as error:
+            raise ImportError(UVICORN_MISSING, name="uvicorn") from error
         # Binding here, not in uvicorn, gives the real port before the thread starts.
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -1,6 +1,6 @@
 """Checks of the upstream settings.
 
-:func:`check_upstream` (copilotedge.E003-E007, W001-W002): credentials for Workers AI,
+:func:`check_upstream` (copilotedge.E003-E008, W001-W002): credentials for Workers AI,
 the route table, the timeouts and size limits, the ``ON_CHUNK`` callback and the price
 table. :func:`check_reliability` (copilotedge.E050-E059, W050-W059): retries, circuit
 breakers, fallbacks and the response cache.
@@ -36,8 +36,25 @@ def _positive_numbers() -> Iterable[CheckMessage]:
             yield Error(f"COPILOTEDGE_{name} must be a positive number.", id="copilotedge.E004")
 
 
+def _header_safe(value: str) -> bool:
+    """Whether ``value`` can go into an HTTP header or a URL path as it is."""
+    return value.isascii() and value.isprintable() and " " not in value
+
+
+def _credentials() -> Iterable[CheckMessage]:
+    for name in ("ACCOUNT_ID", "API_TOKEN"):
+        if not _header_safe(getattr(settings, name)):
+            yield Error(
+                f"COPILOTEDGE_{name} holds a character that cannot be sent upstream "
+                "(non-ASCII, a space or a control character): every request would fail.",
+                hint=f"Set COPILOTEDGE_{name} in your settings to the value Cloudflare "
+                "gave you, not a placeholder.",
+                id="copilotedge.E008",
+            )
+
+
 def check_upstream() -> list[CheckMessage]:
-    errors: list[CheckMessage] = []
+    errors: list[CheckMessage] = list(_credentials())
     if DEFAULT_BASE_URL.rstrip("/") == settings.API_BASE_URL:
         if not settings.ACCOUNT_ID:
             errors.append(

@@ -33,7 +33,9 @@ def test_a_non_positive_number_is_an_error(name, value):
 
 def test_no_channel_layer_is_a_warning():
     with override_settings(CHANNEL_LAYERS={}):
-        assert "copilotedge.W030" in ids()
+        (warning,) = [m for m in check_settings() if m.id == "copilotedge.W030"]
+    assert "CHANNEL_LAYERS" in (warning.hint or "")
+    assert "REDIS_URL" not in (warning.hint or "")
 
 
 REDIS_LAYER = "channels_redis.core.RedisChannelLayer"

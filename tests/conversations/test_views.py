@@ -114,6 +114,42 @@ async def test_no_header_when_storing_is_off(auth, user, upstream):
     assert await Conversation.objects.acount() == 0
 
 
+# /ai/run/<model> names its conversation too -----------------------------------------------
+
+RUN = f"{BASE}/ai/run/@cf/meta/llama-3.1-8b-instruct"
+
+
+async def post_run(client: AsyncClient, auth: dict[str, str], **body: Any) -> Any:
+    response = await client.post(
+        RUN, json.dumps(body), content_type="application/json", headers=auth
+    )
+    if response.streaming:
+        response.frames = b"".join([chunk async for chunk in response.streaming_content])
+    await drain()
+    return response
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_ai_run_names_its_conversation_on_json_and_sse(auth, upstream):
+    route = upstream.post(OPENAI_URL).mock(side_effect=Answers("Paris.", "Lyon."))
+    client = AsyncClient()
+    whole = await post_run(client, auth, prompt="Capital?")
+    assert whole.status_code == 200
+    assert json.loads(whole.content)["result"]["response"] == "Paris."
+    conversation = await Conversation.objects.aget()
+    assert whole[CONVERSATION_HEADER] == str(conversation.id)
+    streamed = await post_run(
+        client, auth, prompt="Second city?", stream=True, conversation_id=str(conversation.id)
+    )
+    assert streamed.status_code == 200
+    assert streamed["Content-Type"].startswith("text/event-stream")
+    assert streamed[CONVERSATION_HEADER] == str(conversation.id)
+    assert b'"response":"Lyon."' in streamed.frames.replace(b" ", b"")
+    sent = json.loads(route.calls[1].request.content)["messages"]
+    assert [m["content"] for m in sent] == ["Capital?", "Paris.", "Second city?"]
+    assert await Message.objects.filter(conversation=conversation).acount() == 4
+
+
 # The conversations API --------------------------------------------------------------------
 
 
@@ -175,6 +211,7 @@ DEEP = base64.urlsafe_b64encode(b"[" * 100_000 + b"]" * 100_000).decode().rstrip
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize(
     ("query", "param"), [("limit=0", "limit"), ("limit=x", "limit"), ("limit=101", "limit"),
+                         ("limit=%C2%B9", "limit"),  # "¹": a digit to str.isdigit, not to int()
                          ("cursor=nope", "cursor"), (f"cursor={DEEP}", "cursor")],
 )  # fmt: skip
 async def test_list_rejects_bad_paging_naming_the_field(auth, query, param):

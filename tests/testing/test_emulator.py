@@ -17,8 +17,8 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from django.core.management import call_command
+from django.core.management.base import CommandError
 
 from copilotedge.testing import EmulatorApp, EmulatorServer, Fault
 
@@ -747,23 +747,50 @@ async def test_stop_ends_pending_responses_at_once() -> None:
 
 
 def test_command_serves_the_configured_emulator(monkeypatch: pytest.MonkeyPatch) -> None:
-    served: list[tuple[uvicorn.Config, Any]] = []
+    from copilotedge.management.commands import copilotedge_emulator
 
-    def run(self: uvicorn.Server, sockets: Any = None) -> None:
-        served.append((self.config, sockets))
-        for sock in sockets:
-            sock.close()
+    served: list[tuple[EmulatorApp, str, int]] = []
 
-    monkeypatch.setattr(uvicorn.Server, "run", run)
+    def serve(app: EmulatorApp, host: str, port: int, on_ready: Any, access_log: Any) -> bool:
+        served.append((app, host, port))
+        on_ready(("127.0.0.1", 43210))
+        return True
+
+    monkeypatch.setattr(copilotedge_emulator, "serve", serve)
     out = StringIO()
     call_command("copilotedge_emulator", port=0, tokens=5, token_delay=0.01, stdout=out)
 
-    [(config, [_sock])] = served
-    assert isinstance(config.app, EmulatorApp)
-    assert (config.app.tokens, config.app.token_delay) == (5, 0.01)
+    [(app, host, port)] = served
+    assert (app.tokens, app.token_delay, host, port) == (5, 0.01, "127.0.0.1", 0)
     [line] = out.getvalue().splitlines()
     assert "development tool" in line
-    assert "http://127.0.0.1:" in line
+    assert "COPILOTEDGE_API_BASE_URL=http://127.0.0.1:43210/client/v4" in line
+
+
+def test_command_says_when_it_cannot_listen(monkeypatch: pytest.MonkeyPatch) -> None:
+    from copilotedge.management.commands import copilotedge_emulator
+
+    monkeypatch.setattr(copilotedge_emulator, "serve", lambda *args: False)
+    with pytest.raises(CommandError, match=r"Cannot listen on 127\.0\.0\.1:8788"):
+        call_command("copilotedge_emulator", stdout=StringIO())
+
+
+def test_the_command_and_the_package_import_without_uvicorn() -> None:
+    code = (
+        "import sys; sys.modules['uvicorn'] = None\n"
+        "import copilotedge.testing\n"
+        "from copilotedge.management.commands import copilotedge_emulator\n"
+        "try:\n"
+        "    copilotedge.testing.EmulatorServer().start()\n"
+        "except ImportError as error:\n"
+        "    print(error)\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root), "DJANGO_SETTINGS_MODULE": "tests.settings"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, check=True
+    )
+    assert 'pip install "copilotedge[testing]"' in done.stdout
 
 
 def test_command_runs_in_the_foreground() -> None:

@@ -2,19 +2,53 @@
 
 from __future__ import annotations
 
-import contextlib
-import socket
 from argparse import ArgumentParser
+from collections.abc import Callable
+from io import TextIOBase
 from typing import Any
 
-import uvicorn
 from django.core.management.base import BaseCommand, CommandError
 
 from copilotedge.testing import EmulatorApp
 
+Address = tuple[str, int]
+
+
+def serve(
+    app: EmulatorApp,
+    host: str,
+    port: int,
+    on_ready: Callable[[Address], None],
+    access_log: TextIOBase | None,
+) -> bool:
+    """Serve ``app`` with daphne until SIGINT or SIGTERM; ``False`` if it could not listen.
+
+    daphne is a dependency of the app (``runserver`` serves ASGI through it), so the
+    emulator runs wherever the app is installed. ``on_ready`` gets the address daphne
+    listens on (the real port, also for ``port=0``) before the first request is served.
+    """
+    # Imported here: daphne installs Twisted's asyncio reactor when imported.
+    from daphne.access import AccessLogGenerator
+    from daphne.endpoints import build_endpoint_description_strings
+    from daphne.server import Server
+
+    def ready() -> None:
+        # daphne has bound every endpoint by now (an endpoint it cannot bind stops it).
+        on_ready(server.listening_addresses[0])
+
+    server: Any = Server(
+        app,
+        endpoints=build_endpoint_description_strings(host=host, port=port),
+        action_logger=AccessLogGenerator(access_log) if access_log is not None else None,
+        verbosity=0,
+        ready_callable=ready,
+    )
+    server.run()
+    return bool(server.listening_addresses)
+
 
 class Command(BaseCommand):
-    """Serve the emulator with uvicorn until interrupted."""
+    """Serve the emulator with daphne until interrupted."""
 
     help = "Run the Cloudflare Workers AI emulator (a development tool) in the foreground."
     # The emulator uses nothing from the project, so a half-configured site can still run it.
@@ -44,31 +78,17 @@ class Command(BaseCommand):
             api_token=options["api_token"],
         )
         host: str = options["host"]
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        # Bound and listening here, so the line below names the real port (even for
-        # --port 0) and a client that reads it can connect before uvicorn is up.
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, options["port"]))
-            sock.listen(2048)
-        except OSError as error:
-            sock.close()
-            raise CommandError(f"Cannot listen on {host}:{options['port']}: {error}") from None
-        port = sock.getsockname()[1]
-        url = f"http://[{host}]:{port}" if family == socket.AF_INET6 else f"http://{host}:{port}"
-        self.stdout.write(
-            f"Workers AI emulator (a development tool, not for production) listening on {url}; "
-            f"use COPILOTEDGE_API_BASE_URL={url}/client/v4"
-        )
-        self.stdout.flush()
-        verbose = options["verbosity"] > 1
-        config = uvicorn.Config(
-            app,
-            lifespan="off",
-            log_level="info" if verbose else "warning",
-            access_log=verbose,
-        )
-        # uvicorn re-raises Ctrl+C after its graceful shutdown; here that is a normal exit.
-        with contextlib.suppress(KeyboardInterrupt):
-            uvicorn.Server(config).run(sockets=[sock])
+        port: int = options["port"]
+
+        def ready(address: Address) -> None:
+            bound, real_port = address
+            url = f"http://[{bound}]:{real_port}" if ":" in bound else f"http://{bound}:{real_port}"
+            self.stdout.write(
+                f"Workers AI emulator (a development tool, not for production) listening on "
+                f"{url}; use COPILOTEDGE_API_BASE_URL={url}/client/v4"
+            )
+            self.stdout.flush()
+
+        access_log = self.stdout if options["verbosity"] > 1 else None
+        if not serve(app, host, port, ready, access_log):
+            raise CommandError(f"Cannot listen on {host}:{port}.")

@@ -59,6 +59,8 @@ def emulator() -> Iterator[EmulatorServer]:
         yield server
 
 
+# The first run builds the example (npm ci + vite build): more than the suite's 120 s.
+@pytest.mark.timeout(900)
 def test_copilotkit_chat_streams_in_a_real_browser(emulator, user) -> None:
     dist = build_example()
     _, token = ApiKey.create_key(user, name="browser")
