@@ -8,6 +8,7 @@ shown to the model: the executor passes the caller there.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import typing
 from collections.abc import Awaitable, Callable
@@ -58,8 +59,7 @@ class Tool:
 
     def definition(self) -> dict[str, Any]:
         """The OpenAI ``tools`` entry that offers this tool to the model."""
-        parameters = self.arguments.model_json_schema()
-        parameters.pop("title", None)
+        parameters = _parameters_schema(self.arguments)
         return {
             "type": "function",
             "function": {
@@ -68,6 +68,15 @@ class Tool:
                 "parameters": parameters,
             },
         }
+
+
+@functools.cache
+def _parameters_schema(arguments: type[pydantic.BaseModel]) -> dict[str, Any]:
+    """The JSON Schema of a tool's arguments, made once (pydantic takes a while to make it);
+    every turn that offers the tool sends it upstream unchanged."""
+    parameters = arguments.model_json_schema()
+    parameters.pop("title", None)
+    return parameters
 
 
 def _arguments_model(
