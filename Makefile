@@ -46,4 +46,4 @@ soak: $(VENV)/.installed
 	$(PY) -m bench.soak
 
 clean:
-	rm -rf $(VENV) staticfiles .pytest_cache .mypy_cache .ruff_cache .import_linter_cache
+	rm -rf $(VENV) staticfiles .pytest_cache .mypy_cache .ruff_cache .import_linter_cache bench/.cache

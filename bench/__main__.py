@@ -1,7 +1,7 @@
 """``make bench``: the proxy measured against the emulator called directly, in one run.
 
-Starts the Workers AI emulator and the demo site under daphne on loopback, then runs
-each section and writes ``bench/results/latest.json``, ``latest.md`` and ``latest.png``.
+Starts the Workers AI emulator and the demo site under daphne (or uvicorn) on loopback, then
+runs each section and writes ``bench/results/latest.json``, ``latest.md`` and ``latest.png``.
 See ``bench/README.md`` for the method.
 """
 
@@ -15,11 +15,11 @@ import os
 import platform
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from . import capacity, load, processes, report, streams
+from . import capacity, litellm_peer, load, processes, repeat, report, streams
 
 RESULTS = Path(__file__).resolve().parent / "results"
 METRICS_TOKEN = "bench-metrics-token-not-secret"
@@ -48,6 +48,18 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=300, help="sequential requests for TTFT")
     parser.add_argument("--seconds", type=float, default=8.0, help="length of a throughput run")
     parser.add_argument("--streams", type=int, default=1000, help="concurrent streams held")
+    parser.add_argument(
+        "--sweep",
+        type=lambda text: [int(n) for n in text.split(",") if n],
+        default=list(capacity.SWEEP),
+        help="held-stream counts of the capacity sweep, comma-separated",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="run the streams section N times; report each figure's median and range",
+    )
     parser.add_argument("--sockets", type=int, default=500, help="concurrent WebSockets")
     parser.add_argument("--admin-rows", type=int, default=1_000_000)
     parser.add_argument("--only", action="append", choices=SECTIONS, help="run only these")
@@ -56,6 +68,17 @@ def main() -> None:
         choices=("raw", "httpx", "openai"),
         default="raw",
         help="load generator's HTTP client: raw (lightest), httpx, or the openai SDK",
+    )
+    parser.add_argument(
+        "--server",
+        choices=processes.SERVERS,
+        default="daphne",
+        help="ASGI server for copilotedge and the bare relay (uvicorn: with uvloop and httptools)",
+    )
+    parser.add_argument(
+        "--no-litellm",
+        action="store_true",
+        help="leave LiteLLM's proxy out of the streams section (it installs on first use)",
     )
     parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL", ""))
     parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", ""))
@@ -72,7 +95,10 @@ def main() -> None:
     slow_env = {**env, "CLOUDFLARE_API_BASE_URL": f"http://127.0.0.1:{slow_port}/client/v4"}
     key = processes.prepare_database(env)
     auth = {"Authorization": f"Bearer {key}"}
-    result: dict[str, Any] = {"machine": machine(), "client": args.client}
+    result: dict[str, Any] = {"machine": machine(), "client": args.client, "server": args.server}
+
+    def serve(port: int) -> list[str]:
+        return processes.server_args(args.server, port)
 
     with contextlib.ExitStack() as stack:
         run = stack.enter_context
@@ -87,16 +113,14 @@ def main() -> None:
             )
         )
         for port in site_ports[:2]:
-            run(processes.running(processes.daphne_args(port), port, env))
-        slow_site = run(
-            processes.running(processes.daphne_args(site_ports[2]), site_ports[2], slow_env)
-        )
+            run(processes.running(serve(port), port, env))
+        slow_site = run(processes.running(serve(site_ports[2]), site_ports[2], slow_env))
         bare_env = {**env, "DJANGO_SETTINGS_MODULE": "bench.passthrough_settings"}
-        run(processes.running(processes.daphne_args(site_ports[3]), site_ports[3], bare_env))
+        run(processes.running(serve(site_ports[3]), site_ports[3], bare_env))
         bare_slow_port = processes.free_port()
         bare_slow_site = run(
             processes.running(
-                processes.daphne_args(bare_slow_port),
+                serve(bare_slow_port),
                 bare_slow_port,
                 {**slow_env, "DJANGO_SETTINGS_MODULE": "bench.passthrough_settings"},
             )
@@ -114,11 +138,32 @@ def main() -> None:
             for i, p in enumerate(site_ports[:2])
         ]
         if "streams" in sections:
-            result["streams"] = asyncio.run(
-                streams.ttft_and_throughput(
-                    direct, bare, proxies, requests=args.requests, seconds=args.seconds
+            peer = None
+            if not args.no_litellm:
+                try:
+                    peer = run(_litellm(fast_port, Path(tmp)))
+                except Exception as error:  # the other paths are measured all the same
+                    log = Path(tmp) / "litellm.log"
+                    result["litellm"] = {
+                        "skipped": f"{type(error).__name__}: {error}"
+                        + (f" (its log: {log})" if log.exists() else "")
+                    }
+            runs = [
+                asyncio.run(
+                    streams.ttft_and_throughput(
+                        direct,
+                        bare,
+                        proxies,
+                        requests=args.requests,
+                        seconds=args.seconds,
+                        peer=peer,
+                    )
                 )
-            )
+                for _ in range(max(args.repeat, 1))
+            ]
+            result["streams"] = runs[0] if len(runs) == 1 else repeat.combine(runs)
+            if len(runs) > 1:
+                result["streams_runs"] = runs
         if "capacity" in sections:
             slow = load.Target(
                 "slow", f"http://127.0.0.1:{site_ports[2]}/copilotedge/v1/chat/completions", auth
@@ -133,11 +178,18 @@ def main() -> None:
             held_bare = asyncio.run(
                 capacity.hold_streams(bare_slow, bare_slow_site.pid, args.streams)
             )
-            sizes = [n for n in (100, 250, 500) if n < args.streams]
+            sizes = [n for n in args.sweep if n < args.streams]
             rows = asyncio.run(
                 capacity.sweep(slow, slow_site.pid, sizes, metrics_url, METRICS_TOKEN)
             )
-            result["capacity"] = {"copilotedge": held, "bare": held_bare, "sweep": rows}
+            bare_rows = asyncio.run(capacity.sweep(bare_slow, bare_slow_site.pid, sizes))
+            result["capacity"] = {
+                "copilotedge": held,
+                "bare": held_bare,
+                "sweep": rows,
+                "bare_sweep": bare_rows,
+                "summary": capacity.summarise(held, held_bare, rows, bare_rows),
+            }
         if "websocket" in sections:
             result["websocket"] = optional(
                 "websocket",
@@ -149,13 +201,32 @@ def main() -> None:
         result["admin"] = optional("admin", lambda: _admin(args.database_url, args.admin_rows))
 
     RESULTS.mkdir(exist_ok=True)
-    stem = "latest" if args.client == "raw" else f"latest-{args.client}"
+    stem = "latest"
+    if args.client != "raw":
+        stem += f"-{args.client}"
+    if args.server != "daphne":
+        stem += f"-{args.server}"
     (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     markdown = report.markdown(result)
     (RESULTS / f"{stem}.md").write_text(markdown + "\n")
     with contextlib.suppress(ImportError):
         report.plot(result, RESULTS / f"{stem}.png")
     print(markdown)
+
+
+@contextlib.contextmanager
+def _litellm(emulator_port: int, directory: Path) -> Iterator[load.Target]:
+    """LiteLLM's proxy, one worker, in front of the emulator: the peer to compare with."""
+    executable = litellm_peer.install()
+    port = processes.free_port()
+    with processes.running(
+        litellm_peer.command(executable, port, emulator_port, directory),
+        port,
+        litellm_peer.environment(),
+        timeout=litellm_peer.STARTUP_TIMEOUT,
+        log=directory / "litellm.log",
+    ):
+        yield litellm_peer.target(port)
 
 
 async def _websockets(port: int, pid: int, key: str, sockets: int) -> dict[str, Any]:

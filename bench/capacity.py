@@ -12,6 +12,15 @@ import httpx
 from . import load
 
 LAG_METRIC = "copilotedge_event_loop_lag_seconds"
+#: Held-stream counts of the sweep (``--sweep``): steps fine enough to find where the
+#: loop lag's p99 passes 50 ms.
+SWEEP = (50, 100, 150, 200, 300, 400, 500)
+#: The loop lag a process should keep under: the p99 bound the sweep looks for.
+LAG_LIMIT_MS = 50.0
+#: Seconds of quiet around a measured run: for the work a stream leaves after its last
+#: byte to end, and to read the process's CPU at rest (``idle_cpu_ms_per_second``; the
+#: CPU per stream holds that much for the run and the quiet after it).
+SETTLE = 1.0
 
 
 def rss_kib(pid: int) -> int:
@@ -80,23 +89,32 @@ async def hold_streams(
 
     Without ``metrics_url`` (the bare relay exports no lag histogram) the lag is not read.
     """
-    # Warm the process up (imports, pools) before taking the baseline.
+    # Warm the process up (imports, pools) before taking the baseline, and let the
+    # warm-up streams' work after their last byte (the ledger's writes) end.
     await load.open_streams(target, 20)
+    await asyncio.sleep(SETTLE)
     baseline = rss_kib(pid)
     before = lag_buckets(await scrape(metrics_url, metrics_token)) if metrics_url else {}
+    idle_before = cpu_seconds(pid)
+    await asyncio.sleep(SETTLE)
     cpu_before = cpu_seconds(pid)
+    idle_per_second = (cpu_before - idle_before) / SETTLE
     stop = asyncio.Event()
     sampler = asyncio.create_task(sample_peaks(pid, stop))
     result = await load.open_streams(target, count, read_timeout=300)
     stop.set()
     peak, peak_threads = await sampler
+    # The streams' own work after their last byte counts; the metrics scrape does not.
+    await asyncio.sleep(SETTLE)
+    cpu = cpu_seconds(pid) - cpu_before
     after = lag_buckets(await scrape(metrics_url, metrics_token)) if metrics_url else {}
     result.update(
         rss_baseline_kib=baseline,
         rss_peak_kib=peak,
         rss_growth_per_stream_kib=round((peak - baseline) / count, 1),
         threads_peak=peak_threads,
-        cpu_ms_per_stream=round((cpu_seconds(pid) - cpu_before) / count * 1000, 2),
+        cpu_ms_per_stream=round(cpu / count * 1000, 2),
+        idle_cpu_ms_per_second=round(idle_per_second * 1000, 2),
         loop_lag_p99_ms_at_most=round(quantile_bound(before, after, 0.99) * 1000, 1)
         if after
         else None,
@@ -105,9 +123,14 @@ async def hold_streams(
 
 
 async def sweep(
-    target: load.Target, pid: int, sizes: list[int], metrics_url: str, metrics_token: str
+    target: load.Target,
+    pid: int,
+    sizes: list[int],
+    metrics_url: str | None = None,
+    metrics_token: str = "",
 ) -> list[dict[str, Any]]:
-    """Held streams at growing counts: where the event-loop lag stays low."""
+    """Held streams at growing counts: where the event-loop lag stays low, and the CPU
+    each stream costs (without ``metrics_url``, as for the bare relay, only the CPU)."""
     rows = []
     for size in sizes:
         run = await hold_streams(target, pid, size, metrics_url, metrics_token)
@@ -125,3 +148,41 @@ async def sweep(
             | {"ttft_p50_ms": run["ttft_ms"]["p50"]}
         )
     return rows
+
+
+def _ratio(numerator: float, denominator: float) -> float | None:
+    return round(numerator / denominator, 3) if denominator > 0 else None
+
+
+def summarise(
+    held: dict[str, Any],
+    held_bare: dict[str, Any],
+    rows: list[dict[str, Any]],
+    bare_rows: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """copilotedge's CPU per held stream against the relay's, at each count, and the
+    largest count whose loop-lag p99 stayed within ``LAG_LIMIT_MS`` with every stream
+    completed (the lag is read as a histogram bucket's bound, so "within" is exact)."""
+    bare_cpu = {r["streams"]: r["cpu_ms_per_stream"] for r in [*bare_rows, held_bare]}
+    by_count = {
+        str(r["streams"]): _ratio(r["cpu_ms_per_stream"], bare_cpu[r["streams"]])
+        for r in [*rows, held]
+        if r["streams"] in bare_cpu
+    }
+
+    within = [
+        r["streams"]
+        for r in [*rows, held]
+        if r["loop_lag_p99_ms_at_most"] is not None
+        and r["loop_lag_p99_ms_at_most"] <= LAG_LIMIT_MS
+        and r["completed"] == r["streams"]
+    ]
+    over = [r["streams"] for r in [*rows, held] if r["streams"] not in within]
+    return {
+        "cpu_ms_per_stream_vs_bare": _ratio(
+            held["cpu_ms_per_stream"], held_bare["cpu_ms_per_stream"]
+        ),
+        "cpu_ms_per_stream_vs_bare_by_streams": by_count,
+        "max_streams_lag_p99_within_50ms": max(within, default=None),
+        "min_streams_lag_p99_over_50ms": min(over, default=None),
+    }

@@ -1,4 +1,4 @@
-"""Start the servers a benchmark measures: the emulator and the demo site under daphne."""
+"""Start the servers a benchmark measures: the emulator and the site under daphne or uvicorn."""
 
 from __future__ import annotations
 
@@ -21,9 +21,14 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for_port(port: int, timeout: float = 30.0) -> None:
+def wait_for_port(
+    port: int, timeout: float = 30.0, process: subprocess.Popen[bytes] | None = None
+) -> None:
+    """Wait until something listens on ``port``; fail early if ``process`` has exited."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"{process.args!r} exited with {process.returncode}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):
                 return
@@ -33,10 +38,30 @@ def wait_for_port(port: int, timeout: float = 30.0) -> None:
 
 
 @contextmanager
-def running(args: list[str], port: int, env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
-    process = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
+def running(
+    args: list[str],
+    port: int,
+    env: dict[str, str],
+    *,
+    timeout: float = 30.0,
+    log: Path | None = None,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``args`` until the block ends, once it listens on ``port``.
+
+    Its standard output is dropped, or with its errors written to ``log``.
+    """
+    output = log.open("wb") if log else None
+    process = subprocess.Popen(
+        args,
+        cwd=ROOT,
+        env=env,
+        stdout=output or subprocess.DEVNULL,
+        stderr=output,
+    )
+    if output:
+        output.close()
     try:
-        wait_for_port(port)
+        wait_for_port(port, timeout, process)
         yield process
     finally:
         process.terminate()
@@ -65,9 +90,52 @@ def emulator_args(port: int, *, tokens: int, token_delay: float) -> list[str]:
 BACKLOG = 1024
 
 
+#: The demo's ASGI application, served as it is by either server.
+ASGI_APP = "project.asgi:application"
+
+#: The servers ``--server`` can run the site under.
+SERVERS = ("daphne", "uvicorn")
+
+
 def daphne_args(port: int) -> list[str]:
     endpoint = f"tcp:port={port}:interface=127.0.0.1:backlog={BACKLOG}"
-    return [PYTHON, "-m", "daphne", "-e", endpoint, "project.asgi:application"]
+    return [PYTHON, "-m", "daphne", "-e", endpoint, ASGI_APP]
+
+
+def uvicorn_args(port: int) -> list[str]:
+    """uvicorn with uvloop and httptools, set up as daphne is: same backlog, no access log.
+
+    The keep-alive timeout is raised from uvicorn's 5 s so that a load client's idle
+    connection between two phases is not closed under it (daphne keeps it open).
+    """
+    return [
+        PYTHON,
+        "-m",
+        "uvicorn",
+        ASGI_APP,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--loop",
+        "uvloop",
+        "--http",
+        "httptools",
+        "--backlog",
+        str(BACKLOG),
+        "--timeout-keep-alive",
+        "120",
+        "--no-access-log",
+        "--log-level",
+        "warning",
+    ]
+
+
+def server_args(server: str, port: int) -> list[str]:
+    """The command serving the demo's ASGI application on ``port`` with ``server``."""
+    if server == "uvicorn":
+        return uvicorn_args(port)
+    return daphne_args(port)
 
 
 def site_env(emulator_port: int, database_url: str, redis_url: str = "") -> dict[str, str]:

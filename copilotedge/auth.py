@@ -53,6 +53,14 @@ class Principal:
     def user_id(self) -> int | None:
         return self.user.pk if self.user is not None else None
 
+    @property
+    def scope(self) -> str:
+        """Whose private data a request's results are: the user (a key's user too), else
+        the client address; ``""`` for the site's own code."""
+        if self.user is not None:
+            return f"user:{self.user.pk}"
+        return f"ip:{self.ip}" if self.ip else ""
+
 
 #: The address of a client whose address is not known: one more client, limited like any.
 UNKNOWN_CLIENT = "unknown"

@@ -343,5 +343,10 @@ class Settings:
     def RESPONSE_CACHE_TTL(self) -> int:
         return int(_get("COPILOTEDGE_RESPONSE_CACHE_TTL", 3600))
 
+    @property
+    def RESPONSE_CACHE_SHARED(self) -> bool:
+        """Whether cached answers are shared across callers (off: each caller's own)."""
+        return bool(_get("COPILOTEDGE_RESPONSE_CACHE_SHARED", False))
+
 
 settings = Settings()

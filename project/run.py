@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -76,6 +77,9 @@ def main() -> int:
         if env["DATABASE_URL"].startswith("postgres"):
             create_database(env["DATABASE_URL"])
     processes: list[subprocess.Popen[bytes]] = []
+    # A SIGTERM (a process manager, ``kill``) ends the demo as Ctrl+C does: through the
+    # ``finally`` below, so the servers are stopped too, not left running.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     try:
         if not env.get("CLOUDFLARE_API_TOKEN"):
             processes.append(start_emulator(env))
@@ -109,9 +113,10 @@ def main() -> int:
     except KeyboardInterrupt:
         return 0
     finally:
-        for process in processes:
+        # The sites first (each finishes or ends its answers in flight), then the emulator
+        # that answers them.
+        for process in reversed(processes):
             process.terminate()
-        for process in processes:
             process.wait()
 
 

@@ -37,6 +37,9 @@ class ChatRequest:
     create_conversation: bool = False
     #: The client's X-CopilotEdge-Cache directive (see copilotedge.upstream.response_cache).
     cache: str = ""
+    #: Whose request it is (:attr:`copilotedge.auth.Principal.scope`), set as the turn plans
+    #: it: the response cache keeps each scope's answers apart.
+    scope: str = ""
 
 
 @dataclass

@@ -166,7 +166,8 @@ class HistoryPlan:
 
 
 async def aplan(principal: Principal, request: ChatRequest) -> HistoryPlan:
-    """Apply preferences and the stored conversation to ``request``; nothing is written."""
+    """Apply preferences and the stored conversation to ``request``, and scope it to
+    ``principal``; nothing is written."""
     preference = await apreference(principal)
     request = apply_preference(request, preference)
     stored: list[dict[str, Any]] = []
@@ -197,7 +198,8 @@ async def aplan(principal: Principal, request: ChatRequest) -> HistoryPlan:
         and principal.user is not None
         and (preference is None or preference.store_conversations)
     )
-    return HistoryPlan(dataclasses.replace(request, messages=fitted), new, creating, store)
+    planned = dataclasses.replace(request, messages=fitted, scope=principal.scope)
+    return HistoryPlan(planned, new, creating, store)
 
 
 async def astore(principal: Principal, plan: HistoryPlan, answer: Answer) -> Transcript | None:

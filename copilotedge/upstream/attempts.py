@@ -6,7 +6,8 @@ delta within ``FIRST_TOKEN_TIMEOUT`` (or what is left of the retry deadline), or
 the whole answer within the turn's ``TOTAL_TIMEOUT``. A timeout becomes
 :class:`~copilotedge.exceptions.UpstreamTimeout`, which the caller may retry. Once handed
 back, a :class:`TimedStream` keeps the between-token and overall limits, so a stalled
-stream ends with an error, never a hang.
+stream ends with an error, never a hang; and the overall limit holds for a client that
+stops reading too (its upstream connection is let go at the deadline).
 """
 
 from __future__ import annotations
@@ -30,7 +31,10 @@ class TimedStream:
     """An opened upstream stream whose first meaningful delta is already in hand.
 
     ``batches()`` enforces the between-token (``READ_TIMEOUT``) and overall
-    (``TOTAL_TIMEOUT``) limits, and calls ``on_end`` once with how it ended.
+    (``TOTAL_TIMEOUT``) limits, and calls ``on_end`` once with how it ended. The overall
+    limit does not wait for a read: if the consumer is not reading at the deadline (a
+    client that stopped reading holds its writer up), upstream is hung up on then, and
+    the next read ends the stream with :class:`~copilotedge.exceptions.UpstreamTimeout`.
     """
 
     def __init__(
@@ -46,6 +50,19 @@ class TimedStream:
         self._deadline = deadline
         self._read_timeout = settings.READ_TIMEOUT
         self.on_end: Callable[[BaseException | None], Awaitable[None]] | None = None
+        self._reading = False
+        self._expired = False
+        self._hangup: asyncio.Task[None] | None = None
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(max(deadline - time.monotonic(), 0), self._expire)
+
+    def _expire(self) -> None:
+        # A read in progress has its own timeout at the deadline: closing the response
+        # under it would race it.
+        if self._reading:
+            return
+        self._expired = True
+        self._hangup = asyncio.get_running_loop().create_task(self._stream.aclose())
 
     async def batches(self) -> AsyncIterator[list[Delta]]:
         ended: BaseException | None = None
@@ -53,7 +70,10 @@ class TimedStream:
             while self._head:
                 yield self._head.pop(0)
             while True:
+                if self._expired:
+                    raise exceptions.UpstreamTimeout("The answer took longer than allowed.")
                 remaining = self._deadline - time.monotonic()
+                self._reading = True
                 try:
                     async with asyncio.timeout(min(self._read_timeout, max(remaining, 0))):
                         batch = await anext(self._iterator)
@@ -66,6 +86,8 @@ class TimedStream:
                         else "The model provider stalled mid-answer."
                     )
                     raise exceptions.UpstreamTimeout(message) from None
+                finally:
+                    self._reading = False
                 yield batch
         except BaseException as error:
             ended = error
@@ -77,6 +99,9 @@ class TimedStream:
                 await on_end(ended)
 
     async def aclose(self) -> None:
+        self._timer.cancel()
+        if self._hangup is not None:
+            await self._hangup
         await self._stream.aclose()
 
     async def abort(self, error: BaseException) -> None:

@@ -2,8 +2,11 @@
 
 Only an answer that ended normally is stored (never an error, never a partial answer),
 under a SHA-256 of what determines it: the model, the messages sent upstream and the
-sampling parameters and tools. Ids, timestamps, ``stream`` and the conversation id are
-not part of it, so a streamed request can be answered from a non-streamed one's entry.
+sampling parameters and tools, and whose request it is (the user, a key's user too, or for
+anonymous callers the client address), so that a ``HIT`` never tells one user what another
+asked; ``COPILOTEDGE_RESPONSE_CACHE_SHARED`` shares answers across callers. Ids,
+timestamps, ``stream`` and the conversation id are not part of it, so a streamed request
+can be answered from a non-streamed one's entry.
 
 Caching is on by default only for deterministic requests (``temperature`` 0 or a
 ``seed``). A client overrides that per request with the ``X-CopilotEdge-Cache`` header:
@@ -84,9 +87,18 @@ def normalised_params(params: Mapping[str, Any]) -> dict[str, Any]:
     return result
 
 
-def key_for(model: str, messages: list[dict[str, Any]], params: Mapping[str, Any]) -> str:
+def key_for(
+    model: str, messages: list[dict[str, Any]], params: Mapping[str, Any], scope: str = ""
+) -> str:
+    """The cache key of an answer; ``scope`` (whose it is) is ``""`` for a shared one."""
     material = json.dumps(
-        {"v": _VERSION, "model": model, "messages": messages, "params": normalised_params(params)},
+        {
+            "v": _VERSION,
+            "model": model,
+            "messages": messages,
+            "params": normalised_params(params),
+            "scope": scope,
+        },
         sort_keys=True,
         separators=(",", ":"),
         ensure_ascii=False,
@@ -115,7 +127,8 @@ def plan_for(request: ChatRequest) -> Plan:
     if not settings.RESPONSE_CACHE or directive == BYPASS.lower():
         return Plan()
     params = request.params
-    key = key_for(request.model, request.messages, params)
+    scope = "" if settings.RESPONSE_CACHE_SHARED else request.scope
+    key = key_for(request.model, request.messages, params, scope)
     if directive == REFRESH:
         return Plan(key, read=False, write=True)
     if directive == USE or is_deterministic(params):

@@ -25,7 +25,6 @@ from copilotedge.exceptions import UpstreamError
 from copilotedge.models import UsageRecord
 from copilotedge.usage import metrics
 from copilotedge.usage import writer as usage_writer
-from copilotedge.usage.writer import usage_recorded  # the README documents it here, for billing
 
 # The estimates live in copilotedge.chat.token_estimates; these names stay importable here.
 __all__ = [
@@ -38,7 +37,6 @@ __all__ = [
     "has_price",
     "price_of",
     "record",
-    "usage_recorded",
 ]
 
 logger = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""Writing the usage ledger: group-committed batches, retries, and ``usage_recorded``.
+"""Writing the usage ledger: group-committed batches, retries, then ``usage_recorded``.
 
 :func:`enqueue` hands a built :class:`~copilotedge.models.UsageRecord` (see
 :mod:`copilotedge.usage.ledger`) to its event loop's writer, so the response never waits for the
@@ -19,18 +19,12 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.db import IntegrityError, close_old_connections
-from django.dispatch import Signal
 
 from copilotedge import lifecycle
 from copilotedge.models import UsageRecord
+from copilotedge.signals import usage_recorded
 
 logger = logging.getLogger(__name__)
-
-#: Sent once per turn, after its record is written (``saved=True``) or after every attempt
-#: to write it failed (``saved=False``: the record has no primary key, but billing still
-#: learns what was spent). Arguments: ``record`` (the :class:`UsageRecord`) and ``saved``.
-#: Receivers may be sync or async; one that raises is logged and does not stop the others.
-usage_recorded = Signal()
 
 _WRITE_ATTEMPTS = 3
 _RETRY_DELAY = 0.05  # seconds, doubled after each failed attempt

@@ -14,7 +14,7 @@ import respx
 from django.test import AsyncClient
 
 from copilotedge import lifecycle
-from copilotedge.models import UsageRecord
+from copilotedge.models import ApiKey, UsageRecord
 from copilotedge.upstream import response_cache as cache
 from tests.helpers import OPENAI_URL, SlowStream, openai_chunk, reset_circuits, sse_body
 
@@ -88,6 +88,7 @@ def test_the_key_covers_what_determines_the_answer_and_nothing_else() -> None:
         cache.key_for(MODEL, messages, {"temperature": 0, "max_tokens": 5}),
         cache.key_for(MODEL, messages, {"temperature": 0, "seed": 1}),
         cache.key_for(MODEL, messages, {"temperature": 0, "tools": [{"function": {"name": "f"}}]}),
+        cache.key_for(MODEL, messages, {"temperature": 0}, "user:1"),
     ):
         assert other != base
 
@@ -158,6 +159,33 @@ async def test_a_non_deterministic_request_bypasses_the_cache_unless_asked(
     assert (await chat(auth, question, header="use"))[cache.HEADER] == "MISS"
     assert (await chat(auth, question, header="Use"))[cache.HEADER] == "HIT"
     assert route.call_count == 3
+
+
+@pytest.fixture
+def keys(user: Any, other_user: Any) -> list[dict[str, str]]:
+    """Headers for two keys of the test user, then one of another user."""
+    owners = [(user, "one"), (user, "two"), (other_user, "bob")]
+    return [
+        {"Authorization": f"Bearer {ApiKey.create_key(owner, name=name)[1]}"}
+        for owner, name in owners
+    ]
+
+
+@pytest.mark.parametrize("shared", [False, True])
+async def test_answers_are_each_users_own_unless_shared(
+    upstream: respx.MockRouter,
+    keys: list[dict[str, str]],
+    question: Any,
+    settings: Any,
+    shared: bool,
+) -> None:
+    settings.COPILOTEDGE_RESPONSE_CACHE_SHARED = shared
+    route = upstream.post(OPENAI_URL).mock(return_value=whole())
+    alice, alices_other, bob = keys
+    assert (await chat(alice, question, temperature=0))[cache.HEADER] == "MISS"
+    assert (await chat(bob, question, temperature=0))[cache.HEADER] == ("HIT" if shared else "MISS")
+    assert (await chat(alices_other, question, temperature=0))[cache.HEADER] == "HIT"
+    assert route.call_count == (1 if shared else 2)
 
 
 async def test_refresh_asks_upstream_and_replaces_the_entry(

@@ -11,9 +11,8 @@ import respx
 from django.db.utils import OperationalError
 from django.test import AsyncClient
 
-from copilotedge import lifecycle
+from copilotedge import lifecycle, signals
 from copilotedge.models import UsageRecord
-from copilotedge.usage import ledger as usage
 from copilotedge.usage import writer as usage_writer
 from tests.helpers import OPENAI_URL, openai_chunk, read_stream, sse_body
 
@@ -176,8 +175,8 @@ async def test_usage_recorded_receivers_get_the_saved_row_and_one_failing_does_n
         received.append((record.pk, saved))
 
     # Connected where the README tells a site's billing to find it.
-    usage.usage_recorded.connect(broken)
-    usage.usage_recorded.connect(billing)
+    signals.usage_recorded.connect(broken)
+    signals.usage_recorded.connect(billing)
     try:
         upstream.post(OPENAI_URL).respond(
             200, json={"choices": [{"message": {"content": "Hi"}}], "usage": UPSTREAM_USAGE}
@@ -191,8 +190,8 @@ async def test_usage_recorded_receivers_get_the_saved_row_and_one_failing_does_n
         assert response.status_code == 200
         await lifecycle.adrain()
     finally:
-        usage.usage_recorded.disconnect(broken)
-        usage.usage_recorded.disconnect(billing)
+        signals.usage_recorded.disconnect(broken)
+        signals.usage_recorded.disconnect(billing)
     row = await UsageRecord.objects.aget()
     assert received == [(row.pk, True)]
     assert "billing is down" in caplog.text
