@@ -3,9 +3,10 @@
 Each concern's checks live next to its code and keep their own range of ids:
 :mod:`copilotedge.upstream.checks`, :mod:`copilotedge.ratelimit.checks`,
 :mod:`copilotedge.copilotkit.checks`, :mod:`copilotedge.conversations.checks`,
-:mod:`copilotedge.usage.checks` and :mod:`copilotedge.chat.checks`. :func:`register_checks`
-(called from ``ready()``) registers each with the ``copilotedge`` tag and Django's own tag
-where one fits, so ``manage.py check --tag copilotedge`` runs only these.
+:mod:`copilotedge.usage.checks`, :mod:`copilotedge.chat.checks` and
+:mod:`copilotedge.tools.checks`. :func:`register_checks` (called from ``ready()``) registers
+each with the ``copilotedge`` tag and Django's own tag where one fits, so
+``manage.py check --tag copilotedge`` runs only these.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from copilotedge.conversations.checks import check_conversation_settings
 from copilotedge.copilotkit.checks import check_agents, check_graphql_limits
 from copilotedge.lifecycle import check_lifecycle
 from copilotedge.ratelimit.checks import check_middleware, check_rate_limits
+from copilotedge.tools.checks import check_tool_settings
 from copilotedge.upstream.checks import check_reliability, check_upstream
 from copilotedge.usage.checks import check_usage
 
@@ -38,6 +40,7 @@ CONCERNS: tuple[tuple[Callable[[], Iterable[CheckMessage]], tuple[str, ...]], ..
     (check_usage, ()),
     (check_lifecycle, ()),
     (check_asgi, ()),
+    (check_tool_settings, ()),
 )
 
 

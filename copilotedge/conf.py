@@ -169,6 +169,16 @@ class Settings:
         return dict(_get("COPILOTEDGE_AGENTS", DEFAULT_AGENTS))
 
     @property
+    def MAX_TOOL_STEPS(self) -> int:
+        """Upstream calls a turn may make with server-tool results before it must answer."""
+        return int(_get("COPILOTEDGE_MAX_TOOL_STEPS", 8))
+
+    @property
+    def TOOL_CONFIRM_TIMEOUT(self) -> float:
+        """Seconds a ``confirm=True`` tool call waits for approval; no answer denies it."""
+        return float(_get("COPILOTEDGE_TOOL_CONFIRM_TIMEOUT", 120.0))
+
+    @property
     def AGUI_STOP_GROUP(self) -> str:
         """Channel-layer group a ``stop`` is published on, so any process can stop a run."""
         return str(_get("COPILOTEDGE_AGUI_STOP_GROUP", "copilotedge.copilotkit.agui.run.stop"))

@@ -128,6 +128,15 @@ class BudgetExceeded(RateLimited):
     default_message = "The monthly budget is spent."
 
 
+class ToolStepsExceeded(CopilotEdgeError):
+    """The model kept calling server tools past ``COPILOTEDGE_MAX_TOOL_STEPS``."""
+
+    status_code = 500
+    type = "server_error"
+    code = "max_tool_steps"
+    default_message = "The model called tools too many times without answering."
+
+
 class UpstreamError(CopilotEdgeError):
     """Workers AI (or the configured upstream) failed."""
 

@@ -233,6 +233,10 @@ class UsageRecord(models.Model):
     latency_ms = models.PositiveIntegerField(default=0)
     ttft_ms = models.PositiveIntegerField(null=True, blank=True)
     attempts = models.PositiveSmallIntegerField(default=1)
+    #: Upstream answers the turn asked for: one, plus one per server-tool step.
+    steps = models.PositiveSmallIntegerField(default=1)
+    #: Server-side tool calls the turn ran (refused and failed ones included).
+    tool_calls = models.PositiveSmallIntegerField(default=0)
 
     class Meta:
         ordering = ["-created_at"]

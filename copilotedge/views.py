@@ -22,8 +22,15 @@ from django.views.decorators.csrf import csrf_exempt
 from copilotedge import openapi
 from copilotedge.auth import aauthenticate
 from copilotedge.chat import faces, sse, wire
+from copilotedge.chat.agents import named_agent, with_agent
 from copilotedge.chat.turn import Turn
-from copilotedge.chat.validation import parse_chat, parse_include_usage, parse_json, parse_model
+from copilotedge.chat.validation import (
+    parse_chat,
+    parse_include_tool_steps,
+    parse_include_usage,
+    parse_json,
+    parse_model,
+)
 from copilotedge.conf import settings
 from copilotedge.exceptions import (
     AsgiRequired,
@@ -117,14 +124,28 @@ def event_stream(frames: AsyncIterator[bytes]) -> StreamingHttpResponse:
 async def chat_completions(request: HttpRequest) -> HttpResponseBase:
     principal = await aauthenticate(request)
     body = read_json(request)
-    turn = Turn(parse_chat(body), principal, protocol="openai")
-    turn.request.cache = cache.parse_directive(request.headers)
+    # ``model: "agent:<id>"``: that agent's model, prompt and params, and its server tools.
+    agent = named_agent(body.get("model"))
+    chat = parse_chat({**body, "model": None} if agent else body)
+    if agent is not None:
+        chat = with_agent(chat, agent)
+    chat.cache = cache.parse_directive(request.headers)
+    turn = Turn(
+        chat,
+        principal,
+        protocol="openai",
+        server_tools=agent.server_tools() if agent is not None else (),
+    )
     response: HttpResponseBase
     if turn.request.stream:
         require_asgi(request)
         include_usage = parse_include_usage(body)
+        include_tool_steps = parse_include_tool_steps(body)
         await faces.aopen(turn)
-        response = event_stream(wire.openai_stream(turn, include_usage=include_usage))
+        frames = wire.openai_stream(
+            turn, include_usage=include_usage, include_tool_steps=include_tool_steps
+        )
+        response = event_stream(frames)
     else:
         await faces.acomplete(turn)
         response = JsonResponse(wire.openai_completion(turn))

@@ -156,3 +156,14 @@ COPILOTEDGE_TOKEN_RATE_LIMIT = env("COPILOTEDGE_TOKEN_RATE_LIMIT", default="1000
 COPILOTEDGE_ALLOW_ANONYMOUS = env.bool("COPILOTEDGE_ALLOW_ANONYMOUS", default=False)
 COPILOTEDGE_TRUST_X_FORWARDED_FOR = env.bool("COPILOTEDGE_TRUST_X_FORWARDED_FOR", default=False)
 COPILOTEDGE_METRICS_TOKEN = env("COPILOTEDGE_METRICS_TOKEN", default="")
+COPILOTEDGE_AGENTS = {
+    "default": {
+        "name": "default",
+        "description": "A helpful assistant served by Cloudflare Workers AI.",
+        "tools": [
+            "project.tools.whoami",
+            "project.tools.my_usage",
+            "project.tools.forget_conversation",
+        ],
+    },
+}

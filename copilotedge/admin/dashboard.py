@@ -60,6 +60,8 @@ ROW_COLUMNS = (
     "latency_ms",
     "ttft_ms",
     "attempts",
+    "steps",
+    "tool_calls",
 )
 _ROWS_PER_CHUNK = 2000
 

@@ -10,6 +10,8 @@
 - ``token_estimates``: Offline token estimates, for when upstream reports no usage.
 - ``turn``: One conversation turn: the one orchestrator, shared by every face (OpenAI,
   /ai/run, AG-UI, GraphQL, WebSocket, the Python API).
+- ``agents``: Agents (``COPILOTEDGE_AGENTS``): a model, a system prompt, params and the
+  server-side tools the model may call; every face that names an agent resolves it here.
 - ``faces``: What every face does around a turn: prepare it, let go of what the request
   holds, then open its answer.
 - ``validation``: Turn untrusted request bodies into a :class:`ChatRequest`, or a 4xx naming

@@ -45,14 +45,35 @@ class ToolCallDelta:
     arguments: str = ""
 
 
+#: What a :class:`ToolStep` says: the model called a server tool, the call waits for a
+#: person's approval, or the call ended.
+TOOL_CALL, TOOL_CONFIRM, TOOL_RESULT = "call", "confirm", "result"
+
+
+@dataclass(frozen=True, slots=True)
+class ToolStep:
+    """The progress of one server-side tool call, for a face to show (the turn makes them)."""
+
+    kind: str
+    tool_call_id: str
+    name: str
+    arguments: str = ""
+    #: The result the model reads (``result`` only), and how the call ended.
+    content: str = ""
+    outcome: str = ""
+    #: Which tool step of the turn this call belongs to (1, 2, …).
+    step: int = 0
+
+
 @dataclass(slots=True)
 class Delta:
-    """One normalised upstream event: text, tool-call pieces, an end, or usage."""
+    """One normalised event: text, tool-call pieces, an end, usage, or a server tool step."""
 
     text: str = ""
     tool_calls: list[ToolCallDelta] = field(default_factory=list)
     finish_reason: str | None = None
     usage: Usage | None = None
+    tool_step: ToolStep | None = None
 
 
 def error_for(status: int, body: bytes) -> exceptions.UpstreamError:

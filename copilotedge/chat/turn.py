@@ -12,7 +12,11 @@ the turn:
    :class:`~copilotedge.conversations.transcript.Transcript` that saves the answer as it grows;
 4. :func:`copilotedge.upstream.resilience.open_stream` (or ``complete``): the answer, from the
    cache or upstream, with what was served in a :class:`~copilotedge.upstream.resilience.Served`;
-5. at the end, one :class:`~copilotedge.chat.types.TurnRecord` for the stored answer
+5. with server tools (an agent's, :mod:`copilotedge.tools`): the model's calls of them run
+   here, as the turn's user, and their results go back upstream in a further call (a
+   step), until the model answers, up to ``COPILOTEDGE_MAX_TOOL_STEPS``; each step is
+   reserved against the limits like the first;
+6. at the end, one :class:`~copilotedge.chat.types.TurnRecord` for the stored answer
    (``history.finish``), the ledger (:func:`copilotedge.usage.ledger.record`) and the
    limiter's settlement, all scheduled, never waited for.
 
@@ -30,14 +34,22 @@ import dataclasses
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import iscoroutinefunction
 
-from copilotedge import exceptions, lifecycle, ratelimit
+from copilotedge import exceptions, lifecycle, ratelimit, tools
 from copilotedge.auth import check_model
-from copilotedge.chat.deltas import Delta
+from copilotedge.chat.deltas import (
+    TOOL_CALL,
+    TOOL_CONFIRM,
+    TOOL_RESULT,
+    Delta,
+    ToolCallDelta,
+    ToolStep,
+    Usage,
+)
 from copilotedge.chat.types import Answer, ChatRequest, ToolCall, TurnRecord
 from copilotedge.conf import settings
 from copilotedge.conversations import history
@@ -61,9 +73,20 @@ class Turn:
     Streaming: ``await prepare()``, ``await open()``, then ``async for delta in
     deltas()``. Not streaming: ``await prepare()``, then ``await complete()``. (``open``
     and ``complete`` prepare a turn that is not yet.)
+
+    ``server_tools`` are offered to the model and run here when it calls them;
+    ``approve`` asks a person about a ``confirm=True`` tool's call (none: denied).
     """
 
-    def __init__(self, request: ChatRequest, principal: Principal, protocol: str) -> None:
+    def __init__(
+        self,
+        request: ChatRequest,
+        principal: Principal,
+        protocol: str,
+        *,
+        server_tools: Sequence[tools.Tool] = (),
+        approve: tools.Approver | None = None,
+    ) -> None:
         self.request = request
         self.principal = principal
         self.protocol = protocol
@@ -83,6 +106,20 @@ class Turn:
         self.prepared = False
         #: The stored answer, when the turn is stored.
         self.transcript: Transcript | None = None
+        self.server_tools = {tool.name: tool for tool in server_tools}
+        self.approve = approve
+        #: Upstream calls made, server tool steps run and server tool calls made.
+        self.steps = 0
+        self.tool_steps = 0
+        self.tool_calls_run = 0
+        #: The assistant tool-call and ``role: tool`` messages of the steps, in order.
+        self.tool_messages: list[dict[str, Any]] = []
+        #: The answer of the current upstream call (the turn's own, without server tools).
+        self._step = self.answer
+        self._usage: Usage | None = None
+        self._more_reservations: list[ratelimit.Reservation] = []
+        if self.server_tools:
+            self._offer_tools()
 
     @property
     def messages(self) -> list[dict[str, Any]]:
@@ -149,11 +186,7 @@ class Turn:
         await self.prepare()
         await self.admit()
         try:
-            # Cache, retries, circuit breakers and fallbacks; self.served counts attempts.
-            with lifecycle.reading(self):  # a stop past its grace may interrupt it
-                stream = await resilience.open_stream(
-                    self.request, self.answer, self.served, started=self.started
-                )
+            stream = await self._open_step(self.started)
         except BaseException as error:
             self._fail(error)
             self.finish()
@@ -168,6 +201,16 @@ class Turn:
             raise
         self._stream = stream
 
+    async def _open_step(self, started: float) -> resilience.DeltaStream:
+        """One upstream call: cache, retries, circuit breakers and fallbacks
+        (``self.served`` counts the attempts of every step)."""
+        self.steps += 1
+        self._step = Answer() if self.server_tools else self.answer
+        with lifecycle.reading(self):  # a stop past its grace may interrupt it
+            return await resilience.open_stream(
+                self.request, self._step, self.served, started=started
+            )
+
     async def deltas(self) -> AsyncIterator[Delta]:
         batches = self.batches()
         try:
@@ -179,38 +222,204 @@ class Turn:
             await batches.aclose()
 
     async def batches(self) -> AsyncGenerator[list[Delta], None]:
-        """The deltas of each upstream read together (faces write each batch at once)."""
+        """The deltas of each upstream read together (faces write each batch at once).
+
+        With server tools, the model's calls of them run here and the answer goes on in
+        a further upstream call (a step); each step's calls, approvals and results come
+        as deltas carrying a :class:`~copilotedge.chat.deltas.ToolStep`. Like upstream
+        reads, running tools are interrupted by a stop past its grace.
+        """
         if self._stream is None:
             await self.open()
-        assert self._stream is not None
         on_chunk = _chunk_callback()
         try:
             with metrics.track_stream(self.protocol):
-                async for batch in lifecycle.interruptible(self, self._stream.batches()):
-                    if self.first_token_at is None:
-                        self.first_token_at = time.monotonic()
-                    for delta in batch:
-                        self.answer.add(delta)
-                        if self.transcript is not None:
-                            self.transcript.grow(delta.text)
-                        if delta.text and on_chunk is not None:
-                            await self._call(on_chunk, delta.text)
-                    yield batch
-                    # Let the face's writer send what it made of that batch before reading
-                    # on: upstream data already buffered would be read and encoded first.
-                    # (Here, not in the face: a stop from elsewhere must land in a read.)
-                    await asyncio.sleep(0)
+                while True:
+                    assert self._stream is not None
+                    async for batch in lifecycle.interruptible(self, self._stream.batches()):
+                        if self.first_token_at is None:
+                            self.first_token_at = time.monotonic()
+                        if self.server_tools:
+                            batch = self._fold_step(batch)
+                        else:
+                            for delta in batch:
+                                self.answer.add(delta)
+                        for delta in batch:
+                            if self.transcript is not None:
+                                self.transcript.grow(delta.text)
+                            if delta.text and on_chunk is not None:
+                                await self._call(on_chunk, delta.text)
+                        if batch or not self.server_tools:
+                            yield batch
+                        # Let the face's writer send what it made of that batch before
+                        # reading on: upstream data already buffered would be read and
+                        # encoded first. (Here, not in the face: a stop from elsewhere
+                        # must land in a read.)
+                        await asyncio.sleep(0)
+                    if not self.server_tools:
+                        break
+                    step = self._step
+                    calls = list(step.tool_calls.values())
+                    ours = [call for call in calls if call.name in self.server_tools]
+                    theirs = [call for call in calls if call.name not in self.server_tools]
+                    if ours:
+                        if self.tool_steps >= settings.MAX_TOOL_STEPS:
+                            raise exceptions.ToolStepsExceeded(
+                                "The model asked for tools again after "
+                                f"{settings.MAX_TOOL_STEPS} tool steps "
+                                "(COPILOTEDGE_MAX_TOOL_STEPS); the turn ends here."
+                            )
+                        running = self._run_tools(step, ours)
+                        async for batch in lifecycle.interruptible(self, running):
+                            yield batch
+                    if not ours or theirs:
+                        # The answer, or the client's own tools: the client's turn now.
+                        yield [self._hand_over(step, theirs)]
+                        break
+                    await self._aclose_stream()
+                    self._stream = await self._open_next_step()
         except BaseException as error:
             self._fail(error)
             raise
         finally:
-            await self._stream.aclose()
+            await self._aclose_stream()
             self.finish()
 
+    async def _open_next_step(self) -> resilience.DeltaStream:
+        """The next upstream call, with the tool results; it counts against the token
+        limit and the budget like the first (a spent budget ends the turn in-band)."""
+        self._more_reservations.append(await ratelimit.areserve(self.principal, self.request))
+        # Its own time limits: a tool or an approval may have taken long.
+        return await self._open_step(time.monotonic())
+
+    async def _aclose_stream(self) -> None:
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            await stream.aclose()
+
+    # Server tools ---------------------------------------------------------------------
+
+    def _offer_tools(self) -> None:
+        """Add the server tools' definitions to what the client offers the model."""
+        params = dict(self.request.params)
+        offered = [
+            t
+            for t in params.get("tools") or []
+            if not (isinstance(t, dict) and _tool_name(t) in self.server_tools)
+        ]
+        params["tools"] = offered + [tool.definition() for tool in self.server_tools.values()]
+        self.request.params = params
+        # An answer built from one user's tool results is nobody else's.
+        self.request.cache = "bypass"
+
+    def _fold_step(self, batch: list[Delta]) -> list[Delta]:
+        """Fold a step's deltas; pass on only their text (tool calls wait for the step's
+        end, when it is known whose they are; usage is summed over the steps)."""
+        shown = []
+        for delta in batch:
+            self._step.add(delta)
+            if delta.text:
+                text = Delta(text=delta.text)
+                self.answer.add(text)
+                shown.append(text)
+        return shown
+
+    def _sum_usage(self, usage: Usage | None) -> None:
+        if usage is None:
+            return
+        total = self._usage or Usage()
+        total.prompt_tokens += usage.prompt_tokens
+        total.completion_tokens += usage.completion_tokens
+        total.total_tokens += usage.total_tokens
+        if usage.neurons is not None:
+            total.neurons = (total.neurons or 0.0) + usage.neurons
+        self._usage = total
+        self.answer.usage = total
+
+    def _hand_over(self, step: Answer, client_calls: list[ToolCall]) -> Delta:
+        """The last step's end as one delta: the client's tool calls, finish and usage."""
+        self._sum_usage(step.usage)
+        first = len(self.answer.tool_calls)
+        pieces = [
+            ToolCallDelta(first + i, call.id, call.name, call.arguments)
+            for i, call in enumerate(client_calls)
+        ]
+        end = Delta(
+            tool_calls=pieces,
+            finish_reason="tool_calls" if client_calls else step.finish_reason,
+            usage=self._usage,
+        )
+        self.answer.add(end)
+        return end
+
+    async def _run_tools(
+        self, step: Answer, calls: list[ToolCall]
+    ) -> AsyncGenerator[list[Delta], None]:
+        """Run one step's server tool calls at once, as the turn's user; a delta for each
+        call, approval asked and result, as they happen. Closing this cancels the tools."""
+        self._sum_usage(step.usage)
+        self.tool_steps += 1
+        self.tool_calls_run += len(calls)
+        number = self.tool_steps
+        yield [
+            Delta(tool_step=ToolStep(TOOL_CALL, c.id, c.name, c.arguments, step=number))
+            for c in calls
+        ]
+        events: asyncio.Queue[Delta | None] = asyncio.Queue()
+
+        async def approve(call: tools.ToolCallRequest) -> bool:
+            confirm = ToolStep(TOOL_CONFIRM, call.id, call.name, call.arguments, step=number)
+            events.put_nowait(Delta(tool_step=confirm))
+            return self.approve is not None and await self.approve(call)
+
+        async def run(call: ToolCall) -> tools.ToolResult:
+            request = tools.ToolCallRequest(call.id, call.name, call.arguments)
+            context = tools.ToolContext(
+                user=self.principal.user,
+                principal=self.principal,
+                tool_call_id=call.id,
+                conversation_id=self.request.conversation_id,
+            )
+            result = await tools.arun(self.server_tools[call.name], request, context, approve)
+            ended = ToolStep(
+                TOOL_RESULT, call.id, call.name, call.arguments, result.content, result.outcome,
+                step=number,
+            )  # fmt: skip
+            events.put_nowait(Delta(tool_step=ended))
+            return result
+
+        running = asyncio.ensure_future(asyncio.gather(*(run(call) for call in calls)))
+        running.add_done_callback(lambda _: events.put_nowait(None))
+        try:
+            # Results arrive before the end marker: it is queued once all calls ended.
+            while (event := await events.get()) is not None:
+                yield [event]
+            results = running.result()
+        finally:
+            if not running.done():
+                running.cancel()
+                await asyncio.wait({running})
+        assistant = {
+            "role": "assistant",
+            "content": step.text,
+            "tool_calls": [call.as_openai() for call in calls],
+        }
+        results_messages = [result.message() for result in results]
+        self.request.messages = [*self.request.messages, assistant, *results_messages]
+        # Stored with the answer, which holds the text of every step.
+        self.tool_messages += [{**assistant, "content": ""}, *results_messages]
+
     async def complete(self) -> Answer:
+        if self.server_tools:
+            # The steps are streamed from upstream; the client gets the whole answer.
+            async for _ in self.batches():
+                pass
+            await self.asaved()
+            return self.answer
         await self.prepare()
         await self.admit()
         try:
+            self.steps += 1
             with lifecycle.reading(self):
                 delta = await resilience.complete(self.request, self.served, started=self.started)
             await history.astarted(self.transcript)
@@ -246,7 +455,7 @@ class Turn:
             self.outcome = "cancelled"
         elif isinstance(error, exceptions.CopilotEdgeError):
             self.error = error
-            started = bool(self.answer.text or self.answer.tool_calls)
+            started = bool(self.answer.text or self.answer.tool_calls or self.tool_steps)
             interrupted = isinstance(error, exceptions.ShuttingDown)  # by a stop: not its fault
             self.outcome = "incomplete" if started or interrupted else "error"
         else:
@@ -280,6 +489,9 @@ class Turn:
             ),
             finish_reason=answer.finish_reason,
             usage=answer.usage,
+            steps=max(1, self.steps),
+            tool_calls_run=self.tool_calls_run,
+            tool_messages=tuple(self.tool_messages),
         )
 
     def finish(self) -> None:
@@ -315,3 +527,10 @@ class Turn:
         if self.reservation is not None:
             # The window is charged what the turn really used, off the hot path like the write.
             ratelimit.settle(self.reservation, row.total_tokens, row.cost)
+        for reservation in self._more_reservations:
+            ratelimit.settle(reservation, 0)  # the first settlement charged every step
+
+
+def _tool_name(definition: dict[str, Any]) -> Any:
+    function = definition.get("function")
+    return (function if isinstance(function, dict) else definition).get("name")

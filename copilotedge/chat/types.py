@@ -136,7 +136,14 @@ class TurnRecord:
     tool_calls: tuple[ToolCall, ...] = ()
     #: What upstream said, if anything (``final_finish_reason`` fills the gap).
     finish_reason: str | None = None
+    #: Summed over the steps when the turn ran server tools.
     usage: Usage | None = None
+    #: Upstream calls made (one, plus one per server tool step), and server tool calls run.
+    steps: int = 1
+    tool_calls_run: int = 0
+    #: The server tool steps as stored messages: each an assistant message with
+    #: ``tool_calls`` followed by its ``role: tool`` results, in order.
+    tool_messages: tuple[dict[str, Any], ...] = ()
 
     @property
     def cache_hit(self) -> bool:

@@ -171,13 +171,22 @@ def parse_stream(body: dict[str, Any]) -> bool:
     return stream
 
 
-def parse_include_usage(body: dict[str, Any]) -> bool:
+def _stream_option(body: dict[str, Any], name: str) -> bool:
     options = body.get("stream_options")
     if options is None:
         return False
-    if not isinstance(options, dict) or not isinstance(options.get("include_usage", False), bool):
+    if not isinstance(options, dict) or not isinstance(options.get(name, False), bool):
         raise InvalidRequest("'stream_options' must be an object.", param="stream_options")
-    return bool(options.get("include_usage", False))
+    return bool(options.get(name, False))
+
+
+def parse_include_usage(body: dict[str, Any]) -> bool:
+    return _stream_option(body, "include_usage")
+
+
+def parse_include_tool_steps(body: dict[str, Any]) -> bool:
+    """``stream_options.include_tool_steps``: show each server tool step (an extension)."""
+    return _stream_option(body, "include_tool_steps")
 
 
 def parse_conversation_id(value: Any) -> uuid.UUID | None:

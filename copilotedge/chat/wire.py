@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from copilotedge.chat import sse
-from copilotedge.chat.deltas import Delta
+from copilotedge.chat.deltas import TOOL_RESULT, Delta, ToolStep
 from copilotedge.chat.turn import Turn
 from copilotedge.exceptions import AnswerStopped, CopilotEdgeError
 from copilotedge.usage.ledger import count_tokens
@@ -76,8 +76,40 @@ def _delta_body(delta: Delta, turn: Turn) -> dict[str, Any] | None:
     return body or None
 
 
-async def openai_stream(turn: Turn, *, include_usage: bool) -> AsyncIterator[bytes]:
+#: The field of the extension chunk that shows a server tool step on the OpenAI face.
+TOOL_STEP_FIELD = "copilotedge_tool_step"
+
+
+def _tool_step_chunk(turn: Turn, step: ToolStep) -> bytes:
+    """A server tool step as an extension chunk: no choices, the step in its own field."""
+    shown: dict[str, Any] = {
+        "step": step.step,
+        "type": step.kind,
+        "tool_call_id": step.tool_call_id,
+        "name": step.name,
+        "arguments": step.arguments,
+    }
+    if step.kind == TOOL_RESULT:
+        shown.update(content=step.content, outcome=step.outcome)
+    return sse.encode_json(
+        {
+            "id": completion_id(turn),
+            "object": "chat.completion.chunk",
+            "created": turn.created,
+            "model": turn.model_served,
+            "choices": [],
+            TOOL_STEP_FIELD: shown,
+        }
+    )
+
+
+async def openai_stream(
+    turn: Turn, *, include_usage: bool, include_tool_steps: bool = False
+) -> AsyncIterator[bytes]:
     """``chat.completion.chunk`` frames, a usage chunk if asked, then ``[DONE]``.
+
+    With ``include_tool_steps``, each server tool call, approval asked and result is an
+    extension chunk (:data:`TOOL_STEP_FIELD`, ``choices: []``) where it happened.
 
     A failure after the first frame becomes an in-band ``{"error": …}`` frame; the
     stream never pretends to have finished normally. Frames that are ready together
@@ -87,7 +119,13 @@ async def openai_stream(turn: Turn, *, include_usage: bool) -> AsyncIterator[byt
     head = _chunk(turn, {"role": "assistant", "content": ""})
     try:
         async for batch in turn.batches():
-            frames = [_chunk(turn, body) for d in batch if (body := _delta_body(d, turn))]
+            frames = []
+            for delta in batch:
+                if delta.tool_step is not None:
+                    if include_tool_steps:
+                        frames.append(_tool_step_chunk(turn, delta.tool_step))
+                elif body := _delta_body(delta, turn):
+                    frames.append(_chunk(turn, body))
             if frames:
                 yield head + b"".join(frames)
                 head = b""

@@ -13,7 +13,9 @@ A turn asks, in this order:
   grows. A new conversation's rows are saved while upstream starts answering;
   :func:`astarted` waits for them before the first byte goes out.
 - :func:`finish`: save the final answer from the turn's
-  :class:`~copilotedge.chat.types.TurnRecord`; :func:`asaved` waits for that.
+  :class:`~copilotedge.chat.types.TurnRecord`, after its server tool steps (an assistant
+  message with ``tool_calls``, then the ``role: tool`` results, just before the answer);
+  :func:`asaved` waits for that.
 
 A client may send only the new messages (the usual way with ``conversation_id``) or the
 whole conversation again (as AG-UI clients do): when the request's messages start with
@@ -37,7 +39,12 @@ from copilotedge.chat.token_estimates import estimate_message_tokens
 from copilotedge.chat.types import Answer, ChatRequest, TurnRecord
 from copilotedge.conf import settings
 from copilotedge.conversations.preferences import apply_preference, apreference
-from copilotedge.conversations.store import astore_turn, new_conversation, storable_json
+from copilotedge.conversations.store import (
+    astore_before_answer,
+    astore_turn,
+    new_conversation,
+    storable_json,
+)
 from copilotedge.conversations.transcript import Transcript, active, spawn
 from copilotedge.models import Conversation, Message
 from copilotedge.usage.ledger import count_tokens
@@ -249,6 +256,13 @@ async def _afinish(transcript: Transcript, turn: TurnRecord) -> None:
     counted = count_tokens(turn)  # the ledger's own counts, upstream's or estimated
     tool_calls = storable_json([call.as_openai() for call in turn.tool_calls] or None)
     finish_reason = turn.final_finish_reason() if status == Message.Status.COMPLETE else ""
+    if turn.tool_messages and not transcript.deleted:
+        try:
+            await astore_before_answer(
+                transcript.conversation_id, transcript.message_id, turn.tool_messages
+            )
+        except Exception:
+            logger.exception("Could not save the tool steps of message %s", transcript.message_id)
     try:
         await transcript.afinish(
             {

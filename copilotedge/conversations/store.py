@@ -189,6 +189,42 @@ async def astore_turn(
         raise
 
 
+def _store_before_answer(
+    conversation_id: uuid.UUID, answer_id: uuid.UUID, messages: Sequence[dict[str, Any]]
+) -> None:
+    with transaction.atomic():
+        conversation = Conversation.objects.select_for_update().filter(pk=conversation_id).first()
+        answer = Message.objects.filter(pk=answer_id, conversation_id=conversation_id).first()
+        if conversation is None or answer is None:
+            return  # deleted meanwhile (maybe by one of these very tools)
+        last = conversation.messages.aggregate(last=Max("sequence"))["last"]
+        # Right before the answer, or after a concurrent turn's messages if there are any.
+        start = answer.sequence if answer.sequence == last else last + 1
+        Message.objects.filter(pk=answer_id).update(sequence=start + len(messages))
+        now = timezone.now()
+        Message.objects.bulk_create(
+            Message(
+                conversation=conversation,
+                sequence=start + i,
+                role=m["role"],
+                content=storable(str(m.get("content") or "")),
+                tool_calls=storable_json(m.get("tool_calls") or None),
+                tool_call_id=storable(str(m.get("tool_call_id") or "")),
+                created_at=now,
+                updated_at=now,
+            )
+            for i, m in enumerate(messages)
+        )
+
+
+async def astore_before_answer(
+    conversation_id: uuid.UUID, answer_id: uuid.UUID, messages: Sequence[dict[str, Any]]
+) -> None:
+    """Store ``messages`` (a turn's server tool calls and results) just before its answer
+    ``answer_id``, which moves after them: a reloaded conversation reads in order."""
+    await sync_to_async(_store_before_answer)(conversation_id, answer_id, messages)
+
+
 def _close_abandoned(saving: asyncio.Future[tuple[Conversation, Message]]) -> None:
     if saving.cancelled() or saving.exception() is not None:
         return

@@ -1,4 +1,4 @@
-"""Checks of CopilotKit's agents and GraphQL limits: copilotedge.E040-E046, W040-W041."""
+"""Checks of CopilotKit's agents and GraphQL limits: copilotedge.E040-E047, W040-W041."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ from typing import Any
 
 from django.core.checks import CheckMessage, Error, Warning
 
+from copilotedge.chat.agents import AGENT_KEYS, AGENT_PARAMS, DEFAULT_AGENT
 from copilotedge.chat.validation import parse_params
 from copilotedge.conf import settings
-from copilotedge.copilotkit.agents import AGENT_KEYS, AGENT_PARAMS, DEFAULT_AGENT
 from copilotedge.exceptions import InvalidRequest
+from copilotedge.tools import UnknownTool, get_tool
 
 _AGENT_ID = re.compile(r"^[A-Za-z0-9_.-]+$")
 # Channel-layer group names: these characters, under 100 of them (we append 33).
@@ -38,6 +39,7 @@ def _agent(agent_id: str, entry: dict[str, Any]) -> Iterable[CheckMessage]:
             f"{where} uses the model {model!r}, which is not in COPILOTEDGE_MODELS.",
             id="copilotedge.E043",
         )
+    yield from _tools(where, entry.get("tools", ()))
     params = entry.get("params", {})
     if not isinstance(params, dict) or set(params) - AGENT_PARAMS:
         yield Error(
@@ -49,6 +51,25 @@ def _agent(agent_id: str, entry: dict[str, Any]) -> Iterable[CheckMessage]:
         parse_params(params)
     except InvalidRequest as error:
         yield Error(f"{where}['params']: {error.message}", id="copilotedge.E044")
+
+
+def _tools(where: str, tools: Any) -> Iterable[CheckMessage]:
+    if not isinstance(tools, list | tuple) or not all(isinstance(t, str) for t in tools):
+        yield Error(f"{where}['tools'] must be a list of tool names.", id="copilotedge.E047")
+        return
+    unknown = []
+    for reference in tools:
+        try:
+            get_tool(reference)
+        except UnknownTool:
+            unknown.append(reference)
+    if unknown:
+        yield Error(
+            f"{where}['tools'] names unknown tools: {', '.join(unknown)}.",
+            hint="Give a dotted path to a function decorated with @copilotedge.tool, or the "
+            "name of one registered by a module that is imported at startup.",
+            id="copilotedge.E047",
+        )
 
 
 def check_agents() -> Iterable[CheckMessage]:

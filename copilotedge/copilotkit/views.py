@@ -23,8 +23,8 @@ from graphql import (
 
 from copilotedge.auth import aauthenticate
 from copilotedge.chat import faces
+from copilotedge.chat.agents import all_agents, get_agent
 from copilotedge.chat.turn import Turn
-from copilotedge.copilotkit.agents import all_agents, get_agent
 from copilotedge.copilotkit.agui import run as agui
 from copilotedge.copilotkit.agui import runs as agui_runs
 from copilotedge.copilotkit.graphql import resolve as copilotkit_gql
@@ -62,7 +62,7 @@ async def arun(request: HttpRequest, agent_id: str, body: Any) -> HttpResponseBa
         agent, run_input, agui.thread_conversation_id(principal, run_input.thread_id)
     )
     chat.create_conversation = True
-    turn = Turn(chat, principal, protocol="agui")
+    turn = Turn(chat, principal, protocol="agui", server_tools=agent.server_tools())
     opened = True
     try:
         await faces.aopen(turn)

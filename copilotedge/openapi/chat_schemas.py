@@ -114,7 +114,15 @@ CHAT_SCHEMAS: dict[str, Any] = {
             "model": {"type": "string", "description": "One of `GET v1/models`."},
             "stream_options": {
                 "type": "object",
-                "properties": {"include_usage": {"type": "boolean"}},
+                "properties": {
+                    "include_usage": {"type": "boolean"},
+                    "include_tool_steps": {
+                        "type": "boolean",
+                        "description": 'Extension: with `model: "agent:<id>"`, each '
+                        "server tool step as a chunk with `choices: []` and a "
+                        "`copilotedge_tool_step` object.",
+                    },
+                },
             },
         },
     },

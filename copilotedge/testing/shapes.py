@@ -91,9 +91,8 @@ class OpenAIShape:
         return sse(f'{self._head}[{{"index":0,"delta":{delta},"finish_reason":{reason}}}]}}')
 
     def body(self, usage: bool) -> bytes:
-        call = self.answer.tool_call
         message: dict[str, Any] = {"role": "assistant", "content": self.answer.text}
-        if call is not None:
+        if self.answer.tool_calls:
             message["content"] = None
             message["tool_calls"] = [
                 {
@@ -101,6 +100,7 @@ class OpenAIShape:
                     "type": "function",
                     "function": {"name": call.name, "arguments": json.dumps(call.arguments)},
                 }
+                for call in self.answer.tool_calls
             ]
         completion: dict[str, Any] = {
             "id": self.id,
@@ -115,25 +115,37 @@ class OpenAIShape:
             completion["usage"] = self.answer.usage()
         return _dumps(envelope(completion) if self.in_envelope else completion).encode()
 
+    def _call_head(self, index: int) -> dict[str, Any]:
+        call = self.answer.tool_calls[index]
+        return {
+            "index": index,
+            "id": call.id,
+            "type": "function",
+            "function": {"name": call.name, "arguments": ""},
+        }
+
     def head_frames(self) -> list[bytes]:
-        call = self.answer.tool_call
-        if call is not None:
-            first = {"index": 0, "id": call.id, "type": "function"}
-            first["function"] = {"name": call.name, "arguments": ""}
+        if self.answer.tool_calls:
+            first = self._call_head(0)
             return [self._chunk(_dumps({"role": "assistant", "tool_calls": [first]}))]
         if not self.answer.tokens:
             return [self._chunk('{"role":"assistant","content":""}')]
         return []
 
     def token_frames(self) -> list[bytes]:
-        call = self.answer.tool_call
-        if call is not None:
-            return [
-                self._chunk(
-                    f'{{"tool_calls":[{{"index":0,"function":{{"arguments":{_dumps(f)}}}}}]}}'
-                )
-                for f in call.fragments()
-            ]
+        if self.answer.tool_calls:
+            frames = []
+            for index, call in enumerate(self.answer.tool_calls):
+                if index:  # the first call's head went out before the first token
+                    frames.append(self._chunk(_dumps({"tool_calls": [self._call_head(index)]})))
+                frames += [
+                    self._chunk(
+                        f'{{"tool_calls":[{{"index":{index},"function":'
+                        f'{{"arguments":{_dumps(f)}}}}}]}}'
+                    )
+                    for f in call.fragments()
+                ]
+            return frames
         frames = [self._chunk(f'{{"content":{_dumps(token)}}}') for token in self.answer.tokens]
         if frames:
             frames[0] = self._chunk(
@@ -156,12 +168,11 @@ class RunShape:
         self.answer = answer
 
     def _tool_calls(self) -> list[dict[str, Any]]:
-        call = self.answer.tool_call
-        return [] if call is None else [{"name": call.name, "arguments": call.arguments}]
+        return [{"name": call.name, "arguments": call.arguments} for call in self.answer.tool_calls]
 
     def body(self, usage: bool) -> bytes:
         result: dict[str, Any] = {"response": self.answer.text}
-        if self.answer.tool_call is not None:
+        if self.answer.tool_calls:
             result = {"response": None, "tool_calls": self._tool_calls()}
         if usage:
             result["usage"] = self.answer.usage()
@@ -171,7 +182,7 @@ class RunShape:
         return []
 
     def token_frames(self) -> list[bytes]:
-        if self.answer.tool_call is not None:
+        if self.answer.tool_calls:
             return [sse(_dumps({"response": "", "tool_calls": self._tool_calls()}))]
         return [sse(f'{{"response":{_dumps(token)}}}') for token in self.answer.tokens]
 

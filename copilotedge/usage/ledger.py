@@ -176,6 +176,8 @@ def build_record(turn: TurnRecord) -> UsageRecord:
         latency_ms=round((turn.ended - started) * 1000),
         ttft_ms=round((first - started) * 1000) if first is not None else None,
         attempts=turn.attempts,
+        steps=turn.steps,
+        tool_calls=turn.tool_calls_run,
     )
 
 

@@ -1,8 +1,9 @@
 """Prometheus metrics, updated from one place: each turn's usage record (:func:`observe_record`).
 
-Three things happen outside a turn and have their own small functions, to be called from
+Four things happen outside a turn and have their own small functions, to be called from
 the code that knows about them: open streams (:func:`track_stream`, by the turn), rate-limit
-rejections (:func:`observe_rejection`, by the limiter) and the circuit breaker's state
+rejections (:func:`observe_rejection`, by the limiter), tool calls (:func:`observe_tool_call`,
+by the tool executor) and the circuit breaker's state
 (:func:`set_circuit_state`, by the breaker).
 
 Multi-process servers: when ``PROMETHEUS_MULTIPROC_DIR`` is set, ``prometheus_client``
@@ -110,6 +111,18 @@ CHANNEL_LAYER_ERRORS = Counter(
     "WebSocket channel-layer operations that failed (the layer unreachable), by operation.",
     ["operation"],
 )
+TOOL_CALLS = Counter(
+    "copilotedge_tool_calls",
+    "Server-side tool calls by tool and outcome (ok, error, timeout, invalid, forbidden, "
+    "denied, cancelled).",
+    ["tool", "outcome"],
+)
+TOOL_LATENCY = Histogram(
+    "copilotedge_tool_duration_seconds",
+    "Time from a tool call's start (validation, permission, approval) to its result.",
+    ["tool"],
+    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
 CIRCUIT = Gauge(
     "copilotedge_circuit_state",
     "Upstream circuit breaker state: 0 closed, 1 half-open, 2 open.",
@@ -183,6 +196,12 @@ def track_stream(protocol: str) -> Iterator[None]:
 def observe_rejection(limit: str) -> None:
     """Count one request the rate limiter refused; ``limit`` is what ran out."""
     REJECTIONS.labels(limit).inc()
+
+
+def observe_tool_call(tool: str, outcome: str, seconds: float) -> None:
+    """Count one server-side tool call and its duration."""
+    TOOL_CALLS.labels(tool, outcome).inc()
+    TOOL_LATENCY.labels(tool).observe(seconds)
 
 
 def observe_channel_layer_error(operation: str) -> None:

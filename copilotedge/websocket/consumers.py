@@ -20,9 +20,16 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from copilotedge import exceptions, lifecycle, ratelimit
 from copilotedge.auth import Principal, akey_for_token, arefresh, client_ip
 from copilotedge.chat import faces, wire
+from copilotedge.chat.agents import DEFAULT_AGENT, get_agent, named_agent, with_agent
+from copilotedge.chat.deltas import TOOL_CALL as STEP_CALL
+from copilotedge.chat.deltas import TOOL_CONFIRM as STEP_CONFIRM
+from copilotedge.chat.deltas import TOOL_RESULT as STEP_RESULT
+from copilotedge.chat.deltas import ToolStep
 from copilotedge.chat.turn import Turn
 from copilotedge.conf import settings
 from copilotedge.conversations import history
+from copilotedge.tools import ToolCallRequest
+from copilotedge.websocket import confirm
 from copilotedge.websocket.input import (
     ChatId,
     client_id,
@@ -37,6 +44,7 @@ from copilotedge.websocket.protocol import (
     CANCELLED,
     CHAT,
     CLOSE_UNAUTHENTICATED,
+    CONFIRM,
     DELTA,
     DONE,
     ERROR,
@@ -45,6 +53,8 @@ from copilotedge.websocket.protocol import (
     READY,
     RESUME,
     START,
+    TOOL_CALL,
+    TOOL_RESULT,
 )
 from copilotedge.websocket.resume import ResumeMixin
 
@@ -53,6 +63,25 @@ logger = logging.getLogger(__name__)
 
 def _cancel_timer(timer: asyncio.TimerHandle, task: asyncio.Task[None]) -> None:
     timer.cancel()
+
+
+def tool_frame(chat_id: ChatId, step: ToolStep) -> dict[str, Any]:
+    """A server tool step as the client sees it: ``tool_call``, ``confirm`` or ``tool_result``."""
+    if step.kind == STEP_RESULT:
+        return {
+            "type": TOOL_RESULT,
+            "id": chat_id,
+            "tool_call_id": step.tool_call_id,
+            "content": step.content,
+        }
+    kind = {STEP_CALL: TOOL_CALL, STEP_CONFIRM: CONFIRM}[step.kind]
+    return {
+        "type": kind,
+        "id": chat_id,
+        "tool_call_id": step.tool_call_id,
+        "name": step.name,
+        "arguments": step.arguments,
+    }
 
 
 def error_body(error: exceptions.CopilotEdgeError) -> dict[str, Any]:
@@ -149,6 +178,7 @@ class ChatConsumer(ResumeMixin, AsyncJsonWebsocketConsumer):  # type: ignore[mis
             CANCEL: self.on_cancel,
             RESUME: self.on_resume,
             PING: self.on_ping,
+            CONFIRM: self.on_confirm,
         }
         handler = handlers.get(kind) if isinstance(kind, str) else None
         try:
@@ -210,9 +240,27 @@ class ChatConsumer(ResumeMixin, AsyncJsonWebsocketConsumer):  # type: ignore[mis
                 f"At most {settings.WS_MAX_CHATS} chats may run at once on one socket.",
                 code="too_many_chats",
             )
-        request = parse_chat_message(content)
+        # ``model: "agent:<id>"`` chats with that agent; no model, with the default
+        # agent's tools (if it has any) and the model the caller prefers.
+        agent = named_agent(content.get("model"))
+        request = parse_chat_message({**content, "model": None} if agent else content)
+        if agent is not None:
+            request = with_agent(request, agent)
+        elif not request.model_given and DEFAULT_AGENT in settings.AGENTS:
+            agent = get_agent(DEFAULT_AGENT)
+        owner = self.principal.identity
+
+        async def approve(call: ToolCallRequest) -> bool:
+            return await confirm.await_answer(owner, call)
+
         # The frame was counted as a request; the Turn reserves and settles tokens itself.
-        turn = Turn(request, self.principal, protocol="websocket")
+        turn = Turn(
+            request,
+            self.principal,
+            protocol="websocket",
+            server_tools=agent.server_tools() if agent is not None else (),
+            approve=approve,
+        )
         task = asyncio.get_running_loop().create_task(self._run_chat(chat_id, turn))
         # Attached or detached, it is in flight until it ends: a stop waits for it.
         lifecycle.track_chat(task)
@@ -242,6 +290,9 @@ class ChatConsumer(ResumeMixin, AsyncJsonWebsocketConsumer):  # type: ignore[mis
                 text = "".join(delta.text for delta in batch)
                 if text:
                     await self.reply({"type": DELTA, "id": chat_id, "content": text})
+                for delta in batch:
+                    if delta.tool_step is not None:
+                        await self.reply(tool_frame(chat_id, delta.tool_step))
             # Saved before the client hears the end, so what it fetches next is final.
             await turn.asaved()
             await self.reply(
@@ -275,6 +326,19 @@ class ChatConsumer(ResumeMixin, AsyncJsonWebsocketConsumer):  # type: ignore[mis
             await history.acancel(resumed)
             return
         raise exceptions.NotFound("No chat with this id is running.", param="id")
+
+    async def on_confirm(self, content: dict[str, Any]) -> None:
+        assert self.principal is not None
+        require_id(content)
+        tool_call_id = content.get("tool_call_id")
+        approve = content.get("approve")
+        if not isinstance(tool_call_id, str) or not tool_call_id:
+            raise exceptions.InvalidRequest(
+                "'tool_call_id' must be a string.", param="tool_call_id"
+            )
+        if not isinstance(approve, bool):
+            raise exceptions.InvalidRequest("'approve' must be true or false.", param="approve")
+        await confirm.answer(self.principal.identity, tool_call_id, approve)
 
     # The end --------------------------------------------------------------------------
 

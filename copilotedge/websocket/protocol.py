@@ -11,6 +11,8 @@ CHAT = "chat"
 CANCEL = "cancel"
 RESUME = "resume"
 PING = "ping"
+#: Also server -> client: a server tool waits for the client's approval.
+CONFIRM = "confirm"
 
 # Server -> client message types.
 READY = "ready"
@@ -20,3 +22,5 @@ DONE = "done"
 CANCELLED = "cancelled"
 ERROR = "error"
 PONG = "pong"
+TOOL_CALL = "tool_call"
+TOOL_RESULT = "tool_result"

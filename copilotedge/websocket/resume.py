@@ -1,5 +1,8 @@
 """``resume`` on the WebSocket: the stored text of an answer, then its live deltas.
 
+From the start (``after`` 0), the answer's stored server tool steps come first, as the
+``tool_call`` and ``tool_result`` frames that showed them.
+
 A resumer first joins the answer's channel-layer group, then reads the row: every live
 event published after the join reaches it, and each event says from which character
 (``offset``, always saved already) its ``text`` runs. So the resumer sends exactly the
@@ -31,7 +34,15 @@ from copilotedge.conversations.live import group_name
 from copilotedge.conversations.transcript import awatch
 from copilotedge.models import Message
 from copilotedge.websocket.input import ChatId, require_id
-from copilotedge.websocket.protocol import CANCELLED, DELTA, DONE, ERROR, START
+from copilotedge.websocket.protocol import (
+    CANCELLED,
+    DELTA,
+    DONE,
+    ERROR,
+    START,
+    TOOL_CALL,
+    TOOL_RESULT,
+)
 
 #: Silence (besides ``READ_TIMEOUT``) after which a ``streaming`` row is taken for dead.
 STALE_MARGIN = 10.0
@@ -59,6 +70,30 @@ _ENDINGS = {
     ),
     Message.Status.ERROR: _error("upstream_error", "The model provider failed to answer."),
 }
+
+
+async def _tool_frames(chat_id: ChatId, answer: Message) -> list[dict[str, Any]]:
+    """The stored server tool steps of ``answer``'s turn, as the frames that showed them."""
+    steps: list[Message] = []
+    earlier = Message.objects.filter(
+        conversation_id=answer.conversation_id, sequence__lt=answer.sequence
+    ).order_by("-sequence")
+    async for message in earlier:
+        if not (message.role == Message.Role.TOOL or message.tool_calls):
+            break
+        steps.append(message)
+    frames: list[dict[str, Any]] = []
+    for message in reversed(steps):
+        if message.role == Message.Role.TOOL:
+            result = {"tool_call_id": message.tool_call_id, "content": message.content}
+            frames.append({"type": TOOL_RESULT, "id": chat_id, **result})
+            continue
+        for call in message.tool_calls or []:
+            function = call.get("function") or {}
+            shown = {"tool_call_id": call.get("id"), "name": function.get("name"),
+                     "arguments": function.get("arguments")}  # fmt: skip
+            frames.append({"type": TOOL_CALL, "id": chat_id, **shown})
+    return frames
 
 
 class ResumeMixin:
@@ -125,6 +160,9 @@ class ResumeMixin:
                 "message_id": str(message.id),
             }
         )
+        if after == 0:
+            for frame in await _tool_frames(chat_id, message):
+                await self.reply(frame)
         async with state.lock:
             await self._catch_up(state)
         if key in self.resumes:

@@ -160,3 +160,52 @@ def test_chat_page_streams_stops_and_resumes_after_reload(page, in_thread):
     assert in_thread(Conversation.objects.count) == 1
     assert resumed.inner_text() == last.content
     assert len(last.content.split()) == TOKENS
+
+
+def test_chat_page_shows_tool_steps_and_asks_for_approval(page, in_thread):
+    from playwright.sync_api import expect
+
+    page.goto("/")
+    page.fill("input[name=username]", "demo")
+    page.fill("input[name=password]", "demo")
+    page.click("button[type=submit]")
+    expect(page.locator("#status")).to_have_text("Connected as demo.")
+
+    # "Who am I?": the tool step shows above the answer, which quotes its result.
+    page.fill("#prompt", "Who am I? CALL:whoami{}")
+    page.click("#send")
+    step = page.locator(".tool-step").last
+    expect(step.locator(".tool-call")).to_have_text("Tool: whoami({})")
+    expect(step.locator(".tool-result")).to_have_text("demo")
+    answer = page.locator(".message.assistant").last
+    expect(answer).not_to_have_class("message assistant streaming")
+    expect(answer).to_contain_text("Tool result: demo")
+
+    # A tool that needs approval: denied, then approved.
+    demo = in_thread(lambda: get_user_model().objects.get(username="demo"))
+    other = in_thread(lambda: Conversation.objects.create(user=demo, title="Old chat"))
+    ask = f'CALL:forget_conversation{{"conversation_id": "{other.pk}"}}'
+    page.fill("#prompt", ask)
+    page.click("#send")
+    asked = page.locator(".tool-step").last
+    expect(asked.locator(".tool-confirm")).to_contain_text("needs your approval")
+    asked.locator("button.deny").click()
+    expect(asked.locator(".tool-result")).to_contain_text("did not approve")
+    expect(page.locator("#send")).to_be_enabled()
+    assert in_thread(Conversation.objects.filter(pk=other.pk).exists)
+
+    page.fill("#prompt", ask)
+    page.click("#send")
+    approved = page.locator(".tool-step").last
+    approved.locator("button.approve").click()
+    expect(approved.locator(".tool-result")).to_have_text(f"Deleted the conversation {other.pk}.")
+    expect(page.locator("#send")).to_be_enabled()
+    assert not in_thread(Conversation.objects.filter(pk=other.pk).exists)
+
+    # Reload: the stored conversation shows its tool steps with their results.
+    page.reload()
+    expect(page.locator("#status")).to_have_text("Connected as demo.")
+    expect(page.locator(".tool-step .tool-result")).to_have_text(
+        ["demo", re.compile("did not approve"), f"Deleted the conversation {other.pk}."]
+    )
+    expect(page.locator(".message.assistant").first).to_contain_text("Tool result: demo")

@@ -303,6 +303,61 @@ async def test_tool_result_is_answered_with_text(client: httpx.AsyncClient) -> N
     assert len(content.split()) == 20
 
 
+async def test_call_directive_streams_several_calls_in_openai_shape(
+    client: httpx.AsyncClient,
+) -> None:
+    payload = chat('CALL:whoami{} CALL:lookup{"q": "tea", "n": 2}', stream=True)
+    response = await client.post(OPENAI_PATH, json=payload)
+
+    calls: dict[int, dict[str, str]] = {}
+    for chunk in frames(response.text)[:-1]:
+        for piece in chunk["choices"][0]["delta"].get("tool_calls", []):
+            call = calls.setdefault(piece["index"], {"name": "", "arguments": "", "id": ""})
+            call["id"] += piece.get("id", "")
+            call["name"] += piece.get("function", {}).get("name", "")
+            call["arguments"] += piece["function"]["arguments"]
+    assert [(c["name"], json.loads(c["arguments"])) for c in calls.values()] == [
+        ("whoami", {}),
+        ("lookup", {"q": "tea", "n": 2}),
+    ]
+    assert all(c["id"].startswith("call_") for c in calls.values())
+    assert frames(response.text)[-1]["choices"][0]["finish_reason"] == "tool_calls"
+
+
+async def test_call_directive_whole_in_both_shapes(client: httpx.AsyncClient) -> None:
+    openai = await client.post(OPENAI_PATH, json=chat('CALL:lookup{"q": "tea"}'))
+    [call] = openai.json()["choices"][0]["message"]["tool_calls"]
+    assert call["function"] == {"name": "lookup", "arguments": '{"q": "tea"}'}
+    run = await client.post(RUN_QWQ, json={"messages": user("CALL:whoami")})
+    assert run.json()["result"]["tool_calls"] == [{"name": "whoami", "arguments": {}}]
+    streamed = await client.post(RUN_QWQ, json={"messages": user("CALL:whoami"), "stream": True})
+    assert frames(streamed.text)[0]["tool_calls"] == [{"name": "whoami", "arguments": {}}]
+
+
+def answered_step(messages: list[dict[str, Any]], result: str) -> list[dict[str, Any]]:
+    call = {"id": "c", "type": "function", "function": {"name": "t", "arguments": "{}"}}
+    return [
+        *messages,
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "c", "content": result},
+    ]
+
+
+async def test_each_directive_line_is_one_step_then_the_results_are_quoted(
+    client: httpx.AsyncClient,
+) -> None:
+    messages = user("Please\nCALL:first{}\nand then CALL:second{}")
+    step1 = (await client.post(OPENAI_PATH, json={"model": LLAMA, "messages": messages})).json()
+    assert step1["choices"][0]["message"]["tool_calls"][0]["function"]["name"] == "first"
+    messages = answered_step(messages, "one")
+    step2 = (await client.post(OPENAI_PATH, json={"model": LLAMA, "messages": messages})).json()
+    assert step2["choices"][0]["message"]["tool_calls"][0]["function"]["name"] == "second"
+    messages = answered_step(messages, "two")
+    final = await client.post(RUN_QWQ, json={"messages": messages, "stream": True})
+    text = "".join(f["response"] for f in frames(final.text) if "usage" not in f)
+    assert text.startswith("Tool result: two lorem")
+
+
 # Auth, models and validation
 
 

@@ -13,9 +13,9 @@ from typing import Any
 from ag_ui.core import AssistantMessage, RunAgentInput, ToolMessage
 from pydantic import ValidationError
 
+from copilotedge.chat.agents import Agent
 from copilotedge.chat.types import ChatRequest
 from copilotedge.chat.validation import parse_messages
-from copilotedge.copilotkit.agents import Agent
 from copilotedge.exceptions import InvalidRequest
 
 

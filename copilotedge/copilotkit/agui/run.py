@@ -19,6 +19,7 @@ from typing import Any
 
 from ag_ui.core import (
     BaseEvent,
+    CustomEvent,
     MessagesSnapshotEvent,
     RunAgentInput,
     RunErrorEvent,
@@ -30,11 +31,13 @@ from ag_ui.core import (
     TokenUsage,
     ToolCallArgsEvent,
     ToolCallEndEvent,
+    ToolCallResultEvent,
     ToolCallStartEvent,
 )
 from ag_ui.encoder import EventEncoder
 
 from copilotedge.chat import wire
+from copilotedge.chat.deltas import TOOL_CALL, TOOL_CONFIRM, TOOL_RESULT, ToolStep
 from copilotedge.chat.turn import Turn
 from copilotedge.copilotkit.agui.input import (
     chat_request,
@@ -71,6 +74,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 PROVIDER = "workers-ai"
+#: The CUSTOM event telling that a server tool needs approval (not asked on AG-UI: denied).
+CONFIRM_EVENT = "copilotedge.confirm"
 # The AG-UI protocol version this face speaks (sent on RUN_STARTED).
 PROTOCOL_VERSION = "1.0"
 _ENCODER = EventEncoder()
@@ -134,6 +139,35 @@ class _Events:
             events.append(ToolCallArgsEvent(tool_call_id=call.id, delta=arguments))
         return events
 
+    def tool_step(self, step: ToolStep) -> list[BaseEvent]:
+        """A server tool's call (shown whole: it ran here) or its result."""
+        events: list[BaseEvent] = self.close()
+        if step.kind == TOOL_CALL:
+            events += [
+                ToolCallStartEvent(
+                    tool_call_id=step.tool_call_id,
+                    tool_call_name=step.name,
+                    parent_message_id=self.parent_id,
+                ),
+                ToolCallArgsEvent(tool_call_id=step.tool_call_id, delta=step.arguments or "{}"),
+                ToolCallEndEvent(tool_call_id=step.tool_call_id),
+            ]
+        elif step.kind == TOOL_RESULT:
+            events.append(
+                ToolCallResultEvent(
+                    message_id=str(uuid.uuid4()),
+                    tool_call_id=step.tool_call_id,
+                    content=step.content,
+                    role="tool",
+                )
+            )
+            # What the model says next is a new assistant message.
+            self.parent_id = str(uuid.uuid4())
+        elif step.kind == TOOL_CONFIRM:
+            value = {"toolCallId": step.tool_call_id, "name": step.name, "approved": False}
+            events.append(CustomEvent(name=CONFIRM_EVENT, value=value))
+        return events
+
     def close_text(self) -> list[BaseEvent]:
         if self.message_id is None:
             return []
@@ -178,6 +212,8 @@ async def run_events(
                 break
             out: list[BaseEvent] = []  # one write for everything one upstream read brought
             for delta in batch:
+                if delta.tool_step is not None:
+                    out += events.tool_step(delta.tool_step)
                 if delta.text:
                     out += events.text(delta.text)
                 for piece in delta.tool_calls:

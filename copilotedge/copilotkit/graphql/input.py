@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from copilotedge.chat.agents import Agent
 from copilotedge.chat.types import ChatRequest
 from copilotedge.chat.validation import parse_messages, parse_model, parse_params
-from copilotedge.copilotkit.agents import Agent
 from copilotedge.copilotkit.agui.input import context_message
 from copilotedge.exceptions import InvalidRequest
 

@@ -18,8 +18,8 @@ from graphql import GraphQLError
 
 from copilotedge.auth import Principal
 from copilotedge.chat import faces
+from copilotedge.chat.agents import all_agents, get_agent
 from copilotedge.chat.turn import Turn
-from copilotedge.copilotkit.agents import all_agents, get_agent
 from copilotedge.copilotkit.agui.threads import aowned_conversation, thread_conversation_id
 from copilotedge.copilotkit.graphql.input import chat_request
 from copilotedge.copilotkit.graphql.run import CopilotRun, Feed, message_status, response_status
@@ -62,7 +62,8 @@ async def generate_copilot_response(
     thread_id = data.get("threadId") or str(uuid.uuid4())
     request.conversation_id = thread_conversation_id(context.principal, thread_id)
     request.create_conversation = True
-    run = CopilotRun(Turn(request, context.principal, protocol="graphql"))
+    turn = Turn(request, context.principal, protocol="graphql", server_tools=agent.server_tools())
+    run = CopilotRun(turn)
     context.runs.append(run)
     try:
         await faces.aopen(run.turn)

@@ -3,7 +3,9 @@
 One task reads the turn's deltas and writes them into async feeds: the response's
 ``messages`` (one output per text message or action execution) and each output's
 ``content`` or ``arguments``; the statuses resolve when the turn ends, as the
-``Success``/``Failed`` objects CopilotKit's runtime client expects.
+``Success``/``Failed`` objects CopilotKit's runtime client expects. A server tool's call
+is an action execution (scope ``server``, its arguments whole) and its result a
+``ResultMessageOutput``; approval is not asked here, so a ``confirm=True`` call is denied.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
+from copilotedge.chat.deltas import TOOL_CALL, TOOL_RESULT, ToolStep
 from copilotedge.chat.turn import Turn
 from copilotedge.exceptions import CopilotEdgeError
 
@@ -119,6 +122,34 @@ class CopilotRun:
         self.messages.put(output.output)
         return output
 
+    def _tool_step(self, step: ToolStep, parent_id: str) -> None:
+        """A server tool's call (whole: it ran here) or its result, as messages."""
+        if step.kind == TOOL_CALL:
+            call = self._open(
+                _Output(
+                    "ActionExecutionMessageOutput",
+                    step.tool_call_id,
+                    "arguments",
+                    name=step.name,
+                    scope="server",
+                    parentMessageId=parent_id,
+                )
+            )
+            call.feed.put(step.arguments or "{}")
+            call.close(None)
+        elif step.kind == TOOL_RESULT:
+            self.messages.put(
+                {
+                    "__typename": "ResultMessageOutput",
+                    "id": str(uuid.uuid4()),
+                    "createdAt": _now(),
+                    "status": message_status(None),
+                    "actionExecutionId": step.tool_call_id,
+                    "actionName": step.name,
+                    "result": step.content,
+                }
+            )
+
     async def _pump(self) -> None:
         text: _Output | None = None
         parent_id = str(uuid.uuid4())
@@ -126,6 +157,11 @@ class CopilotRun:
         error: CopilotEdgeError | None = None
         try:
             async for delta in self.turn.deltas():
+                if delta.tool_step is not None:
+                    if text is not None:
+                        text.close(None)
+                        text = None  # what the model says next is a new message
+                    self._tool_step(delta.tool_step, parent_id)
                 if delta.text:
                     if text is None:
                         parent_id = str(uuid.uuid4())

@@ -1,6 +1,8 @@
 // The demo chat page: streams answers over the copilotedge WebSocket (protocol in
 // CONTRACT.md), lists conversations from the HTTP API, and resumes an answer that was
-// still being generated when the page was reloaded. No build step, no dependencies.
+// still being generated when the page was reloaded. The server's tool steps show above
+// the answer, with Approve/Deny for a tool that needs approval. No build step, no
+// dependencies.
 "use strict";
 
 (() => {
@@ -45,6 +47,52 @@
     log.appendChild(el);
     log.scrollTop = log.scrollHeight;
     return el;
+  }
+
+  // A server tool call: its name and arguments, then its result (or a request to approve).
+  const toolSteps = new Map();
+
+  function addToolStep(toolCallId, name, args, before) {
+    const el = document.createElement("div");
+    el.className = "tool-step";
+    el.dataset.toolCallId = toolCallId;
+    const call = document.createElement("div");
+    call.className = "tool-call";
+    call.textContent = `Tool: ${name}(${args || ""})`;
+    el.appendChild(call);
+    log.insertBefore(el, before || null);
+    toolSteps.set(toolCallId, el);
+    return el;
+  }
+
+  function showToolResult(toolCallId, content) {
+    const el = toolSteps.get(toolCallId);
+    if (!el) return;
+    el.querySelector(".tool-confirm")?.remove();
+    const result = document.createElement("div");
+    result.className = "tool-result";
+    result.textContent = content;
+    el.appendChild(result);
+  }
+
+  function askApproval(chatId, toolCallId) {
+    const el = toolSteps.get(toolCallId);
+    if (!el) return;
+    const box = document.createElement("div");
+    box.className = "tool-confirm";
+    box.append("This tool needs your approval: ");
+    for (const [label, approve] of [["Approve", true], ["Deny", false]]) {
+      const button = document.createElement("button");
+      button.type = "button";
+      button.className = approve ? "approve" : "deny";
+      button.textContent = label;
+      button.addEventListener("click", () => {
+        send({ type: "confirm", id: chatId, tool_call_id: toolCallId, approve });
+        box.replaceChildren(approve ? "Approved." : "Denied.");
+      });
+      box.appendChild(button);
+    }
+    el.appendChild(box);
   }
 
   function remember() {
@@ -99,9 +147,17 @@
     const conversation = await getJSON(`${conversationsUrl}${id}/`);
     conversationId = id;
     log.replaceChildren();
+    toolSteps.clear();
     const elements = new Map();
     for (const message of conversation.messages) {
-      if (message.role === "user" || message.role === "assistant") {
+      if (message.role === "tool") {
+        showToolResult(message.tool_call_id, message.content);
+      } else if (message.role === "assistant" && message.tool_calls) {
+        for (const call of message.tool_calls) {
+          addToolStep(call.id, call.function.name, call.function.arguments);
+        }
+        if (message.content) addMessage("assistant", message.content, message.status);
+      } else if (message.role === "user" || message.role === "assistant") {
         elements.set(message.id, addMessage(message.role, message.content, message.status));
       }
     }
@@ -169,6 +225,15 @@
         if (!mine) break;
         active.el.textContent += message.content;
         log.scrollTop = log.scrollHeight;
+        break;
+      case "tool_call":
+        if (mine) addToolStep(message.tool_call_id, message.name, message.arguments, active.el);
+        break;
+      case "confirm":
+        if (mine) askApproval(message.id, message.tool_call_id);
+        break;
+      case "tool_result":
+        if (mine) showToolResult(message.tool_call_id, message.content);
         break;
       case "done":
         if (mine) finish("complete");

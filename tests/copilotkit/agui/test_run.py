@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 
 from copilotedge.auth import Principal
+from copilotedge.chat.agents import Agent
 from copilotedge.chat.deltas import Delta, ToolCallDelta
 from copilotedge.chat.turn import Turn
 from copilotedge.chat.types import ChatRequest
-from copilotedge.copilotkit.agents import Agent
 from copilotedge.copilotkit.agui import run as agui
 from copilotedge.exceptions import InvalidRequest
 from copilotedge.models import Message

@@ -1,6 +1,7 @@
 """Real JavaScript clients against a real server: ``node --test`` in tests/e2e/node/js.
 
-``@ag-ui/client``'s HttpAgent (which verifies AG-UI event order) and
+``@ag-ui/client``'s HttpAgent (which verifies AG-UI event order; it also runs an agent's
+server-side tools as two different users) and
 ``@copilotkit/runtime-client-gql`` (urql, multipart incremental delivery) talk to the
 app under daphne, whose upstream is the Workers AI emulator on a loopback port.
 """
@@ -13,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from django.contrib.auth.models import Permission
 
 from copilotedge.models import ApiKey, UsageRecord
 from copilotedge.testing import EmulatorApp, EmulatorServer
@@ -33,19 +35,32 @@ def site(emulator: EmulatorServer, db: None) -> Iterator[DaphneServer]:
         "COPILOTEDGE_API_BASE_URL": emulator.api_base_url,
         "COPILOTEDGE_ACCOUNT_ID": "emulator",
         "COPILOTEDGE_API_TOKEN": "emulator",
+        # The files' failure tests must not open the circuit for the others' runs.
+        "COPILOTEDGE_CIRCUIT_FAILURE_THRESHOLD": 100,
+        "COPILOTEDGE_AGENTS": {
+            "default": {"name": "default"},
+            # The demo's whoami, and a tool only users with the usage permission may run.
+            "helper": {
+                "name": "helper",
+                "tools": ["project.tools.whoami", "tests.sample_tools.staff_secret"],
+            },
+        },
     }
     with DaphneServer(overrides) as server:
         yield server
 
 
 def test_javascript_clients(
-    node: str, js_clients: Path, site: DaphneServer, user, emulator: EmulatorServer
+    node: str, js_clients: Path, site: DaphneServer, user, other_user, emulator: EmulatorServer
 ) -> None:
     _, token = ApiKey.create_key(user, name="node")
+    other_user.user_permissions.add(Permission.objects.get(codename="view_usagerecord"))
+    _, other_token = ApiKey.create_key(other_user, name="node")
     env = {
         **os.environ,
         "COPILOTEDGE_URL": f"{site.url}/copilotedge",
         "COPILOTEDGE_API_KEY": token,
+        "COPILOTEDGE_OTHER_API_KEY": other_token,
         "SUPPRESS_TRANSFORMATION_WARNINGS": "true",
     }
     completed = subprocess.run(
@@ -66,3 +81,6 @@ def test_javascript_clients(
     assert UsageRecord.objects.filter(protocol="agui", outcome="error").count() == 1
     assert UsageRecord.objects.filter(protocol="graphql", outcome="ok").exists()
     assert any(r["outcome"] == "completed" for r in emulator.app.requests)
+    # The server tool runs: one step each, recorded with their tool calls.
+    tool_rows = UsageRecord.objects.filter(protocol="agui", tool_calls=1)
+    assert [(r.steps, r.outcome) for r in tool_rows] == [(2, "ok")] * 4

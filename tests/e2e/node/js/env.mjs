@@ -9,3 +9,9 @@ export const RUNTIME_URL = `${BASE_URL}/copilotkit`;
 export const AUTH = { Authorization: `Bearer ${API_KEY}` };
 // The emulator's answers begin with this, then echo what the user said.
 export const GREETING = "Hello from the Workers AI emulator.";
+// A second user's key (the server tools run as whoever calls).
+export const OTHER_API_KEY = process.env.COPILOTEDGE_OTHER_API_KEY;
+assert.ok(OTHER_API_KEY, "COPILOTEDGE_OTHER_API_KEY must be set");
+export const OTHER_AUTH = { Authorization: `Bearer ${OTHER_API_KEY}` };
+// The agent whose server tools (whoami, staff_secret) the server runs itself.
+export const TOOLS_AGENT = "helper";

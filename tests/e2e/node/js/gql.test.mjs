@@ -68,6 +68,6 @@ test("availableAgents lists the configured agents", async () => {
   const result = await client().availableAgents().toPromise();
   assert.deepEqual(
     result.data.availableAgents.agents.map((agent) => agent.id),
-    ["default"],
+    ["default", "helper"],
   );
 });

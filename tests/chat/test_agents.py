@@ -7,8 +7,8 @@ from django.core.management import call_command
 from django.core.management.base import SystemCheckError
 from django.test import override_settings
 
+from copilotedge.chat.agents import all_agents, get_agent
 from copilotedge.checks import check_settings
-from copilotedge.copilotkit.agents import all_agents, get_agent
 from copilotedge.defaults import DEFAULT_MODEL
 from copilotedge.exceptions import NotFound
 

@@ -1,22 +1,28 @@
-"""The agents CopilotKit clients can talk to: an id mapped to a model, a system prompt and params.
+"""Agents: an id mapped to a model, a system prompt, params and server-side tools.
 
-Configured in ``COPILOTEDGE_AGENTS`` (id -> dict); both CopilotKit faces (AG-UI and the
-legacy GraphQL runtime) resolve the agent a request names here, so they answer alike.
+Configured in ``COPILOTEDGE_AGENTS`` (id -> dict). Every face that names an agent (the
+CopilotKit faces by id, the OpenAI face and the WebSocket by ``model: "agent:<id>"``)
+resolves it here, so they answer alike.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from copilotedge.chat.types import ChatRequest
 from copilotedge.conf import settings
 from copilotedge.exceptions import NotFound
+from copilotedge.tools import Tool, get_tool
 
 DEFAULT_AGENT = "default"
+#: A model name ``agent:<id>`` (OpenAI face, WebSocket) names an agent instead of a model.
+AGENT_PREFIX = "agent:"
 # The name CopilotKit shows for a runtime-hosted agent; clients only display it.
 AGENT_CLASS_NAME = "CopilotEdgeAgent"
 # Keys an agent entry may carry; anything else is a typo the system check reports.
-AGENT_KEYS = frozenset({"name", "description", "model", "system_prompt", "params"})
+AGENT_KEYS = frozenset({"name", "description", "model", "system_prompt", "params", "tools"})
 # Upstream parameters an agent may fix (the same names the OpenAI face accepts).
 AGENT_PARAMS = frozenset(
     {"temperature", "max_tokens", "top_p", "seed", "frequency_penalty", "presence_penalty", "stop"}
@@ -33,6 +39,13 @@ class Agent:
     model: str
     system_prompt: str = ""
     params: dict[str, Any] = field(default_factory=dict)
+    #: The server-side tools it may call: registered names or dotted paths
+    #: (:func:`copilotedge.tools.get_tool` finds them).
+    tools: tuple[str, ...] = ()
+
+    def server_tools(self) -> tuple[Tool, ...]:
+        """Its tools, found (``copilotedge.E047`` reports names that are not)."""
+        return tuple(get_tool(reference) for reference in self.tools)
 
     def info(self) -> dict[str, str]:
         """The entry CopilotKit's ``/info`` lists for this agent."""
@@ -47,6 +60,7 @@ def _build(agent_id: str, entry: dict[str, Any]) -> Agent:
         model=str(entry.get("model") or settings.MODEL),
         system_prompt=str(entry.get("system_prompt") or ""),
         params=dict(entry.get("params") or {}),
+        tools=tuple(entry.get("tools") or ()),
     )
 
 
@@ -61,3 +75,21 @@ def get_agent(agent_id: str | None) -> Agent:
     if not isinstance(entry, dict):
         raise NotFound(f"There is no agent {agent_id!r}.", param="agentId", code="agent_not_found")
     return _build(agent_id, entry)
+
+
+def named_agent(model: Any) -> Agent | None:
+    """The agent a ``model`` of ``agent:<id>`` names (404 if none), else ``None``."""
+    if isinstance(model, str) and model.startswith(AGENT_PREFIX):
+        return get_agent(model[len(AGENT_PREFIX) :])
+    return None
+
+
+def with_agent(request: ChatRequest, agent: Agent) -> ChatRequest:
+    """``request`` as ``agent`` sends it: its model, system prompt first, its params under
+    the client's."""
+    messages = list(request.messages)
+    if agent.system_prompt:
+        messages.insert(0, {"role": "system", "content": agent.system_prompt})
+    return dataclasses.replace(
+        request, model=agent.model, messages=messages, params={**agent.params, **request.params}
+    )
