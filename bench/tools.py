@@ -74,7 +74,7 @@ async def _measure(rounds: int, warmup: int, api_base: str, anonymous: bool) -> 
         await faces.aopen(made)
         async for _ in made.batches():
             pass
-        await made.asaved()
+        await made.wait_until_saved()
         return made
 
     # The bodies of the tool turn's two upstream calls, as it sent them.
@@ -82,7 +82,7 @@ async def _measure(rounds: int, warmup: int, api_base: str, anonymous: bool) -> 
     tools_offered = [whoami.definition()]
     first = {"model": MODEL, "messages": PROMPT, "tools": tools_offered, "stream": True}
     second = {**first, "messages": sample.request.messages}
-    await lifecycle.adrain()
+    await lifecycle.drain()
 
     times: dict[str, list[float]] = {k: [] for k in ("raw1", "raw2", "plain", "tool")}
     async with httpx.AsyncClient(headers={"Authorization": "Bearer bench"}) as client:
@@ -105,7 +105,7 @@ async def _measure(rounds: int, warmup: int, api_base: str, anonymous: bool) -> 
                 elapsed = time.perf_counter() - started
                 if number >= warmup:
                     times[name].append(elapsed)
-                await lifecycle.adrain()
+                await lifecycle.drain()
     rounds_of = zip(times["tool"], times["plain"], times["raw1"], times["raw2"], strict=True)
     tool_over_raw, step_cost = [], []
     for tool, plain, raw1, raw2 in rounds_of:

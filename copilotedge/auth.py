@@ -145,7 +145,7 @@ async def _alookup(hashed: str) -> ApiKey | None:
     return key
 
 
-async def akey_for_token(token: str) -> ApiKey:
+async def key_for_token(token: str) -> ApiKey:
     """The active key for a raw ``ce_…`` token, or :class:`AuthenticationFailed`."""
     if not token.startswith(KEY_PREFIX):
         raise exceptions.AuthenticationFailed("Invalid API key.")
@@ -171,7 +171,7 @@ async def _asession_user(session: SessionBase | None) -> Any:
     return user if user.is_authenticated else None
 
 
-async def arefresh(principal: Principal, session: SessionBase | None = None) -> Principal:
+async def refresh_principal(principal: Principal, session: SessionBase | None = None) -> Principal:
     """``principal`` as it stands now, or ``AuthenticationFailed`` if it is no more.
 
     A key is looked up again (through the short key cache, so a change shows within
@@ -256,7 +256,7 @@ async def aauthenticate(request: HttpRequest) -> Principal:
     ip = client_ip(request)
     header = request.headers.get("Authorization", "")
     if header[: len(BEARER)].lower() == BEARER:
-        key = await akey_for_token(header[len(BEARER) :].strip())
+        key = await key_for_token(header[len(BEARER) :].strip())
         principal = Principal(user=key.user, api_key=key, ip=ip)
     else:
         user = await request.auser() if hasattr(request, "auser") else AnonymousUser()

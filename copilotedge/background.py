@@ -30,7 +30,7 @@ def note_connection(sender: Any, **kwargs: Any) -> None:
     """Signal receiver for ``connection_created``: this context now holds a connection.
 
     Each ASGI request runs its queries in a thread of its own, so a connection opened in
-    the request's context is one that :func:`arelease_connections` should hand back.
+    the request's context is one that :func:`release_connections` should hand back.
     """
     _opened.set(True)
 
@@ -46,7 +46,7 @@ def _release() -> bool:
     return held
 
 
-async def arelease_connections() -> None:
+async def release_connections() -> None:
     """Close this request thread's connections (as CONN_MAX_AGE says, as at a request's end).
 
     A request that opened none (an API key and preferences from the cache, a new
@@ -95,7 +95,7 @@ class GroupCommit:
         """Nothing queued and no batch under way."""
         return not self._queue and (self._task is None or self._task.done())
 
-    async def adrain(self) -> None:
+    async def drain(self) -> None:
         while self._task is not None and not self._task.done():
             await asyncio.shield(self._task)
 

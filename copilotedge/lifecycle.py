@@ -11,12 +11,12 @@ response or must end before the process does:
   settlements, circuit-breaker counts, API-key touches, ledger announcements;
 - the group-commit writer (:func:`writer`) the database writes are batched through.
 
-:func:`adrain` waits for all of it, in the order one feeds the next: the turns and
+:func:`drain` waits for all of it, in the order one feeds the next: the turns and
 chats (their ends schedule saves and ledger rows), then the background tasks, then the
 writer, and round again until nothing is left, so work added during the drain is
 drained too.
 
-A stop (:func:`ashutdown`: the ASGI lifespan's shutdown, or SIGTERM/SIGINT through
+A stop (:func:`shut_down`: the ASGI lifespan's shutdown, or SIGTERM/SIGINT through
 :func:`handle_signals`) refuses new turns at once (503, code ``shutting_down``), gives
 the turns in flight ``COPILOTEDGE_SHUTDOWN_GRACE`` seconds to finish, then interrupts
 the upstream read of each one still running. The turn ends with
@@ -171,7 +171,7 @@ def writer() -> GroupCommit:
 
 
 def spawn(coroutine: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
-    """Run ``coroutine`` in the background until it is done; :func:`adrain` waits for it.
+    """Run ``coroutine`` in the background until it is done; :func:`drain` waits for it.
 
     In a fresh context: the work outlives the request that started it, so its queries
     must not run in that request's thread (see :mod:`copilotedge.background`).
@@ -270,7 +270,7 @@ async def _await_in_flight(state: Background, until: float | None) -> None:
             await asyncio.sleep(POLL_SECONDS)
 
 
-async def adrain(*, until: float | None = None) -> None:
+async def drain(*, until: float | None = None) -> None:
     """Wait until this event loop's background work is done: turns, chats and requests
     in flight (at most until loop time ``until``, when given), then background tasks,
     then the writer, and again until none of them has anything left."""
@@ -283,21 +283,21 @@ async def adrain(*, until: float | None = None) -> None:
             await asyncio.gather(*state.tasks, return_exceptions=True)
             continue
         if not state.writer.idle:
-            await state.writer.adrain()
+            await state.writer.drain()
             continue
         if state.tasks:
             continue  # scheduled by the writes just done (ledger announcements)
         return
 
 
-async def ashutdown() -> None:
+async def shut_down() -> None:
     """Stop: refuse new turns, give those in flight the grace period, interrupt the rest,
     then drain. Safe to call more than once (the ASGI lifespan after a signal)."""
     state = background()
     if state.stop is None:
         state.stop = asyncio.get_running_loop().create_task(_astop(state))
     await asyncio.shield(state.stop)
-    await adrain(until=asyncio.get_running_loop().time() + INTERRUPT_MARGIN)
+    await drain(until=asyncio.get_running_loop().time() + INTERRUPT_MARGIN)
 
 
 async def _astop(state: Background) -> None:
@@ -318,7 +318,7 @@ async def _astop(state: Background) -> None:
             "Stopping: interrupting %d turn(s) still running after %g s.", len(state.turns), grace
         )
     state.interrupt()
-    await adrain(until=loop.time() + INTERRUPT_MARGIN)
+    await drain(until=loop.time() + INTERRUPT_MARGIN)
     if state.in_flight():
         logger.warning(
             "Stopping with %d turn(s), %d chat(s) and %d request(s) unfinished.",
@@ -394,7 +394,7 @@ def _begin_stop(previous: Handler, signum: int) -> None:
 
 async def _astop_then(previous: Handler, signum: int) -> None:
     try:
-        await ashutdown()
+        await shut_down()
     except Exception:
         logger.exception("The drain before stopping failed.")
     finally:

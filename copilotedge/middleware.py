@@ -39,7 +39,7 @@ def applies_to(request: HttpRequest) -> bool:
     return not getattr(match.func, "copilotedge_ratelimit_exempt", False)
 
 
-async def aprincipal(request: HttpRequest) -> Principal:
+async def principal_of(request: HttpRequest) -> Principal:
     try:
         return await aauthenticate(request)
     except CopilotEdgeError:
@@ -76,7 +76,7 @@ class RateLimitMiddleware:
         if not applies_to(request):
             return self.get_response(request)
         with ratelimit.tracking() as tracked:
-            principal = async_to_sync(aprincipal)(request)
+            principal = async_to_sync(principal_of)(request)
             decision = ratelimit.check_request(principal)
             if decision.error is not None:
                 return finalize(error_response(decision.error), tracked)
@@ -88,7 +88,7 @@ class RateLimitMiddleware:
         if not applies_to(request):
             return await get_response(request)
         with ratelimit.tracking() as tracked:
-            principal = await aprincipal(request)
+            principal = await principal_of(request)
             decision = await ratelimit.acheck_request(principal)
             if decision.error is not None:
                 return finalize(error_response(decision.error), tracked)

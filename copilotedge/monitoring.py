@@ -40,7 +40,7 @@ PROBE_LIVENESS = "liveness"
 _SEVERITY = {metrics.CIRCUIT_CLOSED: 0, metrics.CIRCUIT_HALF_OPEN: 1, metrics.CIRCUIT_OPEN: 2}
 
 
-async def apublic_circuit_states() -> dict[str, str]:
+async def public_circuit_states() -> dict[str, str]:
     """Each upstream's circuit state under a name fit to publish.
 
     An unnamed fallback upstream is named by its base URL, whose path can hold an account
@@ -103,7 +103,7 @@ async def health(request: HttpRequest) -> HttpResponse:
     if request.GET.get("probe") == PROBE_LIVENESS:
         return JsonResponse({"status": STATUS_OK, "live": True})
     database, cache = await asyncio.gather(_probe(_database), _probe(_cache))
-    circuits = await apublic_circuit_states()
+    circuits = await public_circuit_states()
     cache_required = not settings.RATE_LIMIT_FAIL_OPEN
     ready = database["ok"] and (cache["ok"] or not cache_required)
     open_circuit = any(state != metrics.CIRCUIT_CLOSED for state in circuits.values())
@@ -148,7 +148,7 @@ async def metrics_view(request: HttpRequest) -> HttpResponse:
     """Prometheus text; for staff sessions or ``Authorization: Bearer <METRICS_TOKEN>``."""
     await _authorize_metrics(request)
     # The breakers' state lives in the (shared) cache: read it now, not at the last transition.
-    for upstream, state in (await apublic_circuit_states()).items():
+    for upstream, state in (await public_circuit_states()).items():
         metrics.set_circuit_state(upstream, state)
     body = await sync_to_async(metrics.exposition, thread_sensitive=False)()
     return HttpResponse(body, content_type=metrics.CONTENT_TYPE)

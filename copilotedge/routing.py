@@ -31,7 +31,7 @@ from django.urls import URLPattern, path
 
 from copilotedge import lifecycle
 from copilotedge.exceptions import ShuttingDown
-from copilotedge.upstream.client import aclose_client
+from copilotedge.upstream.client import close_client
 from copilotedge.websocket.consumers import ChatConsumer
 
 DEFAULT_PREFIX = "ws/copilotedge/"
@@ -58,8 +58,8 @@ async def lifespan(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if message["type"] == "lifespan.startup":
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
-            await lifecycle.ashutdown()
-            await aclose_client()
+            await lifecycle.shut_down()
+            await close_client()
             await send({"type": "lifespan.shutdown.complete"})
             return
 

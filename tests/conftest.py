@@ -56,7 +56,7 @@ def upstream() -> Iterator[respx.MockRouter]:
 @pytest.fixture
 async def drain_usage() -> AsyncIterator[None]:
     yield
-    await lifecycle.adrain()
+    await lifecycle.drain()
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +87,7 @@ async def _fresh_limits() -> AsyncIterator[None]:
     yield
     # Background saves (answers, conversations, the ledger) must land before the test's
     # database is flushed: a write still under way would deadlock the flush.
-    await lifecycle.adrain()
+    await lifecycle.drain()
     await RedisStore.aclose()
 
 
@@ -116,7 +116,7 @@ def session_cookie(user: Any) -> bytes:
 async def drain_chats() -> AsyncIterator[None]:
     """Let detached chats and background saves finish before the test's database goes."""
     yield
-    await lifecycle.adrain()
+    await lifecycle.drain()
 
 
 @pytest.fixture(autouse=True)
@@ -131,7 +131,7 @@ def usage_row() -> UsageRowCheck:
     """Wait for ledger writes, require exactly one usage row, check it (see above)."""
 
     async def check(**expected: Any) -> UsageRecord:
-        await lifecycle.adrain()
+        await lifecycle.drain()
         rows = [row async for row in UsageRecord.objects.all()]
         assert len(rows) == 1, f"expected one usage row, found {len(rows)}: {rows}"
         check_usage_invariants(rows[0])

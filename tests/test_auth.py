@@ -14,7 +14,7 @@ from django.test import AsyncClient, RequestFactory, override_settings
 from django.utils import timezone
 
 from copilotedge import exceptions, lifecycle
-from copilotedge.auth import Principal, aauthenticate, akey_for_token, client_ip
+from copilotedge.auth import Principal, aauthenticate, client_ip, key_for_token
 from copilotedge.chat.turn import Turn
 from copilotedge.chat.types import ChatRequest
 from copilotedge.exceptions import PermissionDenied
@@ -107,19 +107,19 @@ async def test_a_failed_key_lookup_is_cached(db: None, monkeypatch: pytest.Monke
     monkeypatch.setattr(ApiKey.objects, "select_related", counted)
     for _ in range(3):
         with pytest.raises(exceptions.AuthenticationFailed):
-            await akey_for_token("ce_not-a-key")
+            await key_for_token("ce_not-a-key")
     assert len(lookups) == 1
     # A key saved with that hash is found at once (its save clears the entry).
     user = await get_user_model().objects.acreate(username="carol")
     key = await ApiKey.objects.acreate(
         user=user, prefix="ce_not-a", hashed_key=hash_key("ce_not-a-key")
     )
-    assert (await akey_for_token("ce_not-a-key")).pk == key.pk
+    assert (await key_for_token("ce_not-a-key")).pk == key.pk
 
 
 async def test_key_lookup(api_key: tuple[ApiKey, str]) -> None:
     key, raw = api_key
-    found = await akey_for_token(raw)
+    found = await key_for_token(raw)
     assert found.pk == key.pk
     assert found.user.username == "alice"  # loaded with the key: no query in async code
 
@@ -127,7 +127,7 @@ async def test_key_lookup(api_key: tuple[ApiKey, str]) -> None:
 @pytest.mark.parametrize("token", ["", "ce_", "ce_unknown", "sk-abc", "CE_upper"])
 async def test_unknown_tokens(db: None, token: str) -> None:
     with pytest.raises(exceptions.AuthenticationFailed):
-        await akey_for_token(token)
+        await key_for_token(token)
 
 
 async def test_revoked_or_expired_key(api_key: tuple[ApiKey, str]) -> None:
@@ -135,7 +135,7 @@ async def test_revoked_or_expired_key(api_key: tuple[ApiKey, str]) -> None:
     key.expires_at = timezone.now() - timedelta(seconds=1)
     await key.asave()
     with pytest.raises(exceptions.AuthenticationFailed, match="revoked or expired"):
-        await akey_for_token(raw)
+        await key_for_token(raw)
 
 
 async def test_key_of_an_inactive_user(api_key: tuple[ApiKey, str], user: Any) -> None:
@@ -144,7 +144,7 @@ async def test_key_of_an_inactive_user(api_key: tuple[ApiKey, str], user: Any) -
     key, raw = api_key
     await key.asave()  # saving the key forgets any cached copy in this process
     with pytest.raises(exceptions.AuthenticationFailed):
-        await akey_for_token(raw)
+        await key_for_token(raw)
 
 
 async def test_principal_is_resolved_once_per_request(api_key: tuple[ApiKey, str]) -> None:
@@ -283,26 +283,26 @@ async def test_last_used_at_is_written_at_most_once_a_minute(
     key, headers = await new_key(user)
     client = AsyncClient()
     await client.get(MODELS, headers=headers)
-    await lifecycle.adrain()
+    await lifecycle.drain()
     await key.arefresh_from_db()
     first = key.last_used_at
     assert first is not None and timezone.now() - first < timedelta(seconds=10)
     for _ in range(3):
         await client.get(MODELS, headers=headers)
-    await lifecycle.adrain()
+    await lifecycle.drain()
     await key.arefresh_from_db()
     assert key.last_used_at == first
     # Even if the database says otherwise, this process wrote it less than a minute ago.
     old = timezone.now() - timedelta(minutes=2)
     await ApiKey.objects.filter(pk=key.pk).aupdate(last_used_at=old)
     await client.get(MODELS, headers=headers)
-    await lifecycle.adrain()
+    await lifecycle.drain()
     await key.arefresh_from_db()
     assert key.last_used_at == old
     # A minute later it is written again.
     later = timezone.now() + timedelta(seconds=61)
     monkeypatch.setattr(timezone, "now", lambda: later)
     await client.get(MODELS, headers=headers)
-    await lifecycle.adrain()
+    await lifecycle.drain()
     await key.arefresh_from_db()
     assert key.last_used_at == later

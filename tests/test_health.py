@@ -103,7 +103,7 @@ GATEWAY = "https://gateway.example/v1/acct-1234secret/edge/openai"
 async def test_an_open_circuit_is_reported_and_degrades() -> None:
     breaker = CircuitBreaker("workers-ai")
     for _ in range(settings.CIRCUIT_FAILURE_THRESHOLD):
-        await breaker.afailure(probe=False)
+        await breaker.record_failure(probe=False)
     response = await AsyncClient().get(URL)
     assert response.status_code == 200  # every process shares the upstream: stay in rotation
     body = response.json()

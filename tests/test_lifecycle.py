@@ -60,7 +60,7 @@ async def test_the_drain_waits_for_the_turn_then_its_save_then_the_write() -> No
 
     task = asyncio.create_task(run_turn())
     await asyncio.sleep(0.01)  # the turn has started its first read
-    await lifecycle.adrain()
+    await lifecycle.drain()
     assert log == ["read 0", "read 1", "read 2", "turn ended", "saved", "written"]
     await task
 
@@ -77,7 +77,7 @@ async def test_work_added_during_the_drain_is_drained_too() -> None:
             lifecycle.writer().submit(lambda: log.append("write"))
 
     lifecycle.spawn(later(1))
-    await lifecycle.adrain()
+    await lifecycle.drain()
     assert log == ["task 1", "task 2", "task 3", "write"]
 
 
@@ -89,7 +89,7 @@ async def test_a_chat_is_in_flight_until_its_task_ends() -> None:
         ended.set()
 
     lifecycle.track_chat(asyncio.create_task(chat()))
-    await lifecycle.adrain()
+    await lifecycle.drain()
     assert ended.is_set()
 
 
@@ -100,7 +100,7 @@ async def test_a_drain_with_a_deadline_stops_waiting_for_turns_but_not_for_write
     written: list[int] = []
     lifecycle.writer().submit(lambda: written.append(1))
     started = time.monotonic()
-    await lifecycle.adrain(until=asyncio.get_running_loop().time() + 0.2)
+    await lifecycle.drain(until=asyncio.get_running_loop().time() + 0.2)
     assert 0.15 < time.monotonic() - started < 1.0
     assert written == [1]
     reader.cancel()
@@ -122,7 +122,7 @@ async def test_a_turn_that_finishes_within_the_grace_is_not_interrupted(settings
     task = asyncio.create_task(run_turn())
     await asyncio.sleep(0.01)
     started = time.monotonic()
-    await lifecycle.ashutdown()
+    await lifecycle.shut_down()
     assert time.monotonic() - started < 2.0
     assert await task == [0, 1, 2, 3]
 
@@ -155,7 +155,7 @@ async def test_past_the_grace_each_read_ends_with_shutting_down(settings: Any) -
     tasks = [asyncio.create_task(run_turn(turns[0])), asyncio.create_task(read_in_tasks(turns[1]))]
     await asyncio.sleep(0.05)
     started = time.monotonic()
-    await lifecycle.ashutdown()
+    await lifecycle.shut_down()
     elapsed = time.monotonic() - started
     assert 0.15 < elapsed < lifecycle.INTERRUPT_MARGIN
     results = await asyncio.gather(*tasks)
@@ -179,7 +179,7 @@ async def test_a_client_leaving_during_the_stop_stays_a_cancellation(settings: A
 async def test_once_stopping_new_turns_are_refused(settings: Any) -> None:
     settings.COPILOTEDGE_SHUTDOWN_GRACE = 0
     lifecycle.accepting()
-    await lifecycle.ashutdown()
+    await lifecycle.shut_down()
     with pytest.raises(ShuttingDown):
         lifecycle.accepting()
     with pytest.raises(ShuttingDown), lifecycle.reading(Turn()):
@@ -208,7 +208,7 @@ async def test_a_stop_ends_a_streamed_answer_in_band_and_records_it(
     reading = asyncio.create_task(read_stream(response))
     await asyncio.sleep(0.1)
     started = time.monotonic()
-    await lifecycle.ashutdown()
+    await lifecycle.shut_down()
     assert 0.25 < time.monotonic() - started < 0.3 + lifecycle.INTERRUPT_MARGIN
     frames = await reading
     assert frames[-2] == {
@@ -250,7 +250,7 @@ async def test_a_stop_ends_a_whole_answer_with_a_503_and_records_it(
         )
     )
     await asyncio.sleep(0.1)
-    await lifecycle.ashutdown()
+    await lifecycle.shut_down()
     response = await asking
     assert response.status_code == 503
     assert response["Retry-After"] == "1"
@@ -288,7 +288,7 @@ async def test_during_a_stop_new_requests_get_a_503_and_new_sockets_are_closed(
 
     await site({"type": "http", "path": "/"}, connect, recorder.send)
     assert recorder.called == 1
-    await lifecycle.ashutdown()
+    await lifecycle.shut_down()
     await site({"type": "http", "path": "/"}, connect, recorder.send)
     await site({"type": "websocket", "path": "/ws/"}, connect, recorder.send)
     assert recorder.called == 1

@@ -141,8 +141,8 @@ async def test_tokens_refused_up_front_and_debited_after(
     ok = await chat(auth, max_tokens=600)
     assert ok.status_code == 200
     assert ok["x-ratelimit-remaining-tokens"] == str(1000 - estimate_prompt_tokens(HELLO) - 600)
-    await lifecycle.adrain()
-    await lifecycle.adrain()  # the real 50 tokens are charged, the rest given back
+    await lifecycle.drain()
+    await lifecycle.drain()  # the real 50 tokens are charged, the rest given back
     listed = await AsyncClient().get(MODELS, headers=auth)
     assert listed["x-ratelimit-remaining-tokens"] == "950"
     refused = await chat(auth, max_tokens=960)

@@ -95,7 +95,7 @@ async def test_a_database_without_a_free_connection_is_a_503_to_retry(
     async def no_connection(*args: Any) -> None:
         raise OperationalError("couldn't get a connection after 30.00 sec")
 
-    monkeypatch.setattr(history, "aplan", no_connection)
+    monkeypatch.setattr(history, "plan_turn", no_connection)
     response = await post(CHAT, {"model": MODEL, "messages": HI}, auth)
     assert response.status_code == 503
     assert response["Retry-After"] == "1"
@@ -951,7 +951,7 @@ AGUI_INPUT = {
 def wsgi_post(url: str, body: Any, auth: dict[str, str]) -> Any:
     """``body`` posted through Django's WSGI handler (what ``runserver`` without daphne runs)."""
     response = Client().post(url, json.dumps(body), content_type="application/json", headers=auth)
-    async_to_sync(lifecycle.adrain)()
+    async_to_sync(lifecycle.drain)()
     return response
 
 

@@ -17,7 +17,7 @@ from copilotedge.chat.types import Answer
 
 async def release_request() -> None:
     """Hand back what the request holds while it waits: its connections, its admission."""
-    await db.arelease_connections()
+    await db.release_connections()
     admission.release()
 
 

@@ -4,10 +4,10 @@ AG-UI, GraphQL, WebSocket, the Python API).
 A :class:`Turn` asks each service in this order and gets values back; none of them knows
 the turn:
 
-1. :func:`copilotedge.conversations.history.aplan`: preferences and stored history applied,
+1. :func:`copilotedge.conversations.history.plan_turn`: preferences and stored history applied,
    fitted to the budget (the request as it goes upstream);
 2. :meth:`Turn.admit`: the key's models and the limiter's reservation
-   (:func:`copilotedge.ratelimit.areserve`), on the prompt that goes upstream;
+   (:func:`copilotedge.ratelimit.reserve`), on the prompt that goes upstream;
 3. :func:`copilotedge.conversations.history.astore`: the turn's rows, and the
    :class:`~copilotedge.conversations.transcript.Transcript` that saves the answer as it grows;
 4. :func:`copilotedge.upstream.resilience.open_stream` (or ``complete``): the answer, from the
@@ -151,7 +151,7 @@ class Turn:
         if self.prepared:
             return
         self.prepared = True
-        plan = await history.aplan(self.principal, self.request)
+        plan = await history.plan_turn(self.principal, self.request)
         self.request = plan.request
         self.served = resilience.Served(self.request.model)
         await self.admit()
@@ -164,7 +164,7 @@ class Turn:
         announces its id before the answer starts)."""
         await self.prepare()
         try:
-            await history.astarted(self.transcript)
+            await history.wait_until_stored(self.transcript)
         except BaseException as error:
             self._fail(error)
             self.finish()
@@ -179,7 +179,7 @@ class Turn:
         if self.reservation is None:
             lifecycle.accepting()  # none once the server is stopping (503)
             check_model(self.principal, self.request.model)
-            self.reservation = await ratelimit.areserve(self.principal, self.request)
+            self.reservation = await ratelimit.reserve(self.principal, self.request)
 
     async def open(self) -> None:
         """Open the answer: from the cache, or upstream once it sent a first delta."""
@@ -193,7 +193,7 @@ class Turn:
             raise
         try:
             # A new conversation was being saved meanwhile: stored before a byte goes out.
-            await history.astarted(self.transcript)
+            await history.wait_until_stored(self.transcript)
         except BaseException as error:
             self._fail(error)
             await stream.abort(error)
@@ -288,7 +288,7 @@ class Turn:
     async def _open_next_step(self) -> resilience.DeltaStream:
         """The next upstream call, with the tool results; it counts against the token
         limit and the budget like the first (a spent budget ends the turn in-band)."""
-        self._more_reservations.append(await ratelimit.areserve(self.principal, self.request))
+        self._more_reservations.append(await ratelimit.reserve(self.principal, self.request))
         # Its own time limits: a tool or an approval may have taken long.
         return await self._open_step(time.monotonic())
 
@@ -414,7 +414,7 @@ class Turn:
             # The steps are streamed from upstream; the client gets the whole answer.
             async for _ in self.batches():
                 pass
-            await self.asaved()
+            await self.wait_until_saved()
             return self.answer
         await self.prepare()
         await self.admit()
@@ -422,7 +422,7 @@ class Turn:
             self.steps += 1
             with lifecycle.reading(self):
                 delta = await resilience.complete(self.request, self.served, started=self.started)
-            await history.astarted(self.transcript)
+            await history.wait_until_stored(self.transcript)
             self.first_token_at = time.monotonic()
             self.answer.add(delta)
             on_chunk = _chunk_callback()
@@ -433,13 +433,13 @@ class Turn:
             raise
         finally:
             self.finish()
-        await self.asaved()
+        await self.wait_until_saved()
         return self.answer
 
-    async def asaved(self) -> None:
+    async def wait_until_saved(self) -> None:
         """Wait until the stored answer is final (a face says "done" after it: what the
         client sends or fetches next sees the whole answer)."""
-        await history.asaved(self.transcript)
+        await history.wait_until_saved(self.transcript)
 
     async def _call(self, callback: Callable[[str], Any], text: str) -> None:
         try:

@@ -130,16 +130,16 @@ async def openai_stream(
                 yield head + b"".join(frames)
                 head = b""
     except CopilotEdgeError as error:
-        await turn.asaved()
+        await turn.wait_until_saved()
         yield head + sse.encode_json(error.to_dict()) + sse.DONE_FRAME
         return
     except asyncio.CancelledError:
         if (stopped := stopped_elsewhere(turn)) is None:
             raise
-        await turn.asaved()
+        await turn.wait_until_saved()
         yield head + sse.encode_json(stopped.to_dict()) + sse.DONE_FRAME
         return
-    await turn.asaved()
+    await turn.wait_until_saved()
     tail = [head, _chunk(turn, {}, turn.answer.final_finish_reason())]
     if include_usage:
         tail.append(
@@ -193,16 +193,16 @@ async def run_stream(turn: Turn) -> AsyncIterator[bytes]:
             if frames:
                 yield b"".join(frames)
     except CopilotEdgeError as error:
-        await turn.asaved()
+        await turn.wait_until_saved()
         yield sse.encode_json(run_error(error)) + sse.DONE_FRAME
         return
     except asyncio.CancelledError:
         if (stopped := stopped_elsewhere(turn)) is None:
             raise
-        await turn.asaved()
+        await turn.wait_until_saved()
         yield sse.encode_json(run_error(stopped)) + sse.DONE_FRAME
         return
-    await turn.asaved()
+    await turn.wait_until_saved()
     yield sse.encode_json({"response": "", "usage": usage_of(turn)}) + sse.DONE_FRAME
 
 

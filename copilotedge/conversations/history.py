@@ -2,7 +2,7 @@
 
 A turn asks, in this order:
 
-- :func:`aplan`: apply the caller's :class:`~copilotedge.models.Preference` where the
+- :func:`plan_turn`: apply the caller's :class:`~copilotedge.models.Preference` where the
   request says nothing, load the stored history of ``conversation_id`` (the caller's own
   only) and fit it to the history budget. Nothing is written: the turn is admitted (model
   and limits) after this, on the prompt that goes upstream, so a refused turn stores
@@ -11,11 +11,11 @@ A turn asks, in this order:
   (:mod:`copilotedge.conversations.store`), and give back the
   :class:`~copilotedge.conversations.transcript.Transcript` that saves the answer as it
   grows. A new conversation's rows are saved while upstream starts answering;
-  :func:`astarted` waits for them before the first byte goes out.
+  :func:`wait_until_stored` waits for them before the first byte goes out.
 - :func:`finish`: save the final answer from the turn's
   :class:`~copilotedge.chat.types.TurnRecord`, after its server tool steps (an assistant
   message with ``tool_calls``, then the ``role: tool`` results, just before the answer);
-  :func:`asaved` waits for that.
+  :func:`wait_until_saved` waits for that.
 
 A client may send only the new messages (the usual way with ``conversation_id``) or the
 whole conversation again (as AG-UI clients do): when the request's messages start with
@@ -38,12 +38,12 @@ from copilotedge import exceptions
 from copilotedge.chat.token_estimates import estimate_message_tokens
 from copilotedge.chat.types import Answer, ChatRequest, TurnRecord
 from copilotedge.conf import settings
-from copilotedge.conversations.preferences import apply_preference, apreference
+from copilotedge.conversations.preferences import apply_preference, load_preference
 from copilotedge.conversations.store import (
-    astore_before_answer,
-    astore_turn,
     new_conversation,
+    save_turn,
     storable_json,
+    store_before_answer,
 )
 from copilotedge.conversations.transcript import Transcript, active, spawn
 from copilotedge.models import Conversation, Message
@@ -119,7 +119,7 @@ def split_new(
     return stored + incoming, incoming
 
 
-async def aowned(principal: Principal, conversation_id: uuid.UUID) -> Conversation:
+async def owned_conversation(principal: Principal, conversation_id: uuid.UUID) -> Conversation:
     """The caller's conversation, or :class:`NotFound` (also for another's: no leak)."""
     conversation = None
     if principal.user is not None:
@@ -133,7 +133,7 @@ async def aowned(principal: Principal, conversation_id: uuid.UUID) -> Conversati
     return conversation
 
 
-async def astored(conversation: Conversation) -> tuple[list[dict[str, Any]], bool]:
+async def stored_history(conversation: Conversation) -> tuple[list[dict[str, Any]], bool]:
     """The stored history as OpenAI messages (every system message and the latest
     others), and whether older messages were left out."""
     usable = conversation.messages.exclude(status=Message.Status.STREAMING).exclude(
@@ -165,16 +165,16 @@ class HistoryPlan:
     store: bool = False
 
 
-async def aplan(principal: Principal, request: ChatRequest) -> HistoryPlan:
+async def plan_turn(principal: Principal, request: ChatRequest) -> HistoryPlan:
     """Apply preferences and the stored conversation to ``request``, and scope it to
     ``principal``; nothing is written."""
-    preference = await apreference(principal)
+    preference = await load_preference(principal)
     request = apply_preference(request, preference)
     stored: list[dict[str, Any]] = []
     truncated = creating = False
     if request.conversation_id is not None:
         try:
-            conversation = await aowned(principal, request.conversation_id)
+            conversation = await owned_conversation(principal, request.conversation_id)
         except exceptions.NotFound:
             # A client-chosen id (an AG-UI threadId) may name a conversation to start.
             taken = await Conversation.objects.filter(pk=request.conversation_id).aexists()
@@ -182,7 +182,7 @@ async def aplan(principal: Principal, request: ChatRequest) -> HistoryPlan:
                 raise
             creating = True
         else:
-            stored, truncated = await astored(conversation)
+            stored, truncated = await stored_history(conversation)
     to_send, new = split_new(stored, request.messages, truncated=truncated)
     has_system = any(m["role"] == _SYSTEM for m in to_send)
     if preference is not None and preference.system_prompt and not has_system:
@@ -206,7 +206,7 @@ async def astore(principal: Principal, plan: HistoryPlan, answer: Answer) -> Tra
     """Save the planned turn (its new messages and an empty answer), if it is stored.
 
     The transcript saves ``answer``'s text as the caller folds deltas into it. A new
-    conversation's rows are only queued here: :func:`astarted` waits for them.
+    conversation's rows are only queued here: :func:`wait_until_stored` waits for them.
     """
     if not plan.store:
         return None
@@ -215,13 +215,13 @@ async def astore(principal: Principal, plan: HistoryPlan, answer: Answer) -> Tra
     if request.conversation_id is None:
         conversation, message, created = new_conversation(principal, request.model, plan.new)
     else:
-        conversation, message = await astore_turn(
+        conversation, message = await save_turn(
             principal, request.conversation_id, request.model, plan.new, plan.create
         )
     return Transcript(message.id, conversation.id, lambda: answer.text, created=created)
 
 
-async def astarted(transcript: Transcript | None) -> None:
+async def wait_until_stored(transcript: Transcript | None) -> None:
     """Wait until a new conversation's rows are saved; :class:`DatabaseUnavailable` if not.
 
     A turn waits for this before its first byte goes out, so a conversation id a client
@@ -243,7 +243,7 @@ def finish(transcript: Transcript | None, turn: TurnRecord) -> None:
         transcript.saving = spawn(_afinish(transcript, turn))
 
 
-async def asaved(transcript: Transcript | None) -> None:
+async def wait_until_saved(transcript: Transcript | None) -> None:
     """Wait until the final answer is saved (a face may say "done" after it)."""
     saving = transcript.saving if transcript is not None else None
     if saving is not None:
@@ -258,7 +258,7 @@ async def _afinish(transcript: Transcript, turn: TurnRecord) -> None:
     finish_reason = turn.final_finish_reason() if status == Message.Status.COMPLETE else ""
     if turn.tool_messages and not transcript.deleted:
         try:
-            await astore_before_answer(
+            await store_before_answer(
                 transcript.conversation_id, transcript.message_id, turn.tool_messages
             )
         except Exception:

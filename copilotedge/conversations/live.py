@@ -84,7 +84,7 @@ def watch_key(message_id: uuid.UUID) -> str:
     return f"copilotedge:live-watch:{message_id.hex}"
 
 
-async def arequest_watch(message_id: uuid.UUID) -> None:
+async def request_watch(message_id: uuid.UUID) -> None:
     """Ask the other process that generates ``message_id`` to publish its live deltas."""
     try:
         await caches[settings.CACHE_ALIAS].aset(watch_key(message_id), 1, WATCH_SECONDS)

@@ -35,7 +35,7 @@ def forget_all() -> None:
     _cache.clear()
 
 
-async def apreference(principal: Principal) -> Preference | None:
+async def load_preference(principal: Principal) -> Preference | None:
     """The caller's preferences (``None`` for an anonymous caller or a user without any)."""
     if principal.user is None:
         return None

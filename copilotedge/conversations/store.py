@@ -3,9 +3,9 @@
 A new conversation needs no reads, so :func:`new_conversation` builds its rows at once
 and hands them to the group-commit writer (:func:`copilotedge.lifecycle.writer`): they
 are saved while upstream starts answering, and
-:func:`copilotedge.conversations.history.astarted` waits for them. A turn of a stored
+:func:`copilotedge.conversations.history.wait_until_stored` waits for them. A turn of a stored
 conversation (or of one a client-chosen id starts) is saved by
-:func:`astore_turn` in one transaction that numbers the new messages after the stored
+:func:`save_turn` in one transaction that numbers the new messages after the stored
 ones, tried again when a concurrent turn took the same numbers.
 """
 
@@ -152,7 +152,7 @@ def new_conversation(
 
     Nothing can conflict with a fresh id, so nothing needs reading first; the rows are
     saved while upstream starts answering, and
-    :func:`~copilotedge.conversations.history.astarted` waits
+    :func:`~copilotedge.conversations.history.wait_until_stored` waits
     for them.
     """
     now = timezone.now()
@@ -170,7 +170,7 @@ def _create(conversation: Conversation, rows: list[Message]) -> None:
     Message.objects.bulk_create(rows)
 
 
-async def astore_turn(
+async def save_turn(
     principal: Principal,
     conversation_id: uuid.UUID | None,
     model: str,
@@ -217,7 +217,7 @@ def _store_before_answer(
         )
 
 
-async def astore_before_answer(
+async def store_before_answer(
     conversation_id: uuid.UUID, answer_id: uuid.UUID, messages: Sequence[dict[str, Any]]
 ) -> None:
     """Store ``messages`` (a turn's server tool calls and results) just before its answer

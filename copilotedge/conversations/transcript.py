@@ -36,8 +36,8 @@ from copilotedge.conf import settings
 from copilotedge.conversations.live import (
     LIVE_DELTA,
     LIVE_END,
-    arequest_watch,
     publish,
+    request_watch,
     watch_requested,
 )
 from copilotedge.models import Message
@@ -74,7 +74,7 @@ async def awatch(message_id: uuid.UUID) -> None:
     if transcript is not None:
         transcript.watch()
         return
-    await arequest_watch(message_id)
+    await request_watch(message_id)
 
 
 async def _asave(

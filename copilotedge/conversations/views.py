@@ -125,7 +125,7 @@ async def conversation_list(request: HttpRequest) -> HttpResponseBase:
 @api_view("GET", "DELETE")
 async def conversation_detail(request: HttpRequest, conversation_id: uuid.UUID) -> HttpResponseBase:
     principal = await aauthenticate(request)
-    conversation = await history.aowned(principal, conversation_id)
+    conversation = await history.owned_conversation(principal, conversation_id)
     if request.method == "DELETE":
         await conversation.adelete()
         return HttpResponse(status=204)

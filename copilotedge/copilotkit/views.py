@@ -83,7 +83,7 @@ async def aconnect(request: HttpRequest, agent_id: str, body: Any) -> HttpRespon
     principal = await aauthenticate(request)
     get_agent(agent_id)
     run_input = agui.parse_run_input(body)
-    conversation = await agui.aowned_conversation(principal, run_input.thread_id)
+    conversation = await agui.owned_thread(principal, run_input.thread_id)
 
     async def frames() -> AsyncIterator[bytes]:
         if conversation is None:

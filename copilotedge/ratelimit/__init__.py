@@ -26,7 +26,7 @@ once per chat message::
         raise decision.error             # RateLimited (429) or ServiceUnavailable (503)
     decision.headers()                   # the six x-ratelimit-* headers
 
-    reservation = await ratelimit.areserve(principal, chat_request)  # budget, then tokens
+    reservation = await ratelimit.reserve(principal, chat_request)  # budget, then tokens
     ratelimit.settle(reservation, used_tokens, cost)   # scheduled off the hot path
 
 The turn (:mod:`copilotedge.chat.turn`) reserves when it is admitted and settles when it
@@ -54,9 +54,9 @@ from copilotedge.ratelimit.budget import (
     BUDGET_CACHE_SECONDS,
     SpendLookup,
     add_spend,
-    amonth_spend,
     budget_for,
     forget_spend,
+    month_spend,
     month_start,
     next_month,
 )
@@ -94,8 +94,6 @@ __all__ = [
     "SpendLookup",
     "Tracked",
     "acheck_request",
-    "amonth_spend",
-    "areserve",
     "budget_for",
     "check_request",
     "estimate_tokens",
@@ -103,9 +101,11 @@ __all__ = [
     "forget_spend",
     "get_limiter",
     "is_limited",
+    "month_spend",
     "month_start",
     "next_month",
     "rates_for",
+    "reserve",
     "settle",
     "tracking",
 ]
@@ -189,10 +189,10 @@ class Reservation:
     limiter: Limiter
 
 
-async def areserve(principal: Principal, request: ChatRequest) -> Reservation:
+async def reserve(principal: Principal, request: ChatRequest) -> Reservation:
     """Admit a turn (budget, then tokens) or raise ``BudgetExceeded``/``RateLimited``/503."""
     limiter = get_limiter()
-    decision = await limiter.areserve(principal, estimate_tokens(request))
+    decision = await limiter.reserve(principal, estimate_tokens(request))
     _count_rejection(decision, "tokens")
     tracked = _tracked.get()
     if tracked is not None and tracked.decision is not None and decision.tokens is not None:

@@ -50,7 +50,7 @@ _spend_cache: dict[str, tuple[datetime, float, Decimal]] = {}
 _SPEND_CACHE_MAX = 10_000
 
 
-async def amonth_spend(principal: Principal, start: datetime) -> Decimal:
+async def month_spend(principal: Principal, start: datetime) -> Decimal:
     """The caller's cost since ``start`` from the usage ledger, cached for a few seconds."""
     from django.db.models import Sum
 

@@ -16,8 +16,8 @@ from copilotedge import exceptions
 from copilotedge.conf import settings
 from copilotedge.ratelimit.budget import (
     SpendLookup,
-    amonth_spend,
     budget_for,
+    month_spend,
     month_start,
     next_month,
 )
@@ -74,7 +74,7 @@ class Limiter:
     ) -> None:
         self.store = store
         self.clock = clock
-        self.spend = spend or amonth_spend
+        self.spend = spend or month_spend
 
     @staticmethod
     def key(principal: Principal, kind: str) -> str:
@@ -129,7 +129,7 @@ class Limiter:
         except StoreUnavailable:
             return self._unavailable(decision)
 
-    async def areserve(self, principal: Principal, tokens: int) -> Decision:
+    async def reserve(self, principal: Principal, tokens: int) -> Decision:
         """Check the budget, then take ``tokens`` from the window; ``error`` says why not."""
         decision = Decision(*rates_for(principal))
         if not is_limited(principal):

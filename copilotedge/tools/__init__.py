@@ -17,7 +17,7 @@ from copilotedge.tools.executor import (
     ToolError,
     ToolResult,
     arun,
-    arun_step,
+    run_step,
 )
 from copilotedge.tools.registry import (
     Tool,
@@ -38,9 +38,9 @@ __all__ = [
     "ToolResult",
     "UnknownTool",
     "arun",
-    "arun_step",
     "get_tool",
     "make_tool",
     "registered_tools",
+    "run_step",
     "tool",
 ]

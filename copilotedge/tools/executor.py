@@ -177,7 +177,7 @@ def _result(
     return ToolResult(call.id, tool.name, content, outcome, time.monotonic() - started)
 
 
-async def arun_step(
+async def run_step(
     calls: Sequence[tuple[Tool, ToolCallRequest]],
     context: Callable[[ToolCallRequest], ToolContext],
     approve: Approver | None = None,

@@ -89,7 +89,7 @@ class CircuitBreaker:
     def _note_open_until(self, value: Any) -> None:
         _known[self._key("open_until")] = (value, time.monotonic())
 
-    async def abefore_call(self) -> bool:
+    async def allows_call(self) -> bool:
         """Let a call through or raise :class:`ServiceUnavailable` with ``retry_after``.
 
         Returns whether the call is the half-open probe, whose outcome decides the state.
@@ -115,7 +115,7 @@ class CircuitBreaker:
         window = settings.CIRCUIT_FAILURE_WINDOW
         return self._key(f"{part}:{int(time.time() // window)}")
 
-    async def asuccess(self, probe: bool) -> None:
+    async def record_success(self, probe: bool) -> None:
         if not probe:
             self._count_success()
             return
@@ -155,7 +155,7 @@ class CircuitBreaker:
         count: int = await arun(self._store.incr, key, window, 1 + _unsent.pop(key, 0))
         return count
 
-    async def afailure(self, probe: bool) -> None:
+    async def record_failure(self, probe: bool) -> None:
         if not probe:
             # Open on a failure rate, not a count: at hundreds of requests a second a
             # handful of failed answers is noise, not an outage.

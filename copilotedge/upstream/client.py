@@ -58,7 +58,7 @@ def _transport() -> httpx.AsyncHTTPTransport:
     return httpx.AsyncHTTPTransport(limits=limits)
 
 
-async def aclose_client() -> None:
+async def close_client() -> None:
     """Close this loop's client; call at shutdown (the ASGI lifespan does)."""
     client = _clients.pop(asyncio.get_running_loop(), None)
     if client is not None:

@@ -119,7 +119,7 @@ async def _call(
             if remaining <= 0:
                 break
             try:
-                probe = await breaker.abefore_call()
+                probe = await breaker.allows_call()
             except exceptions.ServiceUnavailable as error:
                 last_error = error
                 break
@@ -129,9 +129,9 @@ async def _call(
             except exceptions.CopilotEdgeError as error:
                 last_error = error
                 if counts_against_upstream(error):
-                    await breaker.afailure(probe)
+                    await breaker.record_failure(probe)
                 else:
-                    await breaker.asuccess(probe)  # it answered: it is up
+                    await breaker.record_success(probe)  # it answered: it is up
                 if not getattr(error, "retryable", False) or number == settings.RETRY_ATTEMPTS:
                     break
                 delay = backoff(number, error.retry_after)
@@ -142,7 +142,7 @@ async def _call(
                 await breaker.arelease(probe)
                 raise
             else:
-                await breaker.asuccess(probe)
+                await breaker.record_success(probe)
                 served.model = candidate.model
                 return result, candidate
         if last_error is not None and not falls_over(last_error):
@@ -161,7 +161,7 @@ async def _consult_cache(served: Served, plan: cache.Plan) -> tuple[cache.Entry 
     if not plan.read:
         return None, plan
     try:
-        entry = await cache.alookup(plan.key)
+        entry = await cache.lookup_entry(plan.key)
     except cache.CacheUnavailable:
         served.cache_status = cache.BYPASS
         return None, cache.Plan()
@@ -245,7 +245,7 @@ async def open_stream(
             return
         _land(plan, flight, None, error)
         if isinstance(error, exceptions.CopilotEdgeError) and counts_against_upstream(error):
-            await breaker.afailure(False)
+            await breaker.record_failure(False)
 
     stream.on_end = on_end
     return stream

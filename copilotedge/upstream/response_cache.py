@@ -150,7 +150,7 @@ class CacheUnavailable(Exception):
     """The cache could not be read; the turn goes on without it."""
 
 
-async def alookup(key: str) -> Entry | None:
+async def lookup_entry(key: str) -> Entry | None:
     try:
         cache = caches[settings.CACHE_ALIAS]
         entry = await sync_to_async(cache.get, thread_sensitive=False)(key)

@@ -184,7 +184,7 @@ def build_record(turn: TurnRecord) -> UsageRecord:
 def record(turn: TurnRecord) -> UsageRecord:
     """Build the turn's ledger row, count it in the metrics, and queue its write (returned).
 
-    The caller does not wait for the database; :func:`copilotedge.lifecycle.adrain` does.
+    The caller does not wait for the database; :func:`copilotedge.lifecycle.drain` does.
     """
     row = build_record(turn)
     upstream_error = turn.error.code if isinstance(turn.error, UpstreamError) else None

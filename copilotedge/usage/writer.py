@@ -6,7 +6,7 @@ database. The records go into the same group-commit transactions as the conversa
 rows (:func:`copilotedge.lifecycle.writer`): a turn's last answer save and its record usually
 share one commit. A failing insert falls back to saving each record on its own with
 retries; a record that never lands is logged whole. Either way each record is announced
-on :data:`usage_recorded`. :func:`copilotedge.lifecycle.adrain` waits for all of it.
+on :data:`usage_recorded`. :func:`copilotedge.lifecycle.drain` waits for all of it.
 """
 
 from __future__ import annotations

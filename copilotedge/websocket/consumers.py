@@ -18,7 +18,7 @@ from typing import Any
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from copilotedge import exceptions, lifecycle, ratelimit
-from copilotedge.auth import Principal, akey_for_token, arefresh, client_ip
+from copilotedge.auth import Principal, client_ip, key_for_token, refresh_principal
 from copilotedge.chat import faces, wire
 from copilotedge.chat.agents import DEFAULT_AGENT, get_agent, named_agent, with_agent
 from copilotedge.chat.deltas import TOOL_CALL as STEP_CALL
@@ -203,7 +203,7 @@ class ChatConsumer(ResumeMixin, AsyncJsonWebsocketConsumer):  # type: ignore[mis
         """Re-check the caller before work; gone credentials end the socket (4401)."""
         assert self.principal is not None
         try:
-            self.principal = await arefresh(self.principal, self.scope.get("session"))
+            self.principal = await refresh_principal(self.principal, self.scope.get("session"))
         except exceptions.AuthenticationFailed as error:
             self.principal = None
             for task in self.chats.values():
@@ -223,7 +223,7 @@ class ChatConsumer(ResumeMixin, AsyncJsonWebsocketConsumer):  # type: ignore[mis
         try:
             if not isinstance(token, str):
                 raise exceptions.AuthenticationFailed("'token' must be an API key.")
-            key = await akey_for_token(token)
+            key = await key_for_token(token)
         except exceptions.AuthenticationFailed as error:
             await self.reply_error(None, error)
             await self.close(code=CLOSE_UNAUTHENTICATED)
@@ -294,7 +294,7 @@ class ChatConsumer(ResumeMixin, AsyncJsonWebsocketConsumer):  # type: ignore[mis
                     if delta.tool_step is not None:
                         await self.reply(tool_frame(chat_id, delta.tool_step))
             # Saved before the client hears the end, so what it fetches next is final.
-            await turn.asaved()
+            await turn.wait_until_saved()
             await self.reply(
                 {
                     "type": DONE,
@@ -304,10 +304,10 @@ class ChatConsumer(ResumeMixin, AsyncJsonWebsocketConsumer):  # type: ignore[mis
                 }
             )
         except exceptions.CopilotEdgeError as error:
-            await turn.asaved()
+            await turn.wait_until_saved()
             await self.reply_error(chat_id, error)
         except asyncio.CancelledError:
-            await turn.asaved()
+            await turn.wait_until_saved()
             await self.reply({"type": CANCELLED, "id": chat_id})
             raise
         except Exception:

@@ -131,7 +131,7 @@ class ResumeMixin:
             raise exceptions.InvalidRequest(
                 "A resume with this id is running.", code="duplicate_id"
             )
-        conversation = await history.aowned(self.principal, conversation_id)
+        conversation = await history.owned_conversation(self.principal, conversation_id)
         message = (
             await conversation.messages.filter(role=Message.Role.ASSISTANT)
             .order_by("-sequence")

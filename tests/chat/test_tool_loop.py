@@ -45,7 +45,7 @@ def agent_tools(emulator):
 
 
 async def settle() -> None:
-    await lifecycle.adrain()
+    await lifecycle.drain()
 
 
 async def agui_events(auth: dict[str, str], text: str) -> list[dict[str, Any]]:
@@ -227,7 +227,7 @@ async def test_a_stop_during_a_slow_tool_ends_the_turn_shutting_down(agent_tools
     await socket.send_json_to(chat("CALL:wait_forever{}"))
     seen = await until(socket, "tool_call")
     call_id = seen[-1]["tool_call_id"]
-    stopping = asyncio.create_task(lifecycle.ashutdown())
+    stopping = asyncio.create_task(lifecycle.shut_down())
     seen = await until(socket, "error")
     assert seen[-1]["error"]["code"] == "shutting_down"
     await stopping

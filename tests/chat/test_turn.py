@@ -103,7 +103,7 @@ def make_turn(principal: Principal, *, model: str = MODEL, stream: bool = True) 
 
 
 async def record_of(turn: Turn) -> UsageRecord:
-    await lifecycle.adrain()
+    await lifecycle.drain()
     return await UsageRecord.objects.aget(request_id=turn.id)
 
 
@@ -329,7 +329,7 @@ async def test_a_turn_is_recorded_once(principal: Principal, upstream: respx.Moc
     turn = make_turn(principal)
     await consume(turn)
     turn.finish()
-    await lifecycle.adrain()
+    await lifecycle.drain()
     assert await UsageRecord.objects.filter(request_id=turn.id).acount() == 1
 
 

@@ -87,7 +87,7 @@ async def run_turn(request: ChatRequest, principal: Principal) -> Turn:
     await turn.open()
     async for _ in turn.deltas():
         pass
-    await lifecycle.adrain()
+    await lifecycle.drain()
     return turn
 
 
@@ -214,13 +214,13 @@ async def test_a_growing_answer_is_saved_as_streaming_while_it_grows(user, upstr
         await asyncio.sleep(0)
         row = await Message.objects.aget(role="assistant")
         seen.append((row.status, row.content))
-    await lifecycle.adrain()
+    await lifecycle.drain()
     final = await Message.objects.aget(role="assistant")
     assert final.status == "complete" and final.content == turn.answer.text
     partial = [c for s, c in seen if s == "streaming" and 0 < len(c) < len(final.content)]
     assert partial, "no save happened while the answer grew"
     assert all(final.content.startswith(c) for c in partial)
-    await lifecycle.adrain()
+    await lifecycle.drain()
 
 
 @pytest.mark.django_db(transaction=True)
@@ -234,7 +234,7 @@ async def test_a_growing_answer_is_saved_every_flush_bytes(user, upstream):
     async for _ in turn.deltas():
         await asyncio.sleep(0.01)
         lengths.append(len((await Message.objects.aget(role="assistant")).content))
-    await lifecycle.adrain()
+    await lifecycle.drain()
     assert any(0 < n < 240 for n in lengths)  # saved mid-answer although the interval is 60 s
 
 
@@ -248,7 +248,7 @@ async def test_an_upstream_failure_is_stored_with_its_status(user, upstream):
     with pytest.raises(Exception, match="ended the answer early"):
         async for _ in turn.deltas():
             pass
-    await lifecycle.adrain()
+    await lifecycle.drain()
     row = await Message.objects.aget(role="assistant")
     assert (row.status, row.content) == ("incomplete", "partial ")
 
@@ -259,7 +259,7 @@ async def test_an_upstream_refusal_before_any_token_is_stored_as_error(user, ups
     turn = Turn(ChatRequest(MODEL, [msg("user", "hi")]), Principal(user=user), "openai")
     with pytest.raises(Exception, match="capacity"):
         await turn.open()
-    await lifecycle.adrain()
+    await lifecycle.drain()
     statuses = [(m.role, m.status) async for m in Message.objects.all()]
     assert statuses == [("user", "complete"), ("assistant", "error")]
 

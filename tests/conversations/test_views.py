@@ -38,7 +38,7 @@ class Answers:
 
 
 async def drain() -> None:
-    await lifecycle.adrain()
+    await lifecycle.drain()
 
 
 async def post_chat(client: AsyncClient, auth: dict[str, str], **body: Any) -> Any:

@@ -126,7 +126,7 @@ async def test_run_streams_a_text_answer_and_records_agui_usage(auth, upstream, 
         "total_tokens": 10,
     }
     assert finished["usage"][0]["inputTokens"] == 7 and finished["usage"][0]["outputTokens"] == 3
-    await lifecycle.adrain()
+    await lifecycle.drain()
     record = await UsageRecord.objects.aget()
     assert record.protocol == "agui"
     assert record.api_key_id == api_key[0].pk
@@ -255,7 +255,7 @@ async def test_an_upstream_refusal_is_a_run_error_event(auth, upstream):
     events = await events_of(response)
     assert types(events) == ["RUN_STARTED", "RUN_ERROR"]
     assert events[1]["code"] == "upstream_error"
-    await lifecycle.adrain()
+    await lifecycle.drain()
     record = await UsageRecord.objects.aget()
     assert (record.protocol, record.outcome) == ("agui", "error")
 
@@ -427,7 +427,7 @@ async def test_stop_cancels_a_running_run(auth, upstream):
     assert types(tail) == ["TEXT_MESSAGE_END", "RUN_FINISHED"]
     assert tail[-1]["result"]["stopped"] is True
     assert b"never" not in rest
-    await lifecycle.adrain()
+    await lifecycle.drain()
     record = await UsageRecord.objects.aget()
     assert (record.protocol, record.outcome) == ("agui", "cancelled")
 
@@ -458,7 +458,7 @@ async def test_usage_row_links_an_owned_uuid_thread(auth, upstream, user):
     fresh = str(uuid.uuid4())
     response = await post(f"{BASE}/agent/default/run", run_input(threadId=fresh), auth)
     await events_of(response)
-    await lifecycle.adrain()
+    await lifecycle.drain()
     linked = [r.conversation_id async for r in UsageRecord.objects.order_by("created_at")]
     assert linked[0] == conversation.id
     # A new thread starts the caller's conversation of that id.
@@ -470,7 +470,7 @@ async def test_a_thread_run_once_is_replayed_by_connect(auth, upstream, user):
     upstream.post(OPENAI_URL).mock(return_value=text_stream("Hello there"))
     body = run_input(threadId="my-thread")  # not a UUID: mapped to one per caller
     await events_of(await post(f"{BASE}/agent/default/run", body, auth))
-    await lifecycle.adrain()
+    await lifecycle.drain()
     events = await events_of(await post(f"{BASE}/agent/default/connect", body, auth))
     assert types(events) == ["RUN_STARTED", "MESSAGES_SNAPSHOT", "RUN_FINISHED"]
     replayed = [(m["role"], m.get("content")) for m in events[1]["messages"]]

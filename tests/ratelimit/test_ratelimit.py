@@ -196,7 +196,7 @@ async def test_request_decision(store: Any, clock: FakeClock) -> None:
 @override_settings(COPILOTEDGE_TOKEN_RATE_LIMIT="1000/m")
 async def test_tokens_reserved_then_debited_with_real_usage(store: Any, clock: FakeClock) -> None:
     limits = limiter(store, clock)
-    reserved = await limits.areserve(IP, 300)
+    reserved = await limits.reserve(IP, 300)
     assert reserved.allowed and reserved.reserved == 300
     assert reserved.tokens is not None and reserved.tokens.remaining == 700
     await limits.asettle(IP, 300, 120)  # the answer was shorter: 180 back
@@ -210,21 +210,21 @@ async def test_tokens_reserved_then_debited_with_real_usage(store: Any, clock: F
 @override_settings(COPILOTEDGE_TOKEN_RATE_LIMIT="1000/m")
 async def test_tokens_refused_up_front(store: Any, clock: FakeClock) -> None:
     limits = limiter(store, clock)
-    assert (await limits.areserve(IP, 850)).allowed
-    refused = await limits.areserve(IP, 200)
+    assert (await limits.reserve(IP, 850)).allowed
+    refused = await limits.reserve(IP, 200)
     assert isinstance(refused.error, exceptions.RateLimited)
     assert refused.error.retry_after == pytest.approx(3.0)  # 50 more tokens at 60 ms each
     assert refused.tokens is not None and refused.tokens.remaining == 150
     assert refused.reserved == 0
     clock.advance(3.0)
-    assert (await limits.areserve(IP, 200)).allowed
+    assert (await limits.reserve(IP, 200)).allowed
 
 
 @override_settings(COPILOTEDGE_TOKEN_RATE_LIMIT="1000/m")
 async def test_a_request_bigger_than_the_limit_is_refused_outright(
     store: Any, clock: FakeClock
 ) -> None:
-    refused = await limiter(store, clock).areserve(IP, 1001)
+    refused = await limiter(store, clock).reserve(IP, 1001)
     assert isinstance(refused.error, exceptions.RateLimited)
     assert refused.error.param == "max_tokens"
 
@@ -261,14 +261,14 @@ async def test_budget(store: Any, clock: FakeClock) -> None:
     limits = limiter(store, clock, spend)
     under = Principal(api_key=ApiKey(pk=1, monthly_budget=Decimal(5)))
     over = Principal(api_key=ApiKey(pk=2, monthly_budget=Decimal(5)))
-    assert (await limits.areserve(under, 10)).allowed
-    refused = await limits.areserve(over, 10)
+    assert (await limits.reserve(under, 10)).allowed
+    refused = await limits.reserve(over, 10)
     assert isinstance(refused.error, exceptions.BudgetExceeded)
     assert refused.error.code == "budget_exceeded"
     assert refused.error.status_code == 429
     # Until the first of December.
     assert refused.error.retry_after == pytest.approx(datetime(2023, 12, 1).timestamp() - T0, 1)
-    assert (await limits.areserve(IP, 10)).allowed  # an IP has no ledger, no budget
+    assert (await limits.reserve(IP, 10)).allowed  # an IP has no ledger, no budget
 
 
 async def test_store_down_fails_open_or_closed(clock: FakeClock, caplog: Any) -> None:
@@ -286,7 +286,7 @@ async def test_store_down_fails_open_or_closed(clock: FakeClock, caplog: Any) ->
         closed = await limits.acheck_request(IP)
         assert isinstance(closed.error, exceptions.ServiceUnavailable)
         assert closed.error.status_code == 503
-        reserved = await limits.areserve(IP, 10)
+        reserved = await limits.reserve(IP, 10)
         assert isinstance(reserved.error, exceptions.ServiceUnavailable)
     await RedisStore.aclose()
 
@@ -315,12 +315,12 @@ async def test_month_spend_reads_this_month_of_the_ledger_briefly_cached(user: A
     await spend_row(key, "9", when=start - timedelta(seconds=1))  # last month
     await spend_row(other, "3")  # the same user's other key
     by_key = Principal(user=user, api_key=key)
-    assert await ratelimit.amonth_spend(by_key, start) == Decimal("0.40")
-    assert await ratelimit.amonth_spend(Principal(user=user), start) == Decimal("3.40")
+    assert await ratelimit.month_spend(by_key, start) == Decimal("0.40")
+    assert await ratelimit.month_spend(Principal(user=user), start) == Decimal("3.40")
     await spend_row(key, "1")
-    assert await ratelimit.amonth_spend(by_key, start) == Decimal("0.40")  # cached
+    assert await ratelimit.month_spend(by_key, start) == Decimal("0.40")  # cached
     ratelimit.forget_spend()
-    assert await ratelimit.amonth_spend(by_key, start) == Decimal("1.40")
+    assert await ratelimit.month_spend(by_key, start) == Decimal("1.40")
 
 
 @pytest.mark.django_db(transaction=True)
@@ -329,7 +329,7 @@ async def test_session_users_get_the_budget_setting(user: Any, clock: FakeClock)
     key = await ApiKey.objects.acreate(user=user, prefix="ce_ledger3", hashed_key="3")
     await spend_row(key, "2.50")
     limits = Limiter(CacheStore(LocMemCache(f"rl-{uuid.uuid4()}", {})))  # the real clock
-    refused = await limits.areserve(Principal(user=user), 10)
+    refused = await limits.reserve(Principal(user=user), 10)
     assert isinstance(refused.error, exceptions.BudgetExceeded)
     assert "$2.50" in refused.error.message
 
@@ -394,10 +394,10 @@ async def test_a_finished_turn_counts_against_the_budget_at_once(user: Any) -> N
     await spend_row(key, "0.90")
     principal = Principal(user=user, api_key=key)
     limits = Limiter(CacheStore(LocMemCache(f"rl-{uuid.uuid4()}", {})))
-    first = await limits.areserve(principal, 10)
+    first = await limits.reserve(principal, 10)
     assert first.allowed
     # The ledger row is written later; the cached spend counts the turn meanwhile.
     ratelimit.settle(ratelimit.Reservation(principal, 10, limits), 12, Decimal("0.10"))
-    await lifecycle.adrain()
-    refused = await limits.areserve(principal, 10)
+    await lifecycle.drain()
+    refused = await limits.reserve(principal, 10)
     assert isinstance(refused.error, exceptions.BudgetExceeded)

@@ -13,7 +13,7 @@ from django.test import override_settings
 from prometheus_client import REGISTRY
 
 from copilotedge.auth import Principal
-from copilotedge.tools import ToolCallRequest, ToolContext, arun, arun_step, get_tool
+from copilotedge.tools import ToolCallRequest, ToolContext, arun, get_tool, run_step
 from tests import sample_tools
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -129,7 +129,7 @@ async def test_one_steps_calls_run_concurrently_and_keep_their_order():
     ]
     loop = asyncio.get_running_loop()
     started = loop.time()
-    results = await arun_step(calls, lambda call: context(None, call.id))
+    results = await run_step(calls, lambda call: context(None, call.id))
     assert loop.time() - started < 0.39
     assert [(r.tool_call_id, r.outcome) for r in results] == [
         ("a", "timeout"),
@@ -141,7 +141,7 @@ async def test_one_steps_calls_run_concurrently_and_keep_their_order():
 async def test_cancelling_a_step_cancels_its_running_tools():
     before = calls_counted("wait_forever", "cancelled")
     calls = [(get_tool("wait_forever"), ToolCallRequest("w1", "wait_forever", "{}"))]
-    task = asyncio.ensure_future(arun_step(calls, lambda call: context(None, call.id)))
+    task = asyncio.ensure_future(run_step(calls, lambda call: context(None, call.id)))
     await asyncio.sleep(0.05)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):

@@ -66,7 +66,7 @@ async def test_failures_open_the_circuit_and_then_it_fails_fast(
     assert response["Retry-After"] == "1"
     assert route.call_count == 3  # the fourth request never left
     assert elapsed < 0.1
-    await lifecycle.adrain()
+    await lifecycle.drain()
     last = await UsageRecord.objects.order_by("-created_at").afirst()
     assert last is not None
     assert (last.status_code, last.attempts, last.error_code) == (503, 0, "service_unavailable")
@@ -113,15 +113,15 @@ async def test_a_failed_probe_opens_it_again(
 async def test_only_one_probe_at_a_time(settings: Any) -> None:
     circuit = CircuitBreaker("probe-test")
     for _ in range(3):
-        await circuit.afailure(False)
+        await circuit.record_failure(False)
     await asyncio.sleep(0.55)
-    assert await circuit.abefore_call() is True
+    assert await circuit.allows_call() is True
     with pytest.raises(Exception) as refused:
-        await circuit.abefore_call()
+        await circuit.allows_call()
     assert getattr(refused.value, "status_code", None) == 503
     await circuit.arelease(True)  # the probe was cancelled: the slot is free again
-    assert await circuit.abefore_call() is True
-    await circuit.asuccess(True)
+    assert await circuit.allows_call() is True
+    await circuit.record_success(True)
     assert circuit.state() == breaker.CLOSED
     circuit.reset()
 
@@ -147,10 +147,10 @@ async def test_an_open_circuit_sends_requests_to_the_fallback(
 async def test_failures_outside_the_window_do_not_add_up(settings: Any) -> None:
     settings.COPILOTEDGE_CIRCUIT_FAILURE_WINDOW = 0.2
     circuit = CircuitBreaker("window-test")
-    await circuit.afailure(False)
-    await circuit.afailure(False)
+    await circuit.record_failure(False)
+    await circuit.record_failure(False)
     await asyncio.sleep(0.25)
-    await circuit.afailure(False)
+    await circuit.record_failure(False)
     assert circuit.state() == breaker.CLOSED
     circuit.reset()
 
@@ -171,7 +171,7 @@ async def test_state_is_shared_through_redis_when_the_cache_is_redis(settings: A
         pytest.skip("the suite's cache is not Redis (REDIS_URL unset)")
     circuit = CircuitBreaker("shared-test")
     for _ in range(3):
-        await circuit.afailure(False)
+        await circuit.record_failure(False)
     # What every other process reads: the key in Redis, not this process's memory.
     open_until = caches["default"].get("copilotedge:circuit:shared-test:open_until")
     assert open_until is not None and open_until > time.time()
@@ -192,10 +192,10 @@ async def test_a_dead_shared_cache_falls_back_to_memory(settings: Any) -> None:
     circuit = CircuitBreaker("dead-cache-test")
     assert isinstance(circuit._store, CacheStore)
     for _ in range(3):
-        await circuit.afailure(False)
+        await circuit.record_failure(False)
     assert circuit.state() == breaker.OPEN
     with pytest.raises(Exception) as refused:
-        await circuit.abefore_call()
+        await circuit.allows_call()
     assert getattr(refused.value, "status_code", None) == 503
     circuit.reset()
     assert circuit.state() == breaker.CLOSED
@@ -204,12 +204,12 @@ async def test_a_dead_shared_cache_falls_back_to_memory(settings: Any) -> None:
 async def test_a_few_failures_among_many_answers_do_not_open_the_circuit() -> None:
     circuit = breaker.CircuitBreaker("ratio-test")
     for _ in range(40):
-        await circuit.asuccess(await circuit.abefore_call())
+        await circuit.record_success(await circuit.allows_call())
     for _ in range(10):  # 10 of 50 failed: 20%, under the default 50%
-        await circuit.afailure(await circuit.abefore_call())
+        await circuit.record_failure(await circuit.allows_call())
     assert await circuit.astate() == "closed"
     for _ in range(40):  # now 50 of 90 failed
-        await circuit.afailure(await circuit.abefore_call())
+        await circuit.record_failure(await circuit.allows_call())
         if await circuit.astate() == "open":
             break
     assert await circuit.astate() == "open"
@@ -230,8 +230,8 @@ async def test_on_redis_healthy_calls_read_the_state_once_and_count_in_the_backg
     read = CacheStore.get
     monkeypatch.setattr(CacheStore, "get", lambda store, key: reads.append(key) or read(store, key))
     for _ in range(10):
-        await circuit.asuccess(await circuit.abefore_call())
-    await lifecycle.adrain()
+        await circuit.record_success(await circuit.allows_call())
+    await lifecycle.drain()
     assert len(reads) == 1  # then trusted for STATE_TTL
     assert caches["default"].get(circuit._window_key("calls")) == 10  # every success counted
     circuit.reset()
@@ -244,10 +244,10 @@ async def test_on_redis_another_process_opening_the_circuit_is_seen_within_the_t
     monkeypatch.setattr(breaker, "STATE_TTL", 0.1)
     circuit = CircuitBreaker("elsewhere-test")
     circuit.reset()
-    assert await circuit.abefore_call() is False
+    assert await circuit.allows_call() is False
     # Another process opens it: its key appears in Redis.
     caches["default"].set(circuit._key("open_until"), time.time() + 30, timeout=60)
     await asyncio.sleep(0.15)
     with pytest.raises(ServiceUnavailable):
-        await circuit.abefore_call()
+        await circuit.allows_call()
     circuit.reset()

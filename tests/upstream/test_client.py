@@ -675,7 +675,7 @@ async def test_one_client_per_event_loop() -> None:
     def in_another_loop() -> None:
         async def get() -> None:
             other.append(cloudflare.get_client())
-            await cloudflare.aclose_client()
+            await cloudflare.close_client()
 
         asyncio.run(get())
 
@@ -685,17 +685,17 @@ async def test_one_client_per_event_loop() -> None:
 
 
 async def test_client_timeouts_come_from_settings() -> None:
-    await cloudflare.aclose_client()
+    await cloudflare.close_client()
     with override_settings(COPILOTEDGE_CONNECT_TIMEOUT=1.5, COPILOTEDGE_READ_TIMEOUT=9.0):
         client = cloudflare.get_client()
     assert (client.timeout.connect, client.timeout.read) == (1.5, 9.0)
     assert "authorization" not in client.headers
-    await cloudflare.aclose_client()
+    await cloudflare.close_client()
 
 
 async def test_aclose_client_then_a_fresh_one() -> None:
     client = cloudflare.get_client()
-    await cloudflare.aclose_client()
+    await cloudflare.close_client()
     assert client.is_closed
     fresh = cloudflare.get_client()
     assert fresh is not client and not fresh.is_closed
@@ -742,7 +742,7 @@ async def test_closing_the_delta_iterator_hangs_up_at_once(upstream: respx.MockR
 async def test_connections_are_reused_after_done(emulator: EmulatorServer) -> None:
     # Against a real server: the body is read to its end after [DONE], in the background,
     # and the connection goes back to the pool for the next answer.
-    await cloudflare.aclose_client()
+    await cloudflare.close_client()
     with override_settings(
         COPILOTEDGE_API_BASE_URL=emulator.api_base_url, COPILOTEDGE_ACCOUNT_ID="acc"
     ):
@@ -752,4 +752,4 @@ async def test_connections_are_reused_after_done(emulator: EmulatorServer) -> No
             await asyncio.gather(*cloudflare._draining)
         clients = {tuple(entry["client"]) for entry in emulator.app.requests}
         assert len(clients) == 1  # one connection (one client port) served all three
-    await cloudflare.aclose_client()
+    await cloudflare.close_client()

@@ -81,7 +81,7 @@ def text_of(events: list[Any]) -> str:
 
 
 async def records() -> list[UsageRecord]:
-    await lifecycle.adrain()
+    await lifecycle.drain()
     return [r async for r in UsageRecord.objects.order_by("created_at")]
 
 

@@ -72,7 +72,7 @@ async def frames(response: Any) -> list[Any]:
 
 
 async def records() -> list[UsageRecord]:
-    await lifecycle.adrain()
+    await lifecycle.drain()
     return [r async for r in UsageRecord.objects.order_by("created_at")]
 
 

@@ -125,7 +125,7 @@ def test_a_usage_record_updates_every_request_metric() -> None:
 async def test_a_scrape_reports_the_breakers_current_state() -> None:
     breaker = CircuitBreaker("workers-ai")
     for _ in range(settings.CIRCUIT_FAILURE_THRESHOLD):
-        await breaker.afailure(probe=False)
+        await breaker.record_failure(probe=False)
     scrape = await AsyncClient().get(URL, headers={"Authorization": f"Bearer {TOKEN}"})
     assert 'copilotedge_circuit_state{upstream="workers-ai"} 2.0' in scrape.content.decode()
     breaker.reset()

@@ -140,7 +140,7 @@ async def test_a_write_that_never_lands_is_logged_whole_and_still_signalled(
             headers=auth,
         )
         assert (await read_stream(response))[-1] == "[DONE]"
-        await lifecycle.adrain()
+        await lifecycle.drain()
     finally:
         usage_writer.usage_recorded.disconnect(receiver)
     assert await UsageRecord.objects.acount() == 0
@@ -188,7 +188,7 @@ async def test_usage_recorded_receivers_get_the_saved_row_and_one_failing_does_n
             headers=auth,
         )
         assert response.status_code == 200
-        await lifecycle.adrain()
+        await lifecycle.drain()
     finally:
         signals.usage_recorded.disconnect(broken)
         signals.usage_recorded.disconnect(billing)

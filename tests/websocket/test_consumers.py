@@ -75,7 +75,7 @@ def text_of(messages: list[dict[str, Any]], chat_id: Any) -> str:
 
 
 async def settle() -> None:
-    await lifecycle.adrain()
+    await lifecycle.drain()
 
 
 # Authentication and the handshake ---------------------------------------------------------
@@ -339,7 +339,7 @@ async def test_a_stop_past_its_grace_ends_a_chat_with_an_error_and_records_it(ws
     slow_upstream(upstream, stream)
     await ws.send_json_to(chat("s"))
     start = (await receive_until(ws, "delta", "s"))[0]
-    await lifecycle.ashutdown()
+    await lifecycle.shut_down()
     end = (await receive_until(ws, "error", "s"))[-1]
     assert end["error"] == {
         "message": "The server is shutting down; try again shortly.",
@@ -364,7 +364,7 @@ async def test_a_stop_records_a_detached_chat_too(session_cookie, upstream):
     await socket.send_json_to(chat("d"))
     start = (await receive_until(socket, "delta", "d"))[0]
     await socket.disconnect()
-    await lifecycle.ashutdown()
+    await lifecycle.shut_down()
     row = await Message.objects.aget(pk=start["message_id"])
     assert row.status == "incomplete" and 0 < len(row.content) < len(FULL)
     record = await UsageRecord.objects.aget()

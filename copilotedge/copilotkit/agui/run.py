@@ -46,7 +46,7 @@ from copilotedge.copilotkit.agui.input import (
     parse_run_input,
 )
 from copilotedge.copilotkit.agui.threads import (
-    aowned_conversation,
+    owned_thread,
     snapshot_message,
     thread_conversation_id,
 )
@@ -57,12 +57,12 @@ from copilotedge.models import Message
 __all__ = [
     "PROTOCOL_VERSION",
     "PROVIDER",
-    "aowned_conversation",
     "chat_request",
     "connect_events",
     "context_message",
     "encode",
     "openai_messages",
+    "owned_thread",
     "parse_run_input",
     "run_error",
     "run_events",
@@ -229,7 +229,7 @@ async def run_events(
         return
     finally:
         await batches.aclose()  # type: ignore[attr-defined]
-    await turn.asaved()  # a connect right after the run replays the whole answer
+    await turn.wait_until_saved()  # a connect right after the run replays the whole answer
     for event in events.close():
         yield encode(event)
     result: dict[str, Any] = {"usage": wire.usage_of(turn)}

@@ -39,7 +39,7 @@ def thread_conversation_id(principal: Principal, thread_id: str) -> uuid.UUID | 
         return uuid.uuid5(_THREADS, f"{principal.user_id}:{thread_id}")
 
 
-async def aowned_conversation(principal: Principal, thread_id: str) -> Conversation | None:
+async def owned_thread(principal: Principal, thread_id: str) -> Conversation | None:
     """The caller's stored conversation of ``thread_id``, if there is one."""
     conversation_id = thread_conversation_id(principal, thread_id)
     if conversation_id is None:

@@ -20,7 +20,7 @@ from copilotedge.auth import Principal
 from copilotedge.chat import faces
 from copilotedge.chat.agents import all_agents, get_agent
 from copilotedge.chat.turn import Turn
-from copilotedge.copilotkit.agui.threads import aowned_conversation, thread_conversation_id
+from copilotedge.copilotkit.agui.threads import owned_thread, thread_conversation_id
 from copilotedge.copilotkit.graphql.input import chat_request
 from copilotedge.copilotkit.graphql.run import CopilotRun, Feed, message_status, response_status
 from copilotedge.exceptions import CopilotEdgeError, UpstreamError
@@ -90,7 +90,7 @@ def available_agents(info: Any) -> dict[str, Any]:
 
 
 async def load_agent_state(info: Any, data: dict[str, Any]) -> dict[str, Any]:
-    conversation = await aowned_conversation(info.context.principal, data["threadId"])
+    conversation = await owned_thread(info.context.principal, data["threadId"])
     messages: list[dict[str, Any]] = []
     if conversation is not None:
         messages = [m.as_openai() | {"id": str(m.id)} async for m in conversation.messages.all()]

@@ -192,7 +192,7 @@ class CopilotRun:
                         )
                     if piece.arguments:
                         calls[piece.index].feed.put(piece.arguments)
-            await self.turn.asaved()  # the thread is whole before the client hears "done"
+            await self.turn.wait_until_saved()  # the thread is whole before the client hears "done"
         except CopilotEdgeError as failure:
             error = failure
         except Exception:

@@ -135,7 +135,7 @@ async def test_plain_json_answer_when_nothing_is_deferred(auth, upstream):
     assert message["__typename"] == "TextMessageOutput"
     assert (message["role"], message["content"]) == ("assistant", ["Hel", "lo"])
     assert message["status"] == {"code": "Success"}
-    await lifecycle.adrain()
+    await lifecycle.drain()
     record = await UsageRecord.objects.aget()
     assert (record.protocol, record.outcome) == ("graphql", "ok")
 
@@ -291,7 +291,7 @@ async def test_upstream_failure_is_a_failed_response_status(auth, upstream):
     assert result["status"]["code"] == "Failed"
     assert result["status"]["reason"] == "UNKNOWN_ERROR"
     assert result["status"]["details"]["code"] == "upstream_error"
-    await lifecycle.adrain()
+    await lifecycle.drain()
     assert (await UsageRecord.objects.aget()).outcome == "error"
 
 

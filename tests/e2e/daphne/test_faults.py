@@ -501,7 +501,7 @@ async def test_a_failing_usage_write_never_reaches_the_client(
     )
     raw = b"".join([chunk async for chunk in streamed.streaming_content]).decode()
     assert events_of(raw)[-1] == "[DONE]"
-    await lifecycle.adrain()
+    await lifecycle.drain()
     failures = [r for r in caplog.records if r.getMessage().startswith("Could not save usage")]
     assert len(failures) == 2
     assert "'completion_tokens': 12" in failures[0].getMessage()  # the record, logged whole
@@ -527,6 +527,6 @@ async def test_a_transient_usage_write_failure_is_retried(
     monkeypatch.setattr(UsageRecord.objects, "bulk_create", flaky)
     response = await AsyncClient().post(PATH, body(), content_type="application/json", headers=auth)
     assert response.status_code == 200
-    await lifecycle.adrain()
+    await lifecycle.drain()
     [row] = [r async for r in UsageRecord.objects.all()]
     assert (row.outcome, row.completion_tokens) == ("ok", TOKENS)

@@ -45,7 +45,7 @@ async def test_stream_a_short_answer_from_workers_ai(
             assert response.status_code == 200, response.content
             raw = b"".join([chunk async for chunk in response.streaming_content])
         finally:
-            await cloudflare.aclose_client()
+            await cloudflare.close_client()
     parser = sse.SSEParser()
     events = [e.data for e in [*parser.feed(raw), *parser.close()]]
     assert events[-1] == sse.DONE
