@@ -117,11 +117,11 @@ def _store_turn_once(
     return conversation, rows[-1]
 
 
-def _message_rows(
-    conversation: Conversation, sequence: int, new: list[dict[str, Any]], now: datetime
+def _rows(
+    conversation: Conversation, sequence: int, messages: Sequence[dict[str, Any]], now: datetime
 ) -> list[Message]:
-    """The new messages from ``sequence`` on, then the empty ``streaming`` answer."""
-    rows = [
+    """OpenAI messages as unsaved rows of ``conversation``, numbered from ``sequence``."""
+    return [
         Message(
             conversation=conversation,
             sequence=sequence + i,
@@ -132,8 +132,15 @@ def _message_rows(
             created_at=now,
             updated_at=now,
         )
-        for i, m in enumerate(new)
+        for i, m in enumerate(messages)
     ]
+
+
+def _message_rows(
+    conversation: Conversation, sequence: int, new: list[dict[str, Any]], now: datetime
+) -> list[Message]:
+    """The new messages from ``sequence`` on, then the empty ``streaming`` answer."""
+    rows = _rows(conversation, sequence, new, now)
     answer = Message(
         conversation=conversation,
         sequence=sequence + len(new),
@@ -202,19 +209,7 @@ def _store_before_answer(
         start = answer.sequence if answer.sequence == last else last + 1
         Message.objects.filter(pk=answer_id).update(sequence=start + len(messages))
         now = timezone.now()
-        Message.objects.bulk_create(
-            Message(
-                conversation=conversation,
-                sequence=start + i,
-                role=m["role"],
-                content=storable(str(m.get("content") or "")),
-                tool_calls=storable_json(m.get("tool_calls") or None),
-                tool_call_id=storable(str(m.get("tool_call_id") or "")),
-                created_at=now,
-                updated_at=now,
-            )
-            for i, m in enumerate(messages)
-        )
+        Message.objects.bulk_create(_rows(conversation, start, messages, now))
 
 
 async def store_before_answer(
