@@ -98,7 +98,10 @@ def test_copilotkit_chat_streams_in_a_real_browser(emulator, user) -> None:
         page.wait_for_load_state("networkidle")
         # A message sent while CopilotKit still settles its thread (it may retry …/connect
         # after the network went quiet) is dropped without a trace: send until it shows.
+        # Once a run has gone out, the message was taken: a slow machine only shows it late,
+        # and sending again would start a second run.
         sent = page.locator(".copilotKitUserMessage", has_text="Hello from Chromium")
+        run = f"POST {site.url}/copilotedge/copilotkit/agent/default/run"
         for _ in range(10):
             box.fill("Hello from Chromium")
             box.press("Enter")
@@ -106,8 +109,9 @@ def test_copilotkit_chat_streams_in_a_real_browser(emulator, user) -> None:
                 sent.wait_for(timeout=2_000)
                 break
             except PlaywrightTimeout:
-                continue
-        sent.wait_for(timeout=1_000)
+                if run in calls:
+                    break
+        sent.wait_for(timeout=30_000)
 
         # Sample the assistant's message while it streams in, until it has been still for 1 s.
         assistant = page.locator(".copilotKitAssistantMessage").last
@@ -137,6 +141,7 @@ def test_copilotkit_chat_streams_in_a_real_browser(emulator, user) -> None:
     assert f"POST {site.url}/copilotedge/copilotkit/agent/default/connect" in calls
     assert f"POST {site.url}/copilotedge/copilotkit/agent/default/run" in calls
     assert blocked == [], f"the page reached beyond the site: {blocked}"
-    record = UsageRecord.objects.get(protocol="agui")
-    assert record.outcome == "ok" and record.user_id == user.pk
+    records = list(UsageRecord.objects.filter(protocol="agui"))
+    assert len(records) == calls.count(run) >= 1, (records, calls)
+    assert all(record.outcome == "ok" and record.user_id == user.pk for record in records)
     assert os.path.getsize(ARTIFACTS / "copilotkit-chat.png") > 0
