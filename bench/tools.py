@@ -1,6 +1,7 @@
 """What one server tool step costs us: a turn that runs a tool against plain upstream calls.
 
-In one process and one event loop, against the emulator on loopback (no token delay),
+In one process and one event loop, against the emulator in a process of its own on
+loopback (no token delay),
 interleaved round after round:
 
 - ``raw step 1`` and ``raw step 2``: the two upstream calls a tool turn makes, sent with
@@ -132,19 +133,20 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    from copilotedge.testing import EmulatorApp, EmulatorServer
-
     tmp = tempfile.mkdtemp(prefix="copilotedge-bench-tools-")
-    with EmulatorServer(EmulatorApp(token_delay=0)) as emulator:
-        env = processes.site_env(emulator.port, f"sqlite:///{tmp}/bench.sqlite3")
+    port = processes.free_port()
+    # Its own process, as a real upstream is: in this one it would take the GIL from the
+    # turn it answers and bill its time to ours.
+    emulator = processes.emulator_args(port, tokens=20, token_delay=0)
+    with processes.running(emulator, port, dict(os.environ)):
+        env = processes.site_env(port, f"sqlite:///{tmp}/bench.sqlite3")
         processes.prepare_database(env)
         os.environ.update(env)
         import django
 
         django.setup()
-        result = asyncio.run(
-            _measure(args.rounds, args.warmup, emulator.api_base_url, args.anonymous)
-        )
+        api_base = f"http://127.0.0.1:{port}/client/v4"
+        result = asyncio.run(_measure(args.rounds, args.warmup, api_base, args.anonymous))
     RESULTS.mkdir(exist_ok=True)
     name = "tools-anonymous.json" if args.anonymous else "tools.json"
     (RESULTS / name).write_text(json.dumps(result, indent=1) + "\n")

@@ -112,8 +112,6 @@ class Turn:
         self.steps = 0
         self.tool_steps = 0
         self.tool_calls_run = 0
-        #: The assistant tool-call and ``role: tool`` messages of the steps, in order.
-        self.tool_messages: list[dict[str, Any]] = []
         #: The answer of the current upstream call (the turn's own, without server tools).
         self._step = self.answer
         self._usage: Usage | None = None
@@ -399,6 +397,8 @@ class Turn:
             if not running.done():
                 running.cancel()
                 await asyncio.wait({running})
+                if not running.cancelled():
+                    running.exception()  # the calls' CancelledError, told already
         assistant = {
             "role": "assistant",
             "content": step.text,
@@ -406,8 +406,8 @@ class Turn:
         }
         results_messages = [result.message() for result in results]
         self.request.messages = [*self.request.messages, assistant, *results_messages]
-        # Stored with the answer, which holds the text of every step.
-        self.tool_messages += [{**assistant, "content": ""}, *results_messages]
+        # Stored before the answer, which holds the text of every step.
+        history.save_steps(self.transcript, [{**assistant, "content": ""}, *results_messages])
 
     async def complete(self) -> Answer:
         if self.server_tools:
@@ -491,7 +491,6 @@ class Turn:
             usage=answer.usage,
             steps=max(1, self.steps),
             tool_calls_run=self.tool_calls_run,
-            tool_messages=tuple(self.tool_messages),
         )
 
     def finish(self) -> None:

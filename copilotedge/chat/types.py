@@ -141,9 +141,6 @@ class TurnRecord:
     #: Upstream calls made (one, plus one per server tool step), and server tool calls run.
     steps: int = 1
     tool_calls_run: int = 0
-    #: The server tool steps as stored messages: each an assistant message with
-    #: ``tool_calls`` followed by its ``role: tool`` results, in order.
-    tool_messages: tuple[dict[str, Any], ...] = ()
 
     @property
     def cache_hit(self) -> bool:

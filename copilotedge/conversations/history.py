@@ -12,10 +12,11 @@ A turn asks, in this order:
   :class:`~copilotedge.conversations.transcript.Transcript` that saves the answer as it
   grows. A new conversation's rows are saved while upstream starts answering;
   :func:`wait_until_stored` waits for them before the first byte goes out.
+- :func:`save_steps`, for each server tool step: its messages (an assistant message with
+  ``tool_calls``, then the ``role: tool`` results), just before the answer, written while
+  the model goes on;
 - :func:`finish`: save the final answer from the turn's
-  :class:`~copilotedge.chat.types.TurnRecord`, after its server tool steps (an assistant
-  message with ``tool_calls``, then the ``role: tool`` results, just before the answer);
-  :func:`wait_until_saved` waits for that.
+  :class:`~copilotedge.chat.types.TurnRecord`; :func:`wait_until_saved` waits for that.
 
 A client may send only the new messages (the usual way with ``conversation_id``) or the
 whole conversation again (as AG-UI clients do): when the request's messages start with
@@ -43,7 +44,7 @@ from copilotedge.conversations.store import (
     new_conversation,
     save_turn,
     storable_json,
-    store_before_answer,
+    store_steps,
 )
 from copilotedge.conversations.transcript import Transcript, active, spawn
 from copilotedge.models import Conversation, Message
@@ -218,7 +219,10 @@ async def astore(principal: Principal, plan: HistoryPlan, answer: Answer) -> Tra
         conversation, message = await save_turn(
             principal, request.conversation_id, request.model, plan.new, plan.create
         )
-    return Transcript(message.id, conversation.id, lambda: answer.text, created=created)
+    return Transcript(
+        message.id, conversation.id, lambda: answer.text,
+        created=created, sequence=message.sequence,
+    )  # fmt: skip
 
 
 async def wait_until_stored(transcript: Transcript | None) -> None:
@@ -235,6 +239,21 @@ async def wait_until_stored(transcript: Transcript | None) -> None:
         logger.warning("Could not save conversation %s: %s", transcript.conversation_id, error)
         transcript.deleted = True  # nothing may point at it
         raise exceptions.DatabaseUnavailable() from error
+
+
+def save_steps(transcript: Transcript | None, messages: Sequence[dict[str, Any]]) -> None:
+    """Queue a server tool step's messages (the model's calls, then their results), to
+    be stored just before the answer while the model goes on (the caller does not wait).
+
+    They go through the group-commit writer, in order with the answer's own saves: a
+    reader sees the steps of a turn as they happen, and the answer after them.
+    """
+    if transcript is None or transcript.deleted or not messages:
+        return
+    sequence = transcript.sequence
+    if sequence is not None:
+        transcript.sequence = sequence + len(messages)  # where the answer moves
+    store_steps(transcript.conversation_id, transcript.message_id, sequence, list(messages))
 
 
 def finish(transcript: Transcript | None, turn: TurnRecord) -> None:
@@ -256,13 +275,6 @@ async def _afinish(transcript: Transcript, turn: TurnRecord) -> None:
     counted = count_tokens(turn)  # the ledger's own counts, upstream's or estimated
     tool_calls = storable_json([call.as_openai() for call in turn.tool_calls] or None)
     finish_reason = turn.final_finish_reason() if status == Message.Status.COMPLETE else ""
-    if turn.tool_messages and not transcript.deleted:
-        try:
-            await store_before_answer(
-                transcript.conversation_id, transcript.message_id, turn.tool_messages
-            )
-        except Exception:
-            logger.exception("Could not save the tool steps of message %s", transcript.message_id)
     try:
         await transcript.afinish(
             {

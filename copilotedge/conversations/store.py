@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import re
 import uuid
 from collections.abc import Sequence
@@ -30,6 +31,8 @@ from copilotedge.models import Conversation, Message
 
 if TYPE_CHECKING:
     from copilotedge.auth import Principal
+
+logger = logging.getLogger(__name__)
 
 TITLE_LENGTH = 80
 _STORE_ATTEMPTS = 3
@@ -197,27 +200,63 @@ async def save_turn(
 
 
 def _store_before_answer(
-    conversation_id: uuid.UUID, answer_id: uuid.UUID, messages: Sequence[dict[str, Any]]
+    conversation_id: uuid.UUID,
+    answer_id: uuid.UUID,
+    answer_sequence: int | None,
+    messages: Sequence[dict[str, Any]],
 ) -> None:
+    """Store ``messages`` (a turn's server tool calls and results) just before its answer
+    ``answer_id``, which moves after them: a reloaded conversation reads in order.
+
+    Usually nothing came after the answer (stored at ``answer_sequence``): the answer
+    moves up and the steps take its place, two statements. If a concurrent turn's
+    messages follow it, the sequence constraint refuses that and the steps go after
+    them, under the conversation's lock.
+    """
+    now = timezone.now()
+    if answer_sequence is not None:
+        try:
+            with transaction.atomic():
+                moved = Message.objects.filter(pk=answer_id, sequence=answer_sequence).update(
+                    sequence=answer_sequence + len(messages)
+                )
+                if moved:
+                    rows = _rows(Conversation(pk=conversation_id), answer_sequence, messages, now)
+                    Message.objects.bulk_create(rows)
+                    return
+        except IntegrityError:
+            pass
     with transaction.atomic():
-        conversation = Conversation.objects.select_for_update().filter(pk=conversation_id).first()
+        locked = Conversation.objects.select_for_update().filter(pk=conversation_id).first()
         answer = Message.objects.filter(pk=answer_id, conversation_id=conversation_id).first()
-        if conversation is None or answer is None:
+        if locked is None or answer is None:
             return  # deleted meanwhile (maybe by one of these very tools)
-        last = conversation.messages.aggregate(last=Max("sequence"))["last"]
+        last = locked.messages.aggregate(last=Max("sequence"))["last"]
         # Right before the answer, or after a concurrent turn's messages if there are any.
         start = answer.sequence if answer.sequence == last else last + 1
         Message.objects.filter(pk=answer_id).update(sequence=start + len(messages))
-        now = timezone.now()
-        Message.objects.bulk_create(_rows(conversation, start, messages, now))
+        Message.objects.bulk_create(_rows(locked, start, messages, now))
 
 
-async def store_before_answer(
-    conversation_id: uuid.UUID, answer_id: uuid.UUID, messages: Sequence[dict[str, Any]]
+def store_steps(
+    conversation_id: uuid.UUID,
+    answer_id: uuid.UUID,
+    answer_sequence: int | None,
+    messages: Sequence[dict[str, Any]],
 ) -> None:
-    """Store ``messages`` (a turn's server tool calls and results) just before its answer
-    ``answer_id``, which moves after them: a reloaded conversation reads in order."""
-    await sync_to_async(_store_before_answer)(conversation_id, answer_id, messages)
+    """Queue :func:`_store_before_answer` with the group-commit writer (not waited for;
+    the writer runs it before the answer's later saves and drains it at a stop)."""
+    job = functools.partial(
+        _store_before_answer, conversation_id, answer_id, answer_sequence, messages
+    )
+    lifecycle.writer().submit(job).add_done_callback(functools.partial(_log_failure, answer_id))
+
+
+def _log_failure(answer_id: uuid.UUID, stored: asyncio.Future[None]) -> None:
+    if not stored.cancelled() and stored.exception() is not None:
+        logger.error(
+            "Could not save the tool steps of message %s", answer_id, exc_info=stored.exception()
+        )
 
 
 def _close_abandoned(saving: asyncio.Future[tuple[Conversation, Message]]) -> None:

@@ -119,9 +119,12 @@ class Transcript:
         text: Callable[[], str],
         *,
         created: asyncio.Future[None] | None = None,
+        sequence: int | None = None,
     ) -> None:
         self.message_id = message_id
         self.conversation_id = conversation_id
+        #: The message's place in its conversation, as last written here.
+        self.sequence = sequence
         #: Saving the row, when the writer was asked to create it (a new conversation).
         self.created = created
         self._answer_text = text

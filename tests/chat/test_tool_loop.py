@@ -242,6 +242,45 @@ async def test_a_stop_during_a_slow_tool_ends_the_turn_shutting_down(agent_tools
     )
 
 
+async def test_a_steps_messages_are_stored_while_the_turn_goes_on(agent_tools, session_cookie):
+    socket = await socket_for(session_cookie)
+    await socket.send_json_to(chat("CALL:caller{}\nCALL:wait_forever{}"))
+    seen = await until(socket, "tool_result")
+    conversation_id = seen[0]["conversation_id"]
+    await until(socket, "tool_call")  # the second step: its tool waits until cancelled
+    rows = Message.objects.filter(conversation_id=conversation_id).order_by("sequence")
+
+    async def stored() -> list[tuple[str, str, str]]:
+        return [(m.role, m.content, m.status) async for m in rows.all()]
+
+    await lifecycle.writer().drain()  # what was queued so far, not the turn's end
+    assert await stored() == [
+        ("user", "CALL:caller{}\nCALL:wait_forever{}", "complete"),
+        ("assistant", "", "complete"),  # the first step's call...
+        ("tool", "alice", "complete"),  # ...and its result
+        ("assistant", "", "streaming"),  # the answer, still going
+    ]
+    # A resume meanwhile shows the step that ended, before the answer goes on.
+    resumer = await socket_for(session_cookie)
+    await resumer.send_json_to({"type": "resume", "id": "r", "conversation_id": conversation_id})
+    shown = [await resumer.receive_json_from() for _ in range(3)]
+    assert [(f["type"], f.get("name"), f.get("content")) for f in shown] == [
+        ("start", None, None), ("tool_call", "caller", None), ("tool_result", None, "alice")
+    ]  # fmt: skip
+    await socket.send_json_to({"type": "cancel", "id": "c"})
+    await until(socket, "cancelled")
+    await socket.disconnect()
+    await resumer.disconnect()
+    await settle()
+    # The cancelled step left no call without a result; the answer ended cancelled.
+    assert [(role, status) for role, _, status in await stored()] == [
+        ("user", "complete"),
+        ("assistant", "complete"),
+        ("tool", "complete"),
+        ("assistant", "cancelled"),
+    ]
+
+
 async def test_a_reloaded_or_resumed_conversation_shows_the_tool_steps(
     agent_tools, session_cookie, auth
 ):
