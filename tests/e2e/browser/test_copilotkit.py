@@ -3,6 +3,8 @@
 The example is built with npm + Vite (cached until its sources change) and served by the
 same daphne process as the endpoint, so the chat is same-origin. Requests leaving the
 machine are blocked: the page must work with nothing but the built files and Django.
+After the first answer the chat asks the demo agent's server-side tool (whoami): the page
+shows the step the server ran, with its result, then the answer built from it.
 """
 
 from __future__ import annotations
@@ -71,6 +73,17 @@ def test_copilotkit_chat_streams_in_a_real_browser(emulator, user) -> None:
         "COPILOTEDGE_ACCOUNT_ID": "emulator",
         "COPILOTEDGE_API_TOKEN": "emulator",
         "TEST_EXAMPLE_DIST": str(dist),
+        # The demo's agent, with its server-side tools (project/settings.py).
+        "COPILOTEDGE_AGENTS": {
+            "default": {
+                "name": "default",
+                "tools": [
+                    "project.tools.whoami",
+                    "project.tools.my_usage",
+                    "project.tools.forget_conversation",
+                ],
+            },
+        },
     }
     # Not the ``browser`` fixture: the test writes a key before Chromium opens and reads
     # the ledger after it closes, which it could not do with Chromium open all along.
@@ -127,6 +140,21 @@ def test_copilotkit_chat_streams_in_a_real_browser(emulator, user) -> None:
                 break
             time.sleep(0.03)
         final = assistant.inner_text()
+
+        # The demo agent's server tool: the chat shows the step the server ran (the
+        # example renders tool calls) and the model's answer built from its result.
+        runs_before = calls.count(run)
+        box.fill("Who am I? CALL:whoami{}")
+        box.press("Enter")
+        step = page.locator('.tool-step[data-tool="whoami"][data-status="complete"]')
+        step.wait_for(timeout=30_000)
+        step_text = step.inner_text()
+        answer = page.locator(".copilotKitAssistantMessage", has_text="Tool result: alice")
+        answer.last.wait_for(timeout=30_000)
+        # The send button says when the run is over: the answer is complete then.
+        page.locator('[data-copilotkit-in-progress="false"]').wait_for(timeout=30_000)
+        tool_answer = answer.last.inner_text()
+        answer_has_step = answer.last.locator(".tool-step").count() > 0
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "copilotkit-chat.png"), full_page=True)
         server_log = site.stop()
@@ -136,6 +164,10 @@ def test_copilotkit_chat_streams_in_a_real_browser(emulator, user) -> None:
     partial = [text for text in seen if text.strip() and text != final]
     assert len(partial) >= 2, f"the answer did not stream: {seen}"
     assert "Traceback" not in server_log, server_log
+    assert "whoami" in step_text and "done" in step_text, step_text
+    assert step_text.splitlines()[-1] == "alice", step_text
+    assert "Tool result: alice" in tool_answer and not answer_has_step, tool_answer
+    assert calls.count(run) == runs_before + 1, calls
     # CopilotKit found the runtime with GET …/info and ran the agent over AG-UI.
     assert f"GET {site.url}/copilotedge/copilotkit/info" in calls
     assert f"POST {site.url}/copilotedge/copilotkit/agent/default/connect" in calls
@@ -144,4 +176,6 @@ def test_copilotkit_chat_streams_in_a_real_browser(emulator, user) -> None:
     records = list(UsageRecord.objects.filter(protocol="agui"))
     assert len(records) == calls.count(run) >= 1, (records, calls)
     assert all(record.outcome == "ok" and record.user_id == user.pk for record in records)
+    # The tool ran within its run: one row, two upstream steps, its tool call counted.
+    assert [(r.steps, r.tool_calls) for r in records if r.tool_calls] == [(2, 1)], records
     assert os.path.getsize(ARTIFACTS / "copilotkit-chat.png") > 0

@@ -1,7 +1,8 @@
 """Real JavaScript clients against a real server: ``node --test`` in tests/e2e/node/js.
 
-``@ag-ui/client``'s HttpAgent (which verifies AG-UI event order; it also runs an agent's
-server-side tools as two different users) and
+``@ag-ui/client``'s HttpAgent (which verifies AG-UI event order),
+``@copilotkit/core`` (what CopilotKit React runs: runtime discovery, then the agent; both
+run an agent's server-side tools as two different users) and
 ``@copilotkit/runtime-client-gql`` (urql, multipart incremental delivery) talk to the
 app under daphne, whose upstream is the Workers AI emulator on a loopback port.
 """
@@ -81,6 +82,7 @@ def test_javascript_clients(
     assert UsageRecord.objects.filter(protocol="agui", outcome="error").count() == 1
     assert UsageRecord.objects.filter(protocol="graphql", outcome="ok").exists()
     assert any(r["outcome"] == "completed" for r in emulator.app.requests)
-    # The server tool runs: one step each, recorded with their tool calls.
+    # The server tool runs (four from HttpAgent, four from CopilotKit core): one step
+    # each, recorded with their tool calls.
     tool_rows = UsageRecord.objects.filter(protocol="agui", tool_calls=1)
-    assert [(r.steps, r.outcome) for r in tool_rows] == [(2, "ok")] * 4
+    assert [(r.steps, r.outcome) for r in tool_rows] == [(2, "ok")] * 8
