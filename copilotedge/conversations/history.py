@@ -14,7 +14,9 @@ A turn asks, in this order:
   :func:`wait_until_stored` waits for them before the first byte goes out.
 - :func:`finish`: save the final answer from the turn's
   :class:`~copilotedge.chat.types.TurnRecord`, after its server tool steps (an assistant
-  message with ``tool_calls``, then the ``role: tool`` results, just before the answer);
+  message with ``tool_calls``, then the ``role: tool`` results, just before the answer;
+  the results of the answer's own calls, when a person's approval of some of them was
+  deferred, right after it);
   :func:`wait_until_saved` waits for that.
 
 A client may send only the new messages (the usual way with ``conversation_id``) or the
@@ -106,7 +108,8 @@ def split_new(
     """``(to_send, new)``: the conversation as sent upstream, and the messages to store.
 
     ``incoming`` repeats the conversation when its non-system messages start with the
-    stored ones (or, if ``stored`` is only the latest part, contain them), then go on.
+    stored ones (or, if ``stored`` is only the latest part, contain them), then go on, or
+    end there (a run that resumes the conversation, as an AG-UI resume, adds nothing).
     """
     said = [_same(m) for m in stored if m["role"] != _SYSTEM]
     theirs = [m for m in incoming if m["role"] != _SYSTEM]
@@ -114,7 +117,7 @@ def split_new(
         starts = range(len(theirs) - len(said) - 1, -1, -1) if truncated else (0,)
         for start in starts:
             end = start + len(said)
-            if end < len(theirs) and [_same(m) for m in theirs[start:end]] == said:
+            if end <= len(theirs) and [_same(m) for m in theirs[start:end]] == said:
                 return incoming, theirs[end:]
     return stored + incoming, incoming
 
@@ -257,9 +260,13 @@ async def _afinish(transcript: Transcript, turn: TurnRecord) -> None:
     tool_calls = storable_json([call.as_openai() for call in turn.tool_calls] or None)
     finish_reason = turn.final_finish_reason() if status == Message.Status.COMPLETE else ""
     if turn.tool_messages and not transcript.deleted:
+        # Results of the answer's own calls (their approval was deferred) come after it.
+        own = {call.id for call in turn.tool_calls}
+        after = [m for m in turn.tool_messages if m["role"] == "tool" and m["tool_call_id"] in own]
+        before = [m for m in turn.tool_messages if m not in after]
         try:
             await store_before_answer(
-                transcript.conversation_id, transcript.message_id, turn.tool_messages
+                transcript.conversation_id, transcript.message_id, before, after
             )
         except Exception:
             logger.exception("Could not save the tool steps of message %s", transcript.message_id)

@@ -196,8 +196,11 @@ async def save_turn(
         raise
 
 
-def _store_before_answer(
-    conversation_id: uuid.UUID, answer_id: uuid.UUID, messages: Sequence[dict[str, Any]]
+def _store_around_answer(
+    conversation_id: uuid.UUID,
+    answer_id: uuid.UUID,
+    before: Sequence[dict[str, Any]],
+    after: Sequence[dict[str, Any]],
 ) -> None:
     with transaction.atomic():
         conversation = Conversation.objects.select_for_update().filter(pk=conversation_id).first()
@@ -207,17 +210,23 @@ def _store_before_answer(
         last = conversation.messages.aggregate(last=Max("sequence"))["last"]
         # Right before the answer, or after a concurrent turn's messages if there are any.
         start = answer.sequence if answer.sequence == last else last + 1
-        Message.objects.filter(pk=answer_id).update(sequence=start + len(messages))
+        Message.objects.filter(pk=answer_id).update(sequence=start + len(before))
         now = timezone.now()
-        Message.objects.bulk_create(_rows(conversation, start, messages, now))
+        rows = _rows(conversation, start, before, now)
+        rows += _rows(conversation, start + len(before) + 1, after, now)
+        Message.objects.bulk_create(rows)
 
 
 async def store_before_answer(
-    conversation_id: uuid.UUID, answer_id: uuid.UUID, messages: Sequence[dict[str, Any]]
+    conversation_id: uuid.UUID,
+    answer_id: uuid.UUID,
+    messages: Sequence[dict[str, Any]],
+    after: Sequence[dict[str, Any]] = (),
 ) -> None:
     """Store ``messages`` (a turn's server tool calls and results) just before its answer
-    ``answer_id``, which moves after them: a reloaded conversation reads in order."""
-    await sync_to_async(_store_before_answer)(conversation_id, answer_id, messages)
+    ``answer_id``, which moves after them: a reloaded conversation reads in order. The
+    results of the answer's own calls (``after``) follow it."""
+    await sync_to_async(_store_around_answer)(conversation_id, answer_id, messages, after)
 
 
 def _close_abandoned(saving: asyncio.Future[tuple[Conversation, Message]]) -> None:
