@@ -39,7 +39,7 @@ import dataclasses
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import iscoroutinefunction
@@ -81,8 +81,9 @@ class Turn:
 
     ``server_tools`` are offered to the model and run here when it calls them;
     ``approve`` asks a person about a ``confirm=True`` tool's call (none: denied; it may
-    defer the answer to a later request). ``approvals`` are the answers given since about
-    deferred calls of the history: approved ones run before the first upstream call.
+    defer the answer to a later request). ``approvals`` gives the answers given since
+    about deferred calls of the history (called once, when the turn answers those calls,
+    after it was admitted): approved ones run before the first upstream call.
     """
 
     def __init__(
@@ -93,7 +94,7 @@ class Turn:
         *,
         server_tools: Sequence[tools.Tool] = (),
         approve: tools.Approver | None = None,
-        approvals: Sequence[tools.Approval] = (),
+        approvals: Callable[[], Awaitable[Sequence[tools.Approval]]] | None = None,
     ) -> None:
         self.request = request
         self.principal = principal
@@ -116,7 +117,9 @@ class Turn:
         self.transcript: Transcript | None = None
         self.server_tools = {tool.name: tool for tool in server_tools}
         self.approve = approve
-        self.approvals = {approval.call.id: approval for approval in approvals}
+        self._approvals = approvals
+        #: The answers about the history's deferred calls, by call id, once taken.
+        self.approvals: dict[str, tools.Approval] = {}
         #: Server tool calls of the history without a result, answered before upstream.
         self._unanswered: list[ToolCall] = []
         #: The calls whose approval was deferred to a later request (the turn ended there).
@@ -486,6 +489,8 @@ class Turn:
         """
         calls, self._unanswered = self._unanswered, []
         self.tool_calls_run += len(calls)
+        if self._approvals is not None:
+            self.approvals = {a.call.id: a for a in await self._approvals()}
 
         async def answer(call: ToolCall) -> tools.ToolResult:
             tool = self.server_tools[call.name]
@@ -513,7 +518,9 @@ class Turn:
                 continue
             made = [
                 {**c, "function": {**c["function"], "arguments": self._arguments(c)}}
-                if isinstance(c, dict) and c.get("id") in self.approvals
+                if isinstance(c, dict)
+                and isinstance(c.get("function"), dict)
+                and c.get("id") in self.approvals
                 else c
                 for c in message["tool_calls"]
             ]

@@ -61,7 +61,7 @@ async def arun(request: HttpRequest, agent_id: str, body: Any) -> HttpResponseBa
     # A confirm=True call waits for the caller's answer in a later run of this agent and
     # thread (an interrupt); the run's resume entries are the answers.
     owner, scope = principal.identity, interrupts.approval_scope(agent_id, run_input.thread_id)
-    approvals = await interrupts.resumed_approvals(run_input, owner, scope)
+    approvals = interrupts.resumed_approvals(run_input, owner, scope)
     waiting: list[PendingApproval] = []
     # The thread is stored as a conversation (started by its first run), so that
     # `connect` can replay it.

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ag_ui.core import Interrupt, RunAgentInput
@@ -76,17 +77,15 @@ def _tool_call_ids(run_input: RunAgentInput) -> set[str]:
     }
 
 
-async def resumed_approvals(
+def resumed_approvals(
     run_input: RunAgentInput, owner: str, scope: str
-) -> list[tools.Approval]:
-    """The run's ``resume`` entries as approvals (each waiting call taken out, once).
-
-    Invalid entries (a bad payload, an id twice) are a 400 before any is taken.
-    """
-    entries = run_input.resume or []
+) -> Callable[[], Awaitable[list[tools.Approval]]]:
+    """The run's ``resume`` entries, checked now (a bad payload or an id twice is a 400),
+    and a function that takes their waiting calls out (once) as approvals: the turn calls
+    it when it answers them, once admitted, so a refused run leaves them waiting."""
     answers: list[tuple[str, bool]] = []
     seen: set[str] = set()
-    for i, entry in enumerate(entries):
+    for i, entry in enumerate(run_input.resume or []):
         param = f"resume[{i}]"
         if entry.interrupt_id in seen:
             raise InvalidRequest(
@@ -97,16 +96,22 @@ async def resumed_approvals(
         seen.add(entry.interrupt_id)
         answers.append((entry.interrupt_id, _approved(entry.status, entry.payload, param)))
     calls = _tool_call_ids(run_input)
-    approvals = []
-    for interrupt_id, approved in answers:
-        try:
-            pending = await tools.atake(interrupt_id, owner=owner, scope=scope, tool_call_ids=calls)
-        except Exception:  # the cache is down: the call is denied like an unknown one
-            logger.warning("Could not look up interrupt %r.", interrupt_id, exc_info=True)
-            continue
-        if pending is not None:
-            approvals.append(tools.Approval(pending.call, approved and not pending.expired))
-    return approvals
+
+    async def take() -> list[tools.Approval]:
+        approvals = []
+        for interrupt_id, approved in answers:
+            try:
+                pending = await tools.atake(
+                    interrupt_id, owner=owner, scope=scope, tool_call_ids=calls
+                )
+            except Exception:  # the cache is down: the call is denied like an unknown one
+                logger.warning("Could not look up interrupt %r.", interrupt_id, exc_info=True)
+                continue
+            if pending is not None:
+                approvals.append(tools.Approval(pending.call, approved and not pending.expired))
+        return approvals
+
+    return take
 
 
 def _iso(timestamp: float) -> str:

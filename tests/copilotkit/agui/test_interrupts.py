@@ -255,6 +255,16 @@ async def test_an_unknown_interrupt_id_is_a_denial(confirm_agent, auth):
     assert sample_tools.archived == []
 
 
+async def test_a_refused_resume_leaves_the_interrupt_waiting(confirm_agent, auth):
+    thread = Thread(auth)
+    [interrupt] = interrupts_of(await thread.run())
+    with override_settings(COPILOTEDGE_TOKEN_RATE_LIMIT="1/m"):
+        refused = await thread.post([answer(interrupt["id"])])
+    assert refused.status_code == 429
+    events = await thread.run([answer(interrupt["id"])])
+    assert results_of(events) == [(interrupt["toolCallId"], "alice archived memo")]
+
+
 async def test_replaying_an_approval_does_not_run_the_call_again(confirm_agent, auth):
     thread = Thread(auth)
     [interrupt] = interrupts_of(await thread.run())
