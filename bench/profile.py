@@ -76,9 +76,9 @@ def main() -> None:
         process = subprocess.Popen(site, cwd=processes.ROOT, env=env, stdout=subprocess.DEVNULL)
         try:
             processes.wait_for_port(site_port, 60, process)
-            path = "/v1/chat/completions" if args.relay else "/copilotedge/v1/chat/completions"
-            target = Target(name, f"http://127.0.0.1:{site_port}{path}")
-            target.headers = {"Authorization": f"Bearer {key}"}
+            # The relay serves the same path and ignores the key.
+            url = f"http://127.0.0.1:{site_port}/copilotedge/v1/chat/completions"
+            target = Target(name, url, {"Authorization": f"Bearer {key}"})
             result = asyncio.run(load.throughput([target], args.concurrency, args.seconds))
         finally:
             process.send_signal(signal.SIGINT)

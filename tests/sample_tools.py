@@ -71,3 +71,15 @@ async def wait_forever(context: ToolContext) -> str:
 @copilotedge.tool(confirm=True, name="delete_note", description="Delete a note.")
 def delete_note_tool(note: str) -> str:
     return f"deleted {note}"
+
+
+#: What ``archive_note`` archived, as (username, note), in this process.
+archived: list[tuple[str, str]] = []
+
+
+@copilotedge.tool(confirm=True)
+def archive_note(context: ToolContext, note: str) -> str:
+    """Archive one of the caller's notes (a person approves each call)."""
+    username = str(context.user.get_username())
+    archived.append((username, note))
+    return f"{username} archived {note}"

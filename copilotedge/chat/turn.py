@@ -15,7 +15,12 @@ the turn:
 5. with server tools (an agent's, :mod:`copilotedge.tools`): the model's calls of them run
    here, as the turn's user, and their results go back upstream in a further call (a
    step), until the model answers, up to ``COPILOTEDGE_MAX_TOOL_STEPS``; each step is
-   reserved against the limits like the first;
+   reserved against the limits like the first. A ``confirm=True`` call whose approval the
+   face defers to a later request (:class:`~copilotedge.tools.ApprovalDeferred`) ends the
+   turn after its step, without going upstream again: the answer carries the step's calls
+   and :attr:`Turn.deferred` names the waiting ones. The next turn gives every server tool
+   call of its history still without a result one before it goes upstream: the calls a
+   person approved since (``approvals``) run then, the others are denied;
 6. at the end, one :class:`~copilotedge.chat.types.TurnRecord` for the stored answer
    (``history.finish``), the ledger (:func:`copilotedge.usage.ledger.record`) and the
    limiter's settlement, all scheduled, never waited for.
@@ -34,7 +39,7 @@ import dataclasses
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import iscoroutinefunction
@@ -75,7 +80,10 @@ class Turn:
     and ``complete`` prepare a turn that is not yet.)
 
     ``server_tools`` are offered to the model and run here when it calls them;
-    ``approve`` asks a person about a ``confirm=True`` tool's call (none: denied).
+    ``approve`` asks a person about a ``confirm=True`` tool's call (none: denied; it may
+    defer the answer to a later request). ``approvals`` gives the answers given since
+    about deferred calls of the history (called once, when the turn answers those calls,
+    after it was admitted): approved ones run before the first upstream call.
     """
 
     def __init__(
@@ -86,6 +94,7 @@ class Turn:
         *,
         server_tools: Sequence[tools.Tool] = (),
         approve: tools.Approver | None = None,
+        approvals: Callable[[], Awaitable[Sequence[tools.Approval]]] | None = None,
     ) -> None:
         self.request = request
         self.principal = principal
@@ -108,6 +117,13 @@ class Turn:
         self.transcript: Transcript | None = None
         self.server_tools = {tool.name: tool for tool in server_tools}
         self.approve = approve
+        self._approvals = approvals
+        #: The answers about the history's deferred calls, by call id, once taken.
+        self.approvals: dict[str, tools.Approval] = {}
+        #: Server tool calls of the history without a result, answered before upstream.
+        self._unanswered: list[ToolCall] = []
+        #: The calls whose approval was deferred to a later request (the turn ended there).
+        self.deferred: list[ToolCall] = []
         #: Upstream calls made, server tool steps run and server tool calls made.
         self.steps = 0
         self.tool_steps = 0
@@ -156,6 +172,8 @@ class Turn:
         self.transcript = await history.astore(self.principal, plan, self.answer)
         if self.transcript is not None:
             self.request.conversation_id = self.transcript.conversation_id
+        if self.server_tools:
+            self._unanswered = self._unanswered_calls()
 
     async def astart(self) -> None:
         """Prepare, then wait until a new conversation is stored (for a face that
@@ -183,6 +201,15 @@ class Turn:
         """Open the answer: from the cache, or upstream once it sent a first delta."""
         await self.prepare()
         await self.admit()
+        if self._unanswered:
+            # Their results go upstream with the first call: batches() answers them first.
+            try:
+                await history.wait_until_stored(self.transcript)
+            except BaseException as error:
+                self._fail(error)
+                self.finish()
+                raise
+            return
         try:
             stream = await self._open_step(self.started)
         except BaseException as error:
@@ -232,6 +259,11 @@ class Turn:
         on_chunk = _chunk_callback()
         try:
             with metrics.track_stream(self.protocol):
+                if self._unanswered:
+                    answering = self._answer_calls()
+                    async for batch in lifecycle.interruptible(self, answering):
+                        yield batch
+                    self._stream = await self._open_step(time.monotonic())
                 while True:
                     assert self._stream is not None
                     async for batch in lifecycle.interruptible(self, self._stream.batches()):
@@ -270,9 +302,10 @@ class Turn:
                         running = self._run_tools(step, ours)
                         async for batch in lifecycle.interruptible(self, running):
                             yield batch
-                    if not ours or theirs:
-                        # The answer, or the client's own tools: the client's turn now.
-                        yield [self._hand_over(step, theirs)]
+                    if self.deferred or not ours or theirs:
+                        # The answer, the client's own tools, or calls waiting for a
+                        # person's answer in a later request: the client's turn now.
+                        yield [self._hand_over(step, theirs, counted=bool(ours))]
                         break
                     await self._aclose_stream()
                     self._stream = await self._open_next_step()
@@ -334,9 +367,11 @@ class Turn:
         self._usage = total
         self.answer.usage = total
 
-    def _hand_over(self, step: Answer, client_calls: list[ToolCall]) -> Delta:
-        """The last step's end as one delta: the client's tool calls, finish and usage."""
-        self._sum_usage(step.usage)
+    def _hand_over(self, step: Answer, client_calls: list[ToolCall], *, counted: bool) -> Delta:
+        """The last step's end as one delta: the client's tool calls, finish and usage
+        (``counted``: the step's usage is already summed)."""
+        if not counted:
+            self._sum_usage(step.usage)
         first = len(self.answer.tool_calls)
         pieces = [
             ToolCallDelta(first + i, call.id, call.name, call.arguments)
@@ -344,7 +379,7 @@ class Turn:
         ]
         end = Delta(
             tool_calls=pieces,
-            finish_reason="tool_calls" if client_calls else step.finish_reason,
+            finish_reason="tool_calls" if client_calls or self.deferred else step.finish_reason,
             usage=self._usage,
         )
         self.answer.add(end)
@@ -372,18 +407,14 @@ class Turn:
 
         async def run(call: ToolCall) -> tools.ToolResult:
             request = tools.ToolCallRequest(call.id, call.name, call.arguments)
-            context = tools.ToolContext(
-                user=self.principal.user,
-                principal=self.principal,
-                tool_call_id=call.id,
-                conversation_id=self.request.conversation_id,
-            )
+            context = self._context(call.id)
             result = await tools.arun(self.server_tools[call.name], request, context, approve)
-            ended = ToolStep(
-                TOOL_RESULT, call.id, call.name, call.arguments, result.content, result.outcome,
-                step=number,
-            )  # fmt: skip
-            events.put_nowait(Delta(tool_step=ended))
+            if result.outcome != tools.DEFERRED:  # no result yet: a person answers later
+                ended = ToolStep(
+                    TOOL_RESULT, call.id, call.name, call.arguments, result.content,
+                    result.outcome, step=number,
+                )  # fmt: skip
+                events.put_nowait(Delta(tool_step=ended))
             return result
 
         running = asyncio.ensure_future(asyncio.gather(*(run(call) for call in calls)))
@@ -399,6 +430,20 @@ class Turn:
                 await asyncio.wait({running})
                 if not running.cancelled():
                     running.exception()  # the calls' CancelledError, told already
+        deferred = [c for c, r in zip(calls, results, strict=True) if r.outcome == tools.DEFERRED]
+        if deferred:
+            # The turn ends here: the step's calls are the answer's own (stored as its tool
+            # calls, the results of those that ran right after it).
+            self.deferred = deferred
+            self.tool_calls_run -= len(deferred)  # counted when they are answered
+            first = len(self.answer.tool_calls)
+            pieces = [
+                ToolCallDelta(first + i, c.id, c.name, c.arguments) for i, c in enumerate(calls)
+            ]
+            self.answer.add(Delta(tool_calls=pieces))
+            ran = [r.message() for r in results if r.outcome != tools.DEFERRED]
+            history.save_steps(self.transcript, [], after=ran)
+            return
         assistant = {
             "role": "assistant",
             "content": step.text,
@@ -408,6 +453,97 @@ class Turn:
         self.request.messages = [*self.request.messages, assistant, *results_messages]
         # Stored before the answer, which holds the text of every step.
         history.save_steps(self.transcript, [{**assistant, "content": ""}, *results_messages])
+
+    def _context(self, tool_call_id: str) -> tools.ToolContext:
+        return tools.ToolContext(
+            user=self.principal.user,
+            principal=self.principal,
+            tool_call_id=tool_call_id,
+            conversation_id=self.request.conversation_id,
+        )
+
+    def _unanswered_calls(self) -> list[ToolCall]:
+        """The history's calls of this turn's server tools that have no result."""
+        messages = self.request.messages
+        answered = {m.get("tool_call_id") for m in messages if m.get("role") == "tool"}
+        calls = []
+        for message in messages:
+            if message.get("role") != "assistant":
+                continue
+            for call in message.get("tool_calls") or []:
+                function = call.get("function") if isinstance(call, dict) else None
+                if not isinstance(function, dict) or call.get("id") in answered:
+                    continue
+                if function.get("name") in self.server_tools:
+                    arguments = function.get("arguments")
+                    calls.append(ToolCall(str(call["id"]), function["name"], str(arguments or "")))
+                    answered.add(call.get("id"))
+        return calls
+
+    async def _answer_calls(self) -> AsyncGenerator[list[Delta], None]:
+        """Give the history's server tool calls without a result one, before upstream.
+
+        A call a person approved since runs now, as the turn's user (its permission
+        checked again), with the call kept server-side, never the client's copy of it;
+        any other (denied, cancelled, expired, unknown) is denied without running. Each
+        result follows the assistant message that made its call.
+        """
+        calls, self._unanswered = self._unanswered, []
+        self.tool_calls_run += len(calls)
+        if self._approvals is not None:
+            self.approvals = {a.call.id: a for a in await self._approvals()}
+
+        async def answer(call: ToolCall) -> tools.ToolResult:
+            tool = self.server_tools[call.name]
+            approval = self.approvals.get(call.id)
+            if approval is None or not approval.approved or approval.call.name != call.name:
+                return tools.deny(tool, tools.ToolCallRequest(call.id, call.name, call.arguments))
+
+            async def approved(_: tools.ToolCallRequest) -> bool:
+                return True
+
+            return await tools.arun(tool, approval.call, self._context(call.id), approved)
+
+        results = await asyncio.gather(*(answer(call) for call in calls))
+        yield [
+            Delta(tool_step=ToolStep(
+                TOOL_RESULT, r.tool_call_id, r.name, self._arguments(call), r.content, r.outcome
+            ))
+            for call, r in zip(calls, results, strict=True)
+        ]  # fmt: skip
+        by_call = {result.tool_call_id: result for result in results}
+        messages: list[dict[str, Any]] = []
+        for message in self.request.messages:
+            if message.get("role") != "assistant" or not message.get("tool_calls"):
+                messages.append(message)
+                continue
+            made = [
+                {**c, "function": {**c["function"], "arguments": self._arguments(c)}}
+                if isinstance(c, dict)
+                and isinstance(c.get("function"), dict)
+                and c.get("id") in self.approvals
+                else c
+                for c in message["tool_calls"]
+            ]
+            messages.append({**message, "tool_calls": made})
+            messages += [
+                by_call.pop(c["id"]).message()
+                for c in made
+                if isinstance(c, dict) and c.get("id") in by_call
+            ]
+        self.request.messages = messages
+        # Stored before the answer, after the stored call they answer.
+        history.save_steps(self.transcript, [result.message() for result in results])
+
+    def _arguments(self, call: ToolCall | dict[str, Any]) -> str:
+        """The arguments the model gave: kept server-side when approved, else as sent."""
+        call_id = call.id if isinstance(call, ToolCall) else call.get("id")
+        approval = self.approvals.get(str(call_id))
+        if approval is not None:
+            return approval.call.arguments
+        if isinstance(call, ToolCall):
+            return call.arguments
+        return str(call["function"].get("arguments") or "")
 
     async def complete(self) -> Answer:
         if self.server_tools:
@@ -455,7 +591,9 @@ class Turn:
             self.outcome = "cancelled"
         elif isinstance(error, exceptions.CopilotEdgeError):
             self.error = error
-            started = bool(self.answer.text or self.answer.tool_calls or self.tool_steps)
+            started = bool(
+                self.answer.text or self.answer.tool_calls or self.tool_steps or self.tool_calls_run
+            )
             interrupted = isinstance(error, exceptions.ShuttingDown)  # by a stop: not its fault
             self.outcome = "incomplete" if started or interrupted else "error"
         else:

@@ -17,6 +17,8 @@ A turn asks, in this order:
   the model goes on;
 - :func:`finish`: save the final answer from the turn's
   :class:`~copilotedge.chat.types.TurnRecord`; :func:`wait_until_saved` waits for that.
+  When a person's approval of some of the answer's own calls was deferred, the results of
+  those that ran are stored right after it (:func:`save_steps` with ``after``).
 
 A client may send only the new messages (the usual way with ``conversation_id``) or the
 whole conversation again (as AG-UI clients do): when the request's messages start with
@@ -107,7 +109,8 @@ def split_new(
     """``(to_send, new)``: the conversation as sent upstream, and the messages to store.
 
     ``incoming`` repeats the conversation when its non-system messages start with the
-    stored ones (or, if ``stored`` is only the latest part, contain them), then go on.
+    stored ones (or, if ``stored`` is only the latest part, contain them), then go on, or
+    end there (a run that resumes the conversation, as an AG-UI resume, adds nothing).
     """
     said = [_same(m) for m in stored if m["role"] != _SYSTEM]
     theirs = [m for m in incoming if m["role"] != _SYSTEM]
@@ -115,7 +118,7 @@ def split_new(
         starts = range(len(theirs) - len(said) - 1, -1, -1) if truncated else (0,)
         for start in starts:
             end = start + len(said)
-            if end < len(theirs) and [_same(m) for m in theirs[start:end]] == said:
+            if end <= len(theirs) and [_same(m) for m in theirs[start:end]] == said:
                 return incoming, theirs[end:]
     return stored + incoming, incoming
 
@@ -241,19 +244,27 @@ async def wait_until_stored(transcript: Transcript | None) -> None:
         raise exceptions.DatabaseUnavailable() from error
 
 
-def save_steps(transcript: Transcript | None, messages: Sequence[dict[str, Any]]) -> None:
+def save_steps(
+    transcript: Transcript | None,
+    messages: Sequence[dict[str, Any]],
+    *,
+    after: Sequence[dict[str, Any]] = (),
+) -> None:
     """Queue a server tool step's messages (the model's calls, then their results), to
-    be stored just before the answer while the model goes on (the caller does not wait).
+    be stored just before the answer while the model goes on (the caller does not wait),
+    and ``after`` it the results of the answer's own calls.
 
     They go through the group-commit writer, in order with the answer's own saves: a
     reader sees the steps of a turn as they happen, and the answer after them.
     """
-    if transcript is None or transcript.deleted or not messages:
+    if transcript is None or transcript.deleted or not (messages or after):
         return
     sequence = transcript.sequence
     if sequence is not None:
         transcript.sequence = sequence + len(messages)  # where the answer moves
-    store_steps(transcript.conversation_id, transcript.message_id, sequence, list(messages))
+    store_steps(
+        transcript.conversation_id, transcript.message_id, sequence, list(messages), list(after)
+    )
 
 
 def finish(transcript: Transcript | None, turn: TurnRecord) -> None:

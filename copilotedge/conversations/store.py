@@ -199,18 +199,21 @@ async def save_turn(
         raise
 
 
-def _store_before_answer(
+def _store_around_answer(
     conversation_id: uuid.UUID,
     answer_id: uuid.UUID,
     answer_sequence: int | None,
-    messages: Sequence[dict[str, Any]],
+    before: Sequence[dict[str, Any]],
+    after: Sequence[dict[str, Any]] = (),
 ) -> None:
-    """Store ``messages`` (a turn's server tool calls and results) just before its answer
-    ``answer_id``, which moves after them: a reloaded conversation reads in order.
+    """Store ``before`` (a server tool step: the model's calls, then their results) just
+    before the answer ``answer_id``, which moves after them, and ``after`` (the results
+    of the answer's own calls, when approving some of them was deferred) right after
+    it: a reloaded conversation reads in order.
 
     Usually nothing came after the answer (stored at ``answer_sequence``): the answer
-    moves up and the steps take its place, two statements. If a concurrent turn's
-    messages follow it, the sequence constraint refuses that and the steps go after
+    moves up and the rows take their places, two statements. If a concurrent turn's
+    messages follow it, the sequence constraint refuses that and the rows go after
     them, under the conversation's lock.
     """
     now = timezone.now()
@@ -218,10 +221,11 @@ def _store_before_answer(
         try:
             with transaction.atomic():
                 moved = Message.objects.filter(pk=answer_id, sequence=answer_sequence).update(
-                    sequence=answer_sequence + len(messages)
+                    sequence=answer_sequence + len(before)
                 )
                 if moved:
-                    rows = _rows(Conversation(pk=conversation_id), answer_sequence, messages, now)
+                    conversation = Conversation(pk=conversation_id)
+                    rows = _rows_around(conversation, answer_sequence, before, after, now)
                     Message.objects.bulk_create(rows)
                     return
         except IntegrityError:
@@ -234,20 +238,33 @@ def _store_before_answer(
         last = locked.messages.aggregate(last=Max("sequence"))["last"]
         # Right before the answer, or after a concurrent turn's messages if there are any.
         start = answer.sequence if answer.sequence == last else last + 1
-        Message.objects.filter(pk=answer_id).update(sequence=start + len(messages))
-        Message.objects.bulk_create(_rows(locked, start, messages, now))
+        Message.objects.filter(pk=answer_id).update(sequence=start + len(before))
+        Message.objects.bulk_create(_rows_around(locked, start, before, after, now))
+
+
+def _rows_around(
+    conversation: Conversation,
+    start: int,
+    before: Sequence[dict[str, Any]],
+    after: Sequence[dict[str, Any]],
+    now: datetime,
+) -> list[Message]:
+    """``before`` from ``start`` on, then (past the answer's place) ``after``."""
+    rows = _rows(conversation, start, before, now)
+    return rows + _rows(conversation, start + len(before) + 1, after, now)
 
 
 def store_steps(
     conversation_id: uuid.UUID,
     answer_id: uuid.UUID,
     answer_sequence: int | None,
-    messages: Sequence[dict[str, Any]],
+    before: Sequence[dict[str, Any]],
+    after: Sequence[dict[str, Any]] = (),
 ) -> None:
-    """Queue :func:`_store_before_answer` with the group-commit writer (not waited for;
+    """Queue :func:`_store_around_answer` with the group-commit writer (not waited for;
     the writer runs it before the answer's later saves and drains it at a stop)."""
     job = functools.partial(
-        _store_before_answer, conversation_id, answer_id, answer_sequence, messages
+        _store_around_answer, conversation_id, answer_id, answer_sequence, before, after
     )
     lifecycle.writer().submit(job).add_done_callback(functools.partial(_log_failure, answer_id))
 

@@ -25,6 +25,7 @@ from copilotedge.auth import aauthenticate
 from copilotedge.chat import faces
 from copilotedge.chat.agents import all_agents, get_agent
 from copilotedge.chat.turn import Turn
+from copilotedge.copilotkit.agui import interrupts
 from copilotedge.copilotkit.agui import run as agui
 from copilotedge.copilotkit.agui import runs as agui_runs
 from copilotedge.copilotkit.graphql import resolve as copilotkit_gql
@@ -34,6 +35,7 @@ from copilotedge.copilotkit.graphql.limits import Operation, aparse_operation
 from copilotedge.copilotkit.graphql.schema import get_schema
 from copilotedge.exceptions import CopilotEdgeError, InvalidRequest, UpstreamError
 from copilotedge.models import Message
+from copilotedge.tools import PendingApproval
 from copilotedge.views import api_view, event_stream, read_json, require_asgi
 
 # Reported as the runtime's version in ``info``; CopilotKit only displays it.
@@ -56,13 +58,25 @@ async def arun(request: HttpRequest, agent_id: str, body: Any) -> HttpResponseBa
     require_asgi(request)
     agent = get_agent(agent_id)
     run_input = agui.parse_run_input(body)
+    # A confirm=True call waits for the caller's answer in a later run of this agent and
+    # thread (an interrupt); the run's resume entries are the answers.
+    owner, scope = principal.identity, interrupts.approval_scope(agent_id, run_input.thread_id)
+    approvals = interrupts.resumed_approvals(run_input, owner, scope)
+    waiting: list[PendingApproval] = []
     # The thread is stored as a conversation (started by its first run), so that
     # `connect` can replay it.
     chat = agui.chat_request(
         agent, run_input, agui.thread_conversation_id(principal, run_input.thread_id)
     )
     chat.create_conversation = True
-    turn = Turn(chat, principal, protocol="agui", server_tools=agent.server_tools())
+    turn = Turn(
+        chat,
+        principal,
+        protocol="agui",
+        server_tools=agent.server_tools(),
+        approve=interrupts.deferring_approver(owner, scope, waiting),
+        approvals=approvals,
+    )
     opened = True
     try:
         await faces.aopen(turn)
@@ -73,7 +87,10 @@ async def arun(request: HttpRequest, agent_id: str, body: Any) -> HttpResponseBa
         async with agui_runs.running(
             run_input.thread_id, run_input.run_id, principal.identity
         ) as running:
-            async for frame in agui.run_events(turn, run_input, running.stopped, opened=opened):
+            events = agui.run_events(
+                turn, run_input, running.stopped, opened=opened, waiting=waiting
+            )
+            async for frame in events:
                 yield frame
 
     return event_stream(frames())

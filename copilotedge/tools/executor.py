@@ -4,6 +4,10 @@ Whatever happens, a call ends as a :class:`ToolResult` whose ``content`` the mod
 a refusal, a denial, a validation error, an exception or a timeout is told to the model,
 logged and counted (``copilotedge_tool_calls_total{tool,outcome}``), and the turn goes on.
 Only cancellation (a client gone, a stop) propagates.
+
+An approver that cannot wait for its answer (a face whose person answers in a later
+request) raises :class:`ApprovalDeferred`: the call then ends ``deferred``, without a
+result for the model yet; :func:`deny` ends a call nobody approved without running it.
 """
 
 from __future__ import annotations
@@ -33,9 +37,17 @@ INVALID = "invalid"
 FORBIDDEN = "forbidden"
 DENIED = "denied"
 CANCELLED = "cancelled"
+#: Approval was deferred to a later request: the call has no result yet.
+DEFERRED = "deferred"
 
-#: Asks a person whether a ``confirm=True`` call may run; True approves.
+#: Asks a person whether a ``confirm=True`` call may run; True approves. It may raise
+#: :class:`ApprovalDeferred` when the answer will come later, in another request.
 Approver = Callable[["ToolCallRequest"], Awaitable[bool]]
+
+
+class ApprovalDeferred(Exception):
+    """Raised by an :class:`Approver` whose answer comes in a later request: the call
+    ends ``deferred`` (the caller keeps it until then)."""
 
 
 class ToolError(Exception):
@@ -64,6 +76,15 @@ class ToolResult:
 
     def message(self) -> dict[str, Any]:
         return {"role": "tool", "tool_call_id": self.tool_call_id, "content": self.content}
+
+
+@dataclass(frozen=True, slots=True)
+class Approval:
+    """A person's answer, given in a later request, about a call whose approval was
+    deferred: the call as the model made it (kept server-side) and whether it may run."""
+
+    call: ToolCallRequest
+    approved: bool
 
 
 def _parse(tool: Tool, arguments: str) -> pydantic.BaseModel:
@@ -144,9 +165,13 @@ async def arun(
             outcome = FORBIDDEN
             content = f"Permission denied: this user may not use the tool {tool.name!r}."
             return _result(call, tool, content, outcome, started)
-        if tool.confirm and not await _approved(call, approve):
-            outcome = DENIED
-            content = f"The user did not approve this call of {tool.name!r}; it did not run."
+        try:
+            approved = not tool.confirm or await _approved(call, approve)
+        except ApprovalDeferred:
+            outcome = DEFERRED
+            return _result(call, tool, content, outcome, started)
+        if not approved:
+            outcome, content = DENIED, _denial(tool)
             return _result(call, tool, content, outcome, started)
         try:
             async with asyncio.timeout(tool.timeout):
@@ -169,6 +194,22 @@ async def arun(
         return _result(call, tool, content, outcome, started)
     finally:
         metrics.observe_tool_call(tool.name, outcome, time.monotonic() - started)
+
+
+def _denial(tool: Tool) -> str:
+    return f"The user did not approve this call of {tool.name!r}; it did not run."
+
+
+def deny(tool: Tool, call: ToolCallRequest) -> ToolResult:
+    """End a call nobody approved (a denial, an expired or unknown approval) without
+    running it; counted like :func:`arun`'s denials. (A call of a tool that needs no
+    approval, left without a result, ends ``cancelled``.)"""
+    if not tool.confirm:
+        content = f"This call of {tool.name!r} was interrupted; it did not run."
+        metrics.observe_tool_call(tool.name, CANCELLED, 0.0)
+        return ToolResult(call.id, tool.name, content, CANCELLED)
+    metrics.observe_tool_call(tool.name, DENIED, 0.0)
+    return ToolResult(call.id, tool.name, _denial(tool), DENIED)
 
 
 def _result(

@@ -380,3 +380,24 @@ async def test_graphql_shows_action_executions_and_their_results(agent_tools, au
     await settle()
     row = await UsageRecord.objects.aget()
     assert (row.protocol, row.steps, row.tool_calls) == ("graphql", 2, 1)
+
+
+async def test_graphql_denies_a_confirm_tool(agent_tools, auth):
+    data = {
+        "metadata": {"requestType": "Chat"},
+        "threadId": "graphql-confirm",
+        "messages": [{"id": "m1", "createdAt": "2025-01-01T00:00:00Z",
+                      "textMessage": {"role": "user", "content": 'CALL:delete_note{"note": "a"}'}}],
+        "frontend": {"actions": [], "url": "http://localhost"},
+    }  # fmt: skip
+    response = await AsyncClient().post(
+        "/copilotedge/copilotkit",
+        {"query": GRAPHQL, "variables": {"data": data}},
+        content_type="application/json",
+        headers=auth,
+    )
+    _, outcome, answer = response.json()["data"]["generateCopilotResponse"]["messages"]
+    assert (
+        outcome["result"] == "The user did not approve this call of 'delete_note'; it did not run."
+    )
+    assert "did not approve" in "".join(answer["content"])

@@ -65,6 +65,8 @@ def test_split_new_appends_new_messages_or_recognises_a_resent_conversation():
     assert split_new(stored, new) == (stored + new, new)
     resent = [msg("user", "hi"), msg("assistant", "hello"), *new]
     assert split_new(stored, resent) == (resent, new)
+    # Resent with nothing new (an AG-UI run resuming the thread): nothing to store.
+    assert split_new(stored, resent[:-1]) == (resent[:-1], [])
     # Only the latest stored messages were loaded: the resent list contains them later on.
     older = [msg("user", "first"), msg("assistant", "reply")]
     assert split_new(stored, older + resent, truncated=True) == (older + resent, new)

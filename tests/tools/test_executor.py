@@ -13,7 +13,14 @@ from django.test import override_settings
 from prometheus_client import REGISTRY
 
 from copilotedge.auth import Principal
-from copilotedge.tools import ToolCallRequest, ToolContext, arun, get_tool, run_step
+from copilotedge.tools import (
+    ApprovalDeferred,
+    ToolCallRequest,
+    ToolContext,
+    arun,
+    get_tool,
+    run_step,
+)
 from tests import sample_tools
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -110,6 +117,18 @@ async def test_a_confirmed_call_runs_only_when_approved():
     assert "did not approve" in denied.content
     assert asked == ["yes", "no"]
     assert (await run("delete_note", '{"note": "a"}')).outcome == "denied"
+
+
+async def test_an_approval_deferred_to_a_later_request_ends_the_call_without_a_result(user):
+    async def later(call):
+        raise ApprovalDeferred
+
+    before = calls_counted("archive_note", "deferred")
+    sample_tools.archived.clear()
+    result = await run("archive_note", '{"note": "a"}', user=user, approve=later)
+    assert (result.outcome, result.content) == ("deferred", "")
+    assert sample_tools.archived == []
+    assert calls_counted("archive_note", "deferred") == before + 1
 
 
 @override_settings(COPILOTEDGE_TOOL_CONFIRM_TIMEOUT=0.1)

@@ -3,6 +3,9 @@
 Event models and their SSE encoding come from the ``ag-ui-protocol`` package. The order
 is the one AG-UI clients verify: ``RUN_STARTED``, then text messages and tool calls
 (each opened, filled and closed), then exactly one of ``RUN_FINISHED``/``RUN_ERROR``.
+A run whose ``confirm=True`` server tool calls wait for a person ends with
+``RUN_FINISHED`` whose outcome is an interrupt per call
+(:mod:`copilotedge.copilotkit.agui.interrupts`).
 
 This module streams the events; the input side (``RunAgentInput`` to ``ChatRequest``) is
 :mod:`copilotedge.copilotkit.agui.input` and threads as stored conversations are
@@ -14,16 +17,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from ag_ui.core import (
     BaseEvent,
-    CustomEvent,
     MessagesSnapshotEvent,
     RunAgentInput,
     RunErrorEvent,
     RunFinishedEvent,
+    RunFinishedInterruptOutcome,
     RunStartedEvent,
     TextMessageContentEvent,
     TextMessageEndEvent,
@@ -36,8 +39,9 @@ from ag_ui.core import (
 )
 from ag_ui.encoder import EventEncoder
 
+from copilotedge import tools
 from copilotedge.chat import wire
-from copilotedge.chat.deltas import TOOL_CALL, TOOL_CONFIRM, TOOL_RESULT, ToolStep
+from copilotedge.chat.deltas import TOOL_CALL, TOOL_RESULT, ToolStep
 from copilotedge.chat.turn import Turn
 from copilotedge.copilotkit.agui.input import (
     chat_request,
@@ -45,6 +49,7 @@ from copilotedge.copilotkit.agui.input import (
     openai_messages,
     parse_run_input,
 )
+from copilotedge.copilotkit.agui.interrupts import interrupt
 from copilotedge.copilotkit.agui.threads import (
     owned_thread,
     snapshot_message,
@@ -74,8 +79,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 PROVIDER = "workers-ai"
-#: The CUSTOM event telling that a server tool needs approval (not asked on AG-UI: denied).
-CONFIRM_EVENT = "copilotedge.confirm"
 # The AG-UI protocol version this face speaks (sent on RUN_STARTED).
 PROTOCOL_VERSION = "1.0"
 _ENCODER = EventEncoder()
@@ -140,7 +143,8 @@ class _Events:
         return events
 
     def tool_step(self, step: ToolStep) -> list[BaseEvent]:
-        """A server tool's call (shown whole: it ran here) or its result."""
+        """A server tool's call (shown whole: it runs here) or its result. A call waiting
+        for approval has no further event: the run's interrupt outcome asks for it."""
         events: list[BaseEvent] = self.close()
         if step.kind == TOOL_CALL:
             events += [
@@ -163,9 +167,6 @@ class _Events:
             )
             # What the model says next is a new assistant message.
             self.parent_id = str(uuid.uuid4())
-        elif step.kind == TOOL_CONFIRM:
-            value = {"toolCallId": step.tool_call_id, "name": step.name, "approved": False}
-            events.append(CustomEvent(name=CONFIRM_EVENT, value=value))
         return events
 
     def close_text(self) -> list[BaseEvent]:
@@ -186,12 +187,19 @@ class _Events:
 
 
 async def run_events(
-    turn: Turn, run_input: RunAgentInput, stopped: asyncio.Event, *, opened: bool
+    turn: Turn,
+    run_input: RunAgentInput,
+    stopped: asyncio.Event,
+    *,
+    opened: bool,
+    waiting: Sequence[tools.PendingApproval] = (),
 ) -> AsyncIterator[bytes]:
     """The run's event stream. ``opened`` is false when ``turn.open()`` failed upstream.
 
     A stop (``stopped`` set) hangs up upstream and ends the run with ``RUN_FINISHED``
-    whose result says ``stopped``; any failure ends it with ``RUN_ERROR``.
+    whose result says ``stopped``; any failure ends it with ``RUN_ERROR``. When the turn
+    ended on calls waiting for approval (kept in ``waiting`` by the turn's approver),
+    ``RUN_FINISHED``'s outcome is an interrupt per call.
     """
     thread_id, run_id = run_input.thread_id, run_input.run_id
     yield encode(
@@ -235,9 +243,19 @@ async def run_events(
     result: dict[str, Any] = {"usage": wire.usage_of(turn)}
     if was_stopped:
         result["stopped"] = True
+    outcome = None
+    deferred = [call.id for call in turn.deferred]
+    if deferred and not was_stopped:
+        by_call = {pending.call.id: pending for pending in waiting}
+        interrupts = [interrupt(by_call[i]) for i in deferred if i in by_call]
+        outcome = RunFinishedInterruptOutcome(interrupts=interrupts) if interrupts else None
     yield encode(
         RunFinishedEvent(
-            thread_id=thread_id, run_id=run_id, result=result, usage=[token_usage(turn)]
+            thread_id=thread_id,
+            run_id=run_id,
+            result=result,
+            outcome=outcome,
+            usage=[token_usage(turn)],
         )
     )
 

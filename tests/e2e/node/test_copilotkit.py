@@ -40,10 +40,15 @@ def site(emulator: EmulatorServer, db: None) -> Iterator[DaphneServer]:
         "COPILOTEDGE_CIRCUIT_FAILURE_THRESHOLD": 100,
         "COPILOTEDGE_AGENTS": {
             "default": {"name": "default"},
-            # The demo's whoami, and a tool only users with the usage permission may run.
+            # The demo's whoami, a tool only users with the usage permission may run,
+            # and one a person approves first (an AG-UI interrupt).
             "helper": {
                 "name": "helper",
-                "tools": ["project.tools.whoami", "tests.sample_tools.staff_secret"],
+                "tools": [
+                    "project.tools.whoami",
+                    "tests.sample_tools.staff_secret",
+                    "tests.sample_tools.archive_note",
+                ],
             },
         },
     }
@@ -84,5 +89,11 @@ def test_javascript_clients(
     assert any(r["outcome"] == "completed" for r in emulator.app.requests)
     # The server tool runs (four from HttpAgent, four from CopilotKit core): one step
     # each, recorded with their tool calls.
-    tool_rows = UsageRecord.objects.filter(protocol="agui", tool_calls=1)
-    assert [(r.steps, r.outcome) for r in tool_rows] == [(2, "ok")] * 8
+    tool_rows = UsageRecord.objects.filter(protocol="agui", tool_calls=1, steps=2)
+    assert [r.outcome for r in tool_rows] == ["ok"] * 8
+    # The confirm tool: each interrupted run made one upstream call and ran nothing; each
+    # answering run ran (or denied) the call, then made one upstream call.
+    interrupted = UsageRecord.objects.filter(protocol="agui", tool_calls=0, steps=1)
+    answered = UsageRecord.objects.filter(protocol="agui", tool_calls=1, steps=1)
+    assert interrupted.filter(outcome="ok").count() >= 2
+    assert [r.outcome for r in answered] == ["ok"] * 2

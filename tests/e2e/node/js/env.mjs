@@ -13,5 +13,6 @@ export const GREETING = "Hello from the Workers AI emulator.";
 export const OTHER_API_KEY = process.env.COPILOTEDGE_OTHER_API_KEY;
 assert.ok(OTHER_API_KEY, "COPILOTEDGE_OTHER_API_KEY must be set");
 export const OTHER_AUTH = { Authorization: `Bearer ${OTHER_API_KEY}` };
-// The agent whose server tools (whoami, staff_secret) the server runs itself.
+// The agent whose server tools (whoami, staff_secret, archive_note: confirm=True) the
+// server runs itself.
 export const TOOLS_AGENT = "helper";

@@ -4,7 +4,7 @@ import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
 import { test } from "node:test";
 
-import { HttpAgent } from "@ag-ui/client";
+import { buildResumeArray, HttpAgent } from "@ag-ui/client";
 
 import { AUTH, OTHER_AUTH, RUNTIME_URL, TOOLS_AGENT } from "./env.mjs";
 
@@ -75,4 +75,70 @@ test("a user without a tool's permission gets the refusal as its result", async 
   const allowed = await run(OTHER_AUTH, "CALL:staff_secret{}");
   const his = allowed.events.find((e) => e.type === "TOOL_CALL_RESULT");
   assert.deepEqual(JSON.parse(his.content), { secret: 42 });
+});
+
+// A confirm=True tool: the run ends with an AG-UI interrupt, the next run answers it.
+function agentFor(headers, content) {
+  const agent = new HttpAgent({
+    url: `${RUNTIME_URL}/agent/${TOOLS_AGENT}/run`,
+    headers,
+    threadId: randomUUID(),
+  });
+  agent.addMessage({ id: randomUUID(), role: "user", content });
+  return agent;
+}
+
+async function runEvents(agent, parameters = {}) {
+  const events = [];
+  const { newMessages } = await agent.runAgent(parameters, {
+    onEvent: ({ event }) => events.push(event),
+  });
+  return { events, newMessages };
+}
+
+async function interrupted() {
+  const agent = agentFor(AUTH, 'Archive it. CALL:archive_note{"note": "memo"}');
+  const { events } = await runEvents(agent);
+  assert.deepEqual(toolSteps(events), ["TOOL_CALL_START", "TOOL_CALL_ARGS", "TOOL_CALL_END"]);
+  const finished = events.at(-1);
+  assert.equal(finished.type, "RUN_FINISHED");
+  assert.equal(finished.outcome.type, "interrupt", JSON.stringify(finished));
+  assert.equal(agent.pendingInterrupts.length, 1);
+  const [interrupt] = agent.pendingInterrupts;
+  const start = events.find((e) => e.type === "TOOL_CALL_START");
+  assert.equal(interrupt.toolCallId, start.toolCallId);
+  assert.equal(interrupt.reason, "tool_confirmation");
+  assert.deepEqual(interrupt.responseSchema.required, ["approved"]);
+  assert.ok(Date.parse(interrupt.expiresAt) > Date.now(), interrupt.expiresAt);
+  // The call is in the client's transcript, without a result yet.
+  assert.equal(agent.messages.filter((m) => m.role === "tool").length, 0);
+  return { agent, interrupt };
+}
+
+test("approving an interrupt runs the confirm tool as the caller", async () => {
+  const { agent, interrupt } = await interrupted();
+  const resume = buildResumeArray(agent.pendingInterrupts, {
+    [interrupt.id]: { status: "resolved", payload: { approved: true } },
+  });
+  const { events, newMessages } = await runEvents(agent, { resume });
+  assert.equal(events.at(-1).type, "RUN_FINISHED", JSON.stringify(events.at(-1)));
+  assert.notEqual(events.at(-1).outcome?.type, "interrupt");
+  assert.deepEqual(agent.pendingInterrupts, []);
+  const result = events.find((e) => e.type === "TOOL_CALL_RESULT");
+  assert.equal(result.toolCallId, interrupt.toolCallId);
+  assert.equal(result.content, "alice archived memo");
+  assert.ok(answerOf(newMessages).includes("alice archived memo"), answerOf(newMessages));
+});
+
+test("denying an interrupt does not run the confirm tool", async () => {
+  const { agent, interrupt } = await interrupted();
+  const resume = buildResumeArray(agent.pendingInterrupts, {
+    [interrupt.id]: { status: "resolved", payload: { approved: false } },
+  });
+  const { events, newMessages } = await runEvents(agent, { resume });
+  const result = events.find((e) => e.type === "TOOL_CALL_RESULT");
+  assert.equal(result.toolCallId, interrupt.toolCallId);
+  assert.equal(result.content, "The user did not approve this call of 'archive_note'; it did not run.");
+  assert.ok(answerOf(newMessages).includes("did not approve"), answerOf(newMessages));
+  assert.ok(!answerOf(newMessages).includes("archived memo"));
 });
