@@ -10,17 +10,20 @@ export default function Approval({ interrupts, resolve }) {
     // The run goes out once every open interrupt has its answer.
     resolve({ approved }, interrupt.id);
   };
-  return interrupts.map((interrupt) => (
-    <div key={interrupt.id} className="approval" data-tool={interrupt.metadata?.toolName}>
-      <p className="approval-message">{interrupt.message}</p>
-      <div className="approval-buttons">
-        <button type="button" disabled={interrupt.id in answered} onClick={() => answer(interrupt, true)}>
-          Approve
-        </button>
-        <button type="button" disabled={interrupt.id in answered} onClick={() => answer(interrupt, false)}>
-          Deny
-        </button>
+  return interrupts.map((interrupt) => {
+    const done = interrupt.id in answered;
+    return (
+      <div key={interrupt.id} className="approval" data-tool={interrupt.metadata?.toolName}>
+        <p className="approval-message">{interrupt.message}</p>
+        <div className="approval-buttons">
+          <button type="button" disabled={done} onClick={() => answer(interrupt, true)}>
+            Approve
+          </button>
+          <button type="button" disabled={done} onClick={() => answer(interrupt, false)}>
+            Deny
+          </button>
+        </div>
       </div>
-    </div>
-  ));
+    );
+  });
 }
