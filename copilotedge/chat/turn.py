@@ -176,15 +176,9 @@ class Turn:
             self._unanswered = self._unanswered_calls()
 
     async def astart(self) -> None:
-        """Prepare, then wait until a new conversation is stored (for a face that
-        announces its id before the answer starts)."""
+        """Prepare (for a face that announces the ids before the answer starts: a new
+        conversation's rows are on their way, and a reader of its id waits for them)."""
         await self.prepare()
-        try:
-            await history.wait_until_stored(self.transcript)
-        except BaseException as error:
-            self._fail(error)
-            self.finish()
-            raise
 
     async def admit(self) -> None:
         """Refuse a model the key may not use (403), a spent budget or too many tokens (429).
@@ -203,28 +197,13 @@ class Turn:
         await self.admit()
         if self._unanswered:
             # Their results go upstream with the first call: batches() answers them first.
-            try:
-                await history.wait_until_stored(self.transcript)
-            except BaseException as error:
-                self._fail(error)
-                self.finish()
-                raise
             return
         try:
-            stream = await self._open_step(self.started)
+            self._stream = await self._open_step(self.started)
         except BaseException as error:
             self._fail(error)
             self.finish()
             raise
-        try:
-            # A new conversation was being saved meanwhile: stored before a byte goes out.
-            await history.wait_until_stored(self.transcript)
-        except BaseException as error:
-            self._fail(error)
-            await stream.abort(error)
-            self.finish()
-            raise
-        self._stream = stream
 
     async def _open_step(self, started: float) -> resilience.DeltaStream:
         """One upstream call: cache, retries, circuit breakers and fallbacks
@@ -309,6 +288,9 @@ class Turn:
                         break
                     await self._aclose_stream()
                     self._stream = await self._open_next_step()
+                # The id went out with the first byte while the new conversation's rows
+                # were written: if they could not be, the client hears it here.
+                await history.wait_until_stored(self.transcript)
         except BaseException as error:
             self._fail(error)
             raise

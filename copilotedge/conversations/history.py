@@ -10,8 +10,9 @@ A turn asks, in this order:
 - :func:`astore`: store the new messages and an empty ``streaming`` assistant message
   (:mod:`copilotedge.conversations.store`), and give back the
   :class:`~copilotedge.conversations.transcript.Transcript` that saves the answer as it
-  grows. A new conversation's rows are saved while upstream starts answering;
-  :func:`wait_until_stored` waits for them before the first byte goes out.
+  grows. A new conversation's rows are saved while the answer streams: its id goes out
+  at once, and a reader of it waits for them (:func:`find_new`); the turn checks they
+  were saved at its end (:func:`wait_until_stored`).
 - :func:`save_steps`, for each server tool step: its messages (an assistant message with
   ``tool_calls``, then the ``role: tool`` results), just before the answer, written while
   the model goes on;
@@ -31,8 +32,8 @@ import asyncio
 import dataclasses
 import logging
 import uuid
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from django.db import DatabaseError
 from django.utils import timezone
@@ -43,10 +44,12 @@ from copilotedge.chat.types import Answer, ChatRequest, TurnRecord
 from copilotedge.conf import settings
 from copilotedge.conversations.preferences import apply_preference, load_preference
 from copilotedge.conversations.store import (
+    may_be_saving,
     new_conversation,
     save_turn,
     storable_json,
     store_steps,
+    until_saved,
 )
 from copilotedge.conversations.transcript import Transcript, active, spawn
 from copilotedge.models import Conversation, Message
@@ -56,6 +59,8 @@ if TYPE_CHECKING:
     from copilotedge.auth import Principal
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 _SYSTEM = Message.Role.SYSTEM
 _STATUS_OF_OUTCOME = {
@@ -123,13 +128,34 @@ def split_new(
     return stored + incoming, incoming
 
 
+#: How often a reader looks again for a new conversation another process is saving.
+_LOOK_AGAIN = 0.02
+
+
+async def find_new(lookup: Callable[[], Awaitable[T | None]], row_id: uuid.UUID) -> T | None:
+    """``lookup()`` of a row that may be a new conversation or answer still being saved.
+
+    Its id reaches the client before its rows are written (:func:`astore`): here, this
+    waits for that write first; for one another process is writing, it looks again
+    while the id is young enough for the rows to be on their way.
+    """
+    await until_saved(row_id)
+    found = await lookup()
+    while found is None and may_be_saving(row_id):
+        await asyncio.sleep(_LOOK_AGAIN)
+        found = await lookup()
+    return found
+
+
 async def owned_conversation(principal: Principal, conversation_id: uuid.UUID) -> Conversation:
-    """The caller's conversation, or :class:`NotFound` (also for another's: no leak)."""
+    """The caller's conversation, or :class:`NotFound` (also for another's: no leak).
+
+    A conversation still being saved is waited for (:func:`find_new`).
+    """
     conversation = None
     if principal.user is not None:
-        conversation = await Conversation.objects.filter(
-            pk=conversation_id, user=principal.user
-        ).afirst()
+        rows = Conversation.objects.filter(pk=conversation_id, user=principal.user)
+        conversation = await find_new(rows.afirst, conversation_id)
     if conversation is None:
         raise exceptions.NotFound(
             "No conversation with this id.", param="conversation_id", code="conversation_not_found"
@@ -231,8 +257,9 @@ async def astore(principal: Principal, plan: HistoryPlan, answer: Answer) -> Tra
 async def wait_until_stored(transcript: Transcript | None) -> None:
     """Wait until a new conversation's rows are saved; :class:`DatabaseUnavailable` if not.
 
-    A turn waits for this before its first byte goes out, so a conversation id a client
-    is given always names a stored conversation.
+    A turn's first byte does not wait for them (readers of the new id do, see
+    :func:`find_new`); the turn checks at its end, and ends in-band with the error if
+    they could not be saved.
     """
     if transcript is None or transcript.created is None:
         return
@@ -306,7 +333,14 @@ async def acancel(message_id: uuid.UUID) -> bool:
     if local is not None:
         local.stop()
         return True
-    updated = await Message.objects.filter(pk=message_id, status=Message.Status.STREAMING).aupdate(
+    rows = Message.objects.filter(pk=message_id)
+    if await find_new(rows.values_list("status", flat=True).afirst, message_id) is None:
+        return False
+    local = transcript_of(message_id)  # it may have started here meanwhile
+    if local is not None:
+        local.stop()
+        return True
+    updated = await rows.filter(status=Message.Status.STREAMING).aupdate(
         status=Message.Status.CANCELLED, updated_at=timezone.now()
     )
     return updated > 0

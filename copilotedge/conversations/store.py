@@ -15,6 +15,7 @@ import asyncio
 import functools
 import logging
 import re
+import time
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
@@ -26,6 +27,7 @@ from django.db.models import Max
 from django.utils import timezone
 
 from copilotedge import exceptions, lifecycle
+from copilotedge.conversations.ids import issued_within, new_id
 from copilotedge.conversations.transcript import spawn, storable
 from copilotedge.models import Conversation, Message
 
@@ -155,24 +157,70 @@ def _message_rows(
     return [*rows, answer]
 
 
+#: New conversations and answers this process is saving, by id: their write's future.
+_saving: dict[uuid.UUID, asyncio.Future[None]] = {}
+#: Those whose write ended in the last :data:`SAVE_WINDOW` seconds (saved or failed), by
+#: id, with when: a reader missing one of them need not wait for it.
+_settled: dict[uuid.UUID, float] = {}
+
+#: How long after a new conversation's id was issued its rows may still be on their way:
+#: a reader that finds no row for so young an id, written elsewhere, looks again until
+#: then (the writer takes milliseconds; this is for a loaded database).
+SAVE_WINDOW = 5.0
+
+
 def new_conversation(
     principal: Principal, model: str, new: list[dict[str, Any]]
 ) -> tuple[Conversation, Message, asyncio.Future[None]]:
     """A conversation that starts with ``new``: built now, saved by the writer.
 
     Nothing can conflict with a fresh id, so nothing needs reading first; the rows are
-    saved while upstream starts answering, and
-    :func:`~copilotedge.conversations.history.wait_until_stored` waits
-    for them.
+    saved while the answer starts and streams. Its id and its answer's (time-ordered,
+    :mod:`copilotedge.conversations.ids`) may go to the client at once: a reader here
+    waits for the write (:func:`until_saved`), one elsewhere sees the id is new.
     """
     now = timezone.now()
     conversation = Conversation(
-        id=uuid.uuid4(), user=principal.user, api_key=principal.api_key, model=model,
+        id=new_id(), user=principal.user, api_key=principal.api_key, model=model,
         title=storable(derive_title(new)), created_at=now, updated_at=now,
     )  # fmt: skip
     rows = _message_rows(conversation, 0, new, now)
+    answer = rows[-1]
+    answer.id = new_id()
     created = lifecycle.writer().submit(functools.partial(_create, conversation, rows))
-    return conversation, rows[-1], created
+    keys = (conversation.id, answer.id)
+    for key in keys:
+        _saving[key] = created
+    created.add_done_callback(functools.partial(_settle, keys))
+    return conversation, answer, created
+
+
+def _settle(keys: tuple[uuid.UUID, ...], _: asyncio.Future[None]) -> None:
+    now = time.monotonic()
+    for key in keys:
+        _saving.pop(key, None)
+        _settled[key] = now
+    # Oldest first (insertion order): drop those past the window.
+    for key, when in list(_settled.items()):
+        if now - when <= SAVE_WINDOW:
+            break
+        del _settled[key]
+
+
+def may_be_saving(row_id: uuid.UUID) -> bool:
+    """Whether a missing new conversation or answer may still be on its way: its id is
+    young and its write is not known here to have ended."""
+    return row_id not in _settled and issued_within(row_id, SAVE_WINDOW)
+
+
+async def until_saved(row_id: uuid.UUID) -> bool:
+    """Wait for the write of a new conversation or answer (by id) this process's event
+    loop is saving; whether there was one. Never raises: the caller reads the row."""
+    saving = _saving.get(row_id)
+    if saving is None or saving.get_loop() is not asyncio.get_running_loop():
+        return False
+    await asyncio.wait({saving})  # its outcome is the turn's; a waiter's cancel is not
+    return True
 
 
 def _create(conversation: Conversation, rows: list[Message]) -> None:

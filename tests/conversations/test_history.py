@@ -4,19 +4,30 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from django.test import override_settings
+from django.db import DatabaseError
+from django.test import AsyncClient, override_settings
 
 from copilotedge import lifecycle
 from copilotedge.auth import Principal
 from copilotedge.chat.turn import Turn
 from copilotedge.chat.types import ChatRequest
-from copilotedge.conversations.history import fit_history, message_tokens, split_new
+from copilotedge.conversations import store
+from copilotedge.conversations.history import (
+    fit_history,
+    message_tokens,
+    owned_conversation,
+    split_new,
+)
+from copilotedge.conversations.ids import new_id
 from copilotedge.exceptions import NotFound
 from copilotedge.models import Conversation, Message, Preference, UsageRecord
+from copilotedge.views import CONVERSATION_HEADER
 from tests.helpers import OPENAI_URL, WordStream, stream_response
 
 MODEL = "@cf/meta/llama-3.1-8b-instruct"
@@ -209,8 +220,9 @@ async def test_a_growing_answer_is_saved_as_streaming_while_it_grows(user, upstr
     upstream.post(OPENAI_URL).mock(return_value=stream_response(stream))
     turn = Turn(ChatRequest(MODEL, [msg("user", "count")]), Principal(user=user), "openai")
     await turn.open()
+    await lifecycle.writer().drain()  # queued when the turn was stored: the rows are there
     row = await Message.objects.aget(role="assistant")
-    assert (row.status, row.content) == ("streaming", "")  # saved at once, before any token
+    assert (row.status, row.content) == ("streaming", "")  # before any token
     seen = []
     async for _ in turn.deltas():
         await asyncio.sleep(0)
@@ -319,3 +331,111 @@ async def test_nul_and_lone_surrogates_are_stored_as_replacement_characters(user
     assert rows[1].tool_calls == [{"id": "\ufffd", "f": ["\ufffd"]}]
     assert rows[2].tool_call_id == "\ufffd"
     assert (await Conversation.objects.aget()).title == "a\ufffd\ufffd"
+
+
+# A new conversation's id goes out before its rows are written ----------------------------
+
+
+class LateWriter:
+    """The group-commit writer, each job handed to it ``delay`` seconds late (a loaded
+    database, without holding the thread the request's sync code may need)."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+
+    def submit(self, job: Any) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        late = loop.create_future()
+
+        def settle(done: asyncio.Future[Any]) -> None:
+            if done.exception() is not None:
+                late.set_exception(done.exception())  # type: ignore[arg-type]
+            else:
+                late.set_result(done.result())
+
+        loop.call_later(
+            self.delay, lambda: lifecycle.writer().submit(job).add_done_callback(settle)
+        )
+        return late
+
+
+def slow_creation(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
+    """Make a new conversation's rows take ``seconds`` longer to be saved."""
+    monkeypatch.setattr(store, "lifecycle", SimpleNamespace(writer=lambda: LateWriter(seconds)))
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_the_first_byte_does_not_wait_for_the_rows_and_readers_of_the_id_do(
+    user, auth, upstream, monkeypatch
+):
+    slow_creation(monkeypatch, 0.5)
+    upstream.post(OPENAI_URL).mock(side_effect=lambda request: answer("Paris."))
+    client = AsyncClient()
+    body = {"model": MODEL, "messages": [msg("user", "Capital?")], "stream": True}
+    started = time.monotonic()
+    response = await client.post(
+        "/copilotedge/v1/chat/completions", body, content_type="application/json", headers=auth
+    )
+    first = await anext(aiter(response.streaming_content))
+    assert time.monotonic() - started < 0.4 and b"Paris" in first
+    conversation_id = response[CONVERSATION_HEADER]
+    assert not await Conversation.objects.filter(pk=conversation_id).aexists()
+    # Fetched (and continued, resumed: all through owned_conversation) at once, it is there.
+    fetched = await client.get(f"/copilotedge/conversations/{conversation_id}/", headers=auth)
+    assert fetched.status_code == 200
+    assert [m["role"] for m in fetched.json()["messages"]] == ["user", "assistant"]
+    assert b"[DONE]" in b"".join([chunk async for chunk in response.streaming_content])
+    await lifecycle.drain()
+    row = await UsageRecord.objects.aget()
+    assert str(row.conversation_id) == conversation_id
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_new_conversation_another_process_is_saving_is_waited_for(user):
+    principal = Principal(user=user)
+    conversation_id = new_id()  # issued elsewhere: nothing here knows of its write
+
+    async def saved_elsewhere() -> None:
+        await asyncio.sleep(0.2)
+        await Conversation.objects.acreate(id=conversation_id, user=user, model=MODEL)
+
+    saving = asyncio.create_task(saved_elsewhere())
+    found = await owned_conversation(principal, conversation_id)
+    assert found.pk == conversation_id
+    await saving
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_an_id_that_cannot_be_on_its_way_is_not_waited_for(user, monkeypatch):
+    principal = Principal(user=user)
+    for missing in (uuid.uuid4(), uuid.UUID(int=new_id().int & ~(0xFFFFFFFFFFFF << 80) | 1)):
+        started = time.monotonic()
+        with pytest.raises(NotFound):
+            await owned_conversation(principal, missing)  # not time-ordered, or long issued
+        assert time.monotonic() - started < 0.1
+    monkeypatch.setattr(store, "SAVE_WINDOW", 0.3)
+    started = time.monotonic()
+    with pytest.raises(NotFound):
+        await owned_conversation(principal, new_id())  # young, but never saved
+    assert 0.2 < time.monotonic() - started < 1.0
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_rows_that_could_not_be_saved_end_the_answer_in_band(
+    user, auth, upstream, monkeypatch
+):
+    def broken(*args: Any) -> None:
+        raise DatabaseError("disk full")
+
+    monkeypatch.setattr(store, "_create", broken)
+    upstream.post(OPENAI_URL).mock(side_effect=lambda request: answer("Paris."))
+    body = {"model": MODEL, "messages": [msg("user", "Capital?")], "stream": True}
+    response = await AsyncClient().post(
+        "/copilotedge/v1/chat/completions", body, content_type="application/json", headers=auth
+    )
+    text = b"".join([chunk async for chunk in response.streaming_content]).decode()
+    assert "Paris" in text and '"code":"database_unavailable"' in text, text
+    await lifecycle.drain()
+    row = await UsageRecord.objects.aget()  # the tokens spent are billed all the same
+    assert row.conversation_id is None and row.completion_tokens > 0
+    assert not await Conversation.objects.aexists()
