@@ -288,8 +288,11 @@ class Turn:
                         break
                     await self._aclose_stream()
                     self._stream = await self._open_next_step()
-                # The id went out with the first byte while the new conversation's rows
-                # were written: if they could not be, the client hears it here.
+                # The answer is whole: record it now (a new conversation's rows go with
+                # its save, the ledger row in the same transaction). The id went out
+                # with the first byte: if the rows could not be written, the client
+                # hears it here.
+                self.finish()
                 await history.wait_until_stored(self.transcript)
         except BaseException as error:
             self._fail(error)
@@ -540,7 +543,6 @@ class Turn:
             self.steps += 1
             with lifecycle.reading(self):
                 delta = await resilience.complete(self.request, self.served, started=self.started)
-            await history.wait_until_stored(self.transcript)
             self.first_token_at = time.monotonic()
             self.answer.add(delta)
             on_chunk = _chunk_callback()
@@ -551,6 +553,7 @@ class Turn:
             raise
         finally:
             self.finish()
+        await history.wait_until_stored(self.transcript)  # a new conversation's rows
         await self.wait_until_saved()
         return self.answer
 
@@ -623,13 +626,10 @@ class Turn:
         self.record = self.as_record()
         history.finish(transcript, self.record)
         lifecycle.finished(self)
-        created = transcript.created if transcript is not None else None
-        if created is not None and not created.done():
-            # Cancelled while its conversation was being saved: the ledger row points at
-            # the conversation, so it is queued once that is settled.
-            created.add_done_callback(lambda _: self._account())
-        else:
-            self._account()
+        # After the answer's save: the writer keeps their order, so the ledger row comes
+        # after a new conversation's rows it points at (if those fail, the writer saves
+        # the row without the link).
+        self._account()
 
     def _account(self) -> None:
         """The ledger row and the limiter's settlement (both off the hot path)."""
@@ -637,7 +637,7 @@ class Turn:
         transcript = self.transcript
         if transcript is not None and transcript.created is not None:
             created = transcript.created
-            if created.cancelled() or created.exception() is not None:
+            if created.done() and (created.cancelled() or created.exception() is not None):
                 transcript.deleted = True
         if transcript is not None and transcript.deleted:
             self.request.conversation_id = None  # the usage record must not point at it

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -51,7 +52,7 @@ from copilotedge.conversations.store import (
     store_steps,
     until_saved,
 )
-from copilotedge.conversations.transcript import Transcript, active, spawn
+from copilotedge.conversations.transcript import Transcript, active
 from copilotedge.models import Conversation, Message
 from copilotedge.usage.ledger import count_tokens
 
@@ -236,33 +237,36 @@ async def astore(principal: Principal, plan: HistoryPlan, answer: Answer) -> Tra
     """Save the planned turn (its new messages and an empty answer), if it is stored.
 
     The transcript saves ``answer``'s text as the caller folds deltas into it. A new
-    conversation's rows are only queued here: :func:`wait_until_stored` waits for them.
+    conversation's rows are written with the answer's first save (for most answers, its
+    end); readers of its id wait for them (:func:`find_new`).
     """
     if not plan.store:
         return None
     request = plan.request
-    created = None
     if request.conversation_id is None:
-        conversation, message, created = new_conversation(principal, request.model, plan.new)
-    else:
-        conversation, message = await save_turn(
-            principal, request.conversation_id, request.model, plan.new, plan.create
-        )
-    return Transcript(
-        message.id, conversation.id, lambda: answer.text,
-        created=created, sequence=message.sequence,
-    )  # fmt: skip
+        pending = new_conversation(principal, request.model, plan.new)
+        transcript = Transcript(
+            pending.answer.id, pending.conversation.id, lambda: answer.text,
+            created=pending.created, sequence=pending.answer.sequence, create=pending.create,
+        )  # fmt: skip
+        pending.hurry = transcript.write_now
+        return transcript
+    conversation, message = await save_turn(
+        principal, request.conversation_id, request.model, plan.new, plan.create
+    )
+    return Transcript(message.id, conversation.id, lambda: answer.text, sequence=message.sequence)
 
 
 async def wait_until_stored(transcript: Transcript | None) -> None:
     """Wait until a new conversation's rows are saved; :class:`DatabaseUnavailable` if not.
 
     A turn's first byte does not wait for them (readers of the new id do, see
-    :func:`find_new`); the turn checks at its end, and ends in-band with the error if
-    they could not be saved.
+    :func:`find_new`); the turn checks once it has queued its final save (with them,
+    usually), and ends in-band with the error if they could not be saved.
     """
     if transcript is None or transcript.created is None:
         return
+    transcript.write_now()  # if they still wait for the answer's first save
     try:
         await asyncio.shield(transcript.created)
     except DatabaseError as error:
@@ -286,6 +290,7 @@ def save_steps(
     """
     if transcript is None or transcript.deleted or not (messages or after):
         return
+    transcript.write_now()  # the answer's row first, if it waits
     sequence = transcript.sequence
     if sequence is not None:
         transcript.sequence = sequence + len(messages)  # where the answer moves
@@ -295,9 +300,31 @@ def save_steps(
 
 
 def finish(transcript: Transcript | None, turn: TurnRecord) -> None:
-    """Schedule saving the finished ``turn``'s answer (the caller does not wait)."""
-    if transcript is not None:
-        transcript.saving = spawn(_afinish(transcript, turn))
+    """Queue saving the finished ``turn``'s answer now (with a new conversation's rows,
+    if they wait), so the ledger row queued next shares its transaction; the caller
+    does not wait (:func:`wait_until_saved` does)."""
+    if transcript is None:
+        return
+    status = _STATUS_OF_OUTCOME.get(turn.outcome, Message.Status.ERROR)
+    counted = count_tokens(turn)  # the ledger's own counts, upstream's or estimated
+    tool_calls = storable_json([call.as_openai() for call in turn.tool_calls] or None)
+    finish_reason = turn.final_finish_reason() if status == Message.Status.COMPLETE else ""
+    saving = transcript.finish(
+        {
+            "status": status,
+            "finish_reason": finish_reason or turn.finish_reason or "",
+            "tool_calls": tool_calls,
+            "prompt_tokens": counted.prompt,
+            "completion_tokens": counted.completion,
+        }
+    )
+    saving.add_done_callback(functools.partial(_log_unsaved, transcript.message_id))
+    transcript.saving = saving
+
+
+def _log_unsaved(message_id: uuid.UUID, saving: asyncio.Task[None]) -> None:
+    if not saving.cancelled() and (error := saving.exception()) is not None:
+        logger.error("Could not save the answer of message %s", message_id, exc_info=error)
 
 
 async def wait_until_saved(transcript: Transcript | None) -> None:
@@ -305,26 +332,7 @@ async def wait_until_saved(transcript: Transcript | None) -> None:
     saving = transcript.saving if transcript is not None else None
     if saving is not None:
         # Shielded: a waiter being cancelled must not cancel the save.
-        await asyncio.shield(saving)
-
-
-async def _afinish(transcript: Transcript, turn: TurnRecord) -> None:
-    status = _STATUS_OF_OUTCOME.get(turn.outcome, Message.Status.ERROR)
-    counted = count_tokens(turn)  # the ledger's own counts, upstream's or estimated
-    tool_calls = storable_json([call.as_openai() for call in turn.tool_calls] or None)
-    finish_reason = turn.final_finish_reason() if status == Message.Status.COMPLETE else ""
-    try:
-        await transcript.afinish(
-            {
-                "status": status,
-                "finish_reason": finish_reason or turn.finish_reason or "",
-                "tool_calls": tool_calls,
-                "prompt_tokens": counted.prompt,
-                "completion_tokens": counted.completion,
-            }
-        )
-    except Exception:
-        logger.exception("Could not save the answer of message %s", transcript.message_id)
+        await asyncio.wait({saving})
 
 
 async def acancel(message_id: uuid.UUID) -> bool:

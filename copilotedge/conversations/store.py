@@ -17,7 +17,8 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -157,25 +158,63 @@ def _message_rows(
     return [*rows, answer]
 
 
-#: New conversations and answers this process is saving, by id: their write's future.
-_saving: dict[uuid.UUID, asyncio.Future[None]] = {}
+@dataclass(eq=False)
+class NewRows:
+    """A new conversation's rows, built at once and written later, with the answer's
+    first save (:meth:`create`); ``created`` is that write, once it is queued."""
+
+    conversation: Conversation
+    rows: list[Message]
+    created: asyncio.Future[None]
+    #: Asks for the rows to be written now (a reader waits for them).
+    hurry: Callable[[], None] | None = None
+    _queued: bool = False
+
+    @property
+    def answer(self) -> Message:
+        return self.rows[-1]
+
+    def create(self, answer: dict[str, Any]) -> asyncio.Future[None]:
+        """Queue writing the rows, the answer with the fields ``answer`` (once)."""
+        assert not self._queued, "the rows are written once"
+        self._queued = True
+        row = self.answer
+        for field, value in answer.items():
+            setattr(row, field, value)
+        row.updated_at = self.conversation.updated_at = timezone.now()
+        job = functools.partial(_create, self.conversation, self.rows)
+        lifecycle.writer().submit(job).add_done_callback(self._settle)
+        return self.created
+
+    def _settle(self, done: asyncio.Future[None]) -> None:
+        if self.created.done():
+            return
+        if done.cancelled():
+            self.created.cancel()
+        elif (error := done.exception()) is not None:
+            self.created.set_exception(error)
+        else:
+            self.created.set_result(None)
+
+
+#: New conversations (and their answers) this process is saving, by id.
+_saving: dict[uuid.UUID, NewRows] = {}
 #: Those whose write ended in the last :data:`SAVE_WINDOW` seconds (saved or failed), by
 #: id, with when: a reader missing one of them need not wait for it.
 _settled: dict[uuid.UUID, float] = {}
 
 #: How long after a new conversation's id was issued its rows may still be on their way:
 #: a reader that finds no row for so young an id, written elsewhere, looks again until
-#: then (the writer takes milliseconds; this is for a loaded database).
+#: then (they are written within a flush interval; this is for a loaded database).
 SAVE_WINDOW = 5.0
 
 
-def new_conversation(
-    principal: Principal, model: str, new: list[dict[str, Any]]
-) -> tuple[Conversation, Message, asyncio.Future[None]]:
-    """A conversation that starts with ``new``: built now, saved by the writer.
+def new_conversation(principal: Principal, model: str, new: list[dict[str, Any]]) -> NewRows:
+    """A conversation that starts with ``new``: its rows built now, written later.
 
-    Nothing can conflict with a fresh id, so nothing needs reading first; the rows are
-    saved while the answer starts and streams. Its id and its answer's (time-ordered,
+    Nothing can conflict with a fresh id, so nothing needs reading first, and the rows
+    go to the writer with the answer's first save (one write, for most answers, with the
+    answer whole). Its id and its answer's (time-ordered,
     :mod:`copilotedge.conversations.ids`) may go to the client at once: a reader here
     waits for the write (:func:`until_saved`), one elsewhere sees the id is new.
     """
@@ -185,14 +224,13 @@ def new_conversation(
         title=storable(derive_title(new)), created_at=now, updated_at=now,
     )  # fmt: skip
     rows = _message_rows(conversation, 0, new, now)
-    answer = rows[-1]
-    answer.id = new_id()
-    created = lifecycle.writer().submit(functools.partial(_create, conversation, rows))
-    keys = (conversation.id, answer.id)
+    rows[-1].id = new_id()
+    pending = NewRows(conversation, rows, asyncio.get_running_loop().create_future())
+    keys = (conversation.id, rows[-1].id)
     for key in keys:
-        _saving[key] = created
-    created.add_done_callback(functools.partial(_settle, keys))
-    return conversation, answer, created
+        _saving[key] = pending
+    pending.created.add_done_callback(functools.partial(_settle, keys))
+    return pending
 
 
 def _settle(keys: tuple[uuid.UUID, ...], _: asyncio.Future[None]) -> None:
@@ -207,20 +245,23 @@ def _settle(keys: tuple[uuid.UUID, ...], _: asyncio.Future[None]) -> None:
         del _settled[key]
 
 
+async def until_saved(row_id: uuid.UUID) -> bool:
+    """Wait for the write of a new conversation or answer (by id) this process's event
+    loop is saving, asking for it now; whether there was one. Never raises: the caller
+    reads the row."""
+    pending = _saving.get(row_id)
+    if pending is None or pending.created.get_loop() is not asyncio.get_running_loop():
+        return False
+    if pending.hurry is not None:
+        pending.hurry()
+    await asyncio.wait({pending.created})  # its outcome is the turn's; a waiter's cancel is not
+    return True
+
+
 def may_be_saving(row_id: uuid.UUID) -> bool:
     """Whether a missing new conversation or answer may still be on its way: its id is
     young and its write is not known here to have ended."""
     return row_id not in _settled and issued_within(row_id, SAVE_WINDOW)
-
-
-async def until_saved(row_id: uuid.UUID) -> bool:
-    """Wait for the write of a new conversation or answer (by id) this process's event
-    loop is saving; whether there was one. Never raises: the caller reads the row."""
-    saving = _saving.get(row_id)
-    if saving is None or saving.get_loop() is not asyncio.get_running_loop():
-        return False
-    await asyncio.wait({saving})  # its outcome is the turn's; a waiter's cancel is not
-    return True
 
 
 def _create(conversation: Conversation, rows: list[Message]) -> None:

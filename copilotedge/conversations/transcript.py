@@ -26,7 +26,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from django.utils import timezone
@@ -77,20 +77,30 @@ async def awatch(message_id: uuid.UUID) -> None:
     await request_watch(message_id)
 
 
-async def _asave(
+def _submit_save(
     message_id: uuid.UUID, *, streaming_only: bool = False, check_watch: bool = False, **fields: Any
-) -> tuple[int, bool]:
-    """Update the message row through the group-commit writer: the rows updated, and
-    whether a resumer in another process asked for live deltas meanwhile.
+) -> asyncio.Future[tuple[int, bool]]:
+    """Queue an update of the message row with the group-commit writer: its future gives
+    the rows updated, and whether a resumer in another process asked for live deltas.
 
     The writer runs jobs in order, so this lands after the row's creation if that is
     still queued.
     """
-    return await lifecycle.writer().submit(
+    return lifecycle.writer().submit(
         functools.partial(
             _save, message_id, streaming_only, check_watch, fields | {"updated_at": timezone.now()}
         )
     )
+
+
+#: Writes a new conversation's rows, the answer with ``fields``; called once (see
+#: :class:`Transcript`).
+Create = Callable[[dict[str, Any]], "asyncio.Future[None]"]
+
+
+async def _created(creating: asyncio.Future[None]) -> tuple[int, bool]:
+    await creating
+    return 1, False
 
 
 def _save(
@@ -109,7 +119,11 @@ class Transcript:
     """Saves and publishes the text of one generating assistant message.
 
     ``text`` returns the whole answer so far (the turn's :class:`~copilotedge.chat.types.Answer`);
-    call :meth:`grow` with each new piece and :meth:`afinish` once at the end.
+    call :meth:`grow` with each new piece and :meth:`finish` once at the end.
+
+    A new conversation's rows are written with the answer's first save (``create``):
+    at its end for most answers, else at its first flush, one flush interval after the
+    turn began at the latest, or at once when a reader asks (:meth:`write_now`).
     """
 
     def __init__(
@@ -120,6 +134,7 @@ class Transcript:
         *,
         created: asyncio.Future[None] | None = None,
         sequence: int | None = None,
+        create: Create | None = None,
     ) -> None:
         self.message_id = message_id
         self.conversation_id = conversation_id
@@ -127,6 +142,8 @@ class Transcript:
         self.sequence = sequence
         #: Saving the row, when the writer was asked to create it (a new conversation).
         self.created = created
+        #: Writes a new conversation's rows, with the answer's first save (then unset).
+        self._create = create
         self._answer_text = text
         #: Characters confirmed saved; live events start there.
         self.saved = 0
@@ -155,6 +172,48 @@ class Transcript:
         self._flush_interval = settings.FLUSH_INTERVAL
         self._live_interval = settings.LIVE_INTERVAL
         active[message_id] = self
+        if create is not None:
+            # A new conversation's rows go with the answer's first save: its end, for most
+            # answers, or one flush interval from now at the latest, text or not.
+            loop = asyncio.get_running_loop()
+            self._flush_timer = loop.call_later(self._flush_interval, self._start_flush)
+
+    @property
+    def pending(self) -> bool:
+        """Whether a new conversation's rows wait for the answer's first save."""
+        return self._create is not None
+
+    def write_now(self) -> None:
+        """Queue a new conversation's rows now, with the answer so far (a reader waits
+        for them, or a write that needs them comes next)."""
+        if self._create is None or self._finished:
+            return
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        text = self._text()
+        self._unsaved_bytes = 0
+        spawn(self._saved_up_to(self._write({"content": text}), len(text)))
+
+    async def _saved_up_to(self, written: Awaitable[tuple[int, bool]], length: int) -> None:
+        try:
+            await written
+        except Exception:
+            logger.warning("Could not save message %s", self.message_id, exc_info=True)
+        else:
+            self.saved = max(self.saved, length)
+
+    def _write(
+        self, fields: dict[str, Any], *, streaming_only: bool = False, check_watch: bool = False
+    ) -> Awaitable[tuple[int, bool]]:
+        """Save the answer row with ``fields``, creating a new conversation's rows with it
+        if they are still waiting; queued with the writer at once."""
+        create, self._create = self._create, None
+        if create is not None:
+            return _created(create(fields))
+        return _submit_save(
+            self.message_id, streaming_only=streaming_only, check_watch=check_watch, **fields
+        )
 
     def _text(self) -> str:
         return storable(self._answer_text())
@@ -204,8 +263,8 @@ class Transcript:
             check = not self.watched and now - self._watch_checked >= WATCH_CHECK_SECONDS
             if check:
                 self._watch_checked = now
-            updated, watched = await _asave(
-                self.message_id, content=text, streaming_only=True, check_watch=check
+            updated, watched = await self._write(
+                {"content": text}, streaming_only=True, check_watch=check
             )
             if watched:
                 self.watch()
@@ -273,21 +332,35 @@ class Transcript:
 
     # The end --------------------------------------------------------------------------
 
-    async def afinish(self, fields: dict[str, Any]) -> None:
-        """Save the final row (``fields`` besides the text) and tell the resumers."""
+    def finish(self, fields: dict[str, Any]) -> asyncio.Task[None]:
+        """Save the final row (``fields`` besides the text) and tell the resumers.
+
+        The save (with a new conversation's rows, if they still wait) is queued with the
+        writer now, so what the caller queues next (the ledger row) comes after it, in
+        the same transaction when the writer is free. A save still in flight cannot
+        overwrite it: those only update a ``streaming`` row.
+        """
         self._finished = True
         for timer in (self._flush_timer, self._publish_timer):
             if timer is not None:
                 timer.cancel()
-        pending = [t for t in (self._flushing, self._publishing) if t is not None]
-        if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
         text = self._text()
+        written = self._write({"content": text, **fields})
+        return spawn(self._ended(written, self._publishing, len(text)))
+
+    async def _ended(
+        self,
+        written: Awaitable[tuple[int, bool]],
+        publishing: asyncio.Task[None] | None,
+        length: int,
+    ) -> None:
         try:
-            await _asave(self.message_id, content=text, **fields)
+            await written
         finally:
             active.pop(self.message_id, None)
+            if publishing is not None:  # the live text before its end
+                await asyncio.gather(publishing, return_exceptions=True)
             await publish(
                 self.message_id,
-                {"type": LIVE_END, "message": self.message_id.hex, "length": len(text)},
+                {"type": LIVE_END, "message": self.message_id.hex, "length": length},
             )

@@ -6,14 +6,13 @@ import asyncio
 import json
 import time
 import uuid
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from django.db import DatabaseError
 from django.test import AsyncClient, override_settings
 
-from copilotedge import lifecycle
+from copilotedge import background, lifecycle
 from copilotedge.auth import Principal
 from copilotedge.chat.turn import Turn
 from copilotedge.chat.types import ChatRequest
@@ -220,14 +219,13 @@ async def test_a_growing_answer_is_saved_as_streaming_while_it_grows(user, upstr
     upstream.post(OPENAI_URL).mock(return_value=stream_response(stream))
     turn = Turn(ChatRequest(MODEL, [msg("user", "count")]), Principal(user=user), "openai")
     await turn.open()
-    await lifecycle.writer().drain()  # queued when the turn was stored: the rows are there
-    row = await Message.objects.aget(role="assistant")
-    assert (row.status, row.content) == ("streaming", "")  # before any token
     seen = []
     async for _ in turn.deltas():
         await asyncio.sleep(0)
-        row = await Message.objects.aget(role="assistant")
-        seen.append((row.status, row.content))
+        # A new conversation's rows come with the answer's first save (a flush here).
+        row = await Message.objects.filter(role="assistant").afirst()
+        if row is not None:
+            seen.append((row.status, row.content))
     await lifecycle.drain()
     final = await Message.objects.aget(role="assistant")
     assert final.status == "complete" and final.content == turn.answer.text
@@ -247,7 +245,8 @@ async def test_a_growing_answer_is_saved_every_flush_bytes(user, upstream):
     lengths = []
     async for _ in turn.deltas():
         await asyncio.sleep(0.01)
-        lengths.append(len((await Message.objects.aget(role="assistant")).content))
+        row = await Message.objects.filter(role="assistant").afirst()
+        lengths.append(len(row.content) if row is not None else 0)
     await lifecycle.drain()
     assert any(0 < n < 240 for n in lengths)  # saved mid-answer although the interval is 60 s
 
@@ -337,10 +336,11 @@ async def test_nul_and_lone_surrogates_are_stored_as_replacement_characters(user
 
 
 class LateWriter:
-    """The group-commit writer, each job handed to it ``delay`` seconds late (a loaded
-    database, without holding the thread the request's sync code may need)."""
+    """The group-commit writer, each job handed to it ``delay`` seconds late, in order (a
+    loaded database, without holding the thread the request's sync code may need)."""
 
-    def __init__(self, delay: float) -> None:
+    def __init__(self, writer: Any, delay: float) -> None:
+        self.writer = writer
         self.delay = delay
 
     def submit(self, job: Any) -> asyncio.Future[Any]:
@@ -353,22 +353,21 @@ class LateWriter:
             else:
                 late.set_result(done.result())
 
-        loop.call_later(
-            self.delay, lambda: lifecycle.writer().submit(job).add_done_callback(settle)
-        )
+        loop.call_later(self.delay, lambda: self.writer().submit(job).add_done_callback(settle))
         return late
 
 
-def slow_creation(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
-    """Make a new conversation's rows take ``seconds`` longer to be saved."""
-    monkeypatch.setattr(store, "lifecycle", SimpleNamespace(writer=lambda: LateWriter(seconds)))
+def slow_writes(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
+    """Make every write of the group-commit writer start ``seconds`` late."""
+    writer = lifecycle.writer
+    monkeypatch.setattr(lifecycle, "writer", lambda: LateWriter(writer, seconds))
 
 
 @pytest.mark.django_db(transaction=True)
 async def test_the_first_byte_does_not_wait_for_the_rows_and_readers_of_the_id_do(
     user, auth, upstream, monkeypatch
 ):
-    slow_creation(monkeypatch, 0.5)
+    slow_writes(monkeypatch, 0.5)
     upstream.post(OPENAI_URL).mock(side_effect=lambda request: answer("Paris."))
     client = AsyncClient()
     body = {"model": MODEL, "messages": [msg("user", "Capital?")], "stream": True}
@@ -439,3 +438,45 @@ async def test_rows_that_could_not_be_saved_end_the_answer_in_band(
     row = await UsageRecord.objects.aget()  # the tokens spent are billed all the same
     assert row.conversation_id is None and row.completion_tokens > 0
     assert not await Conversation.objects.aexists()
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_short_answer_is_written_once_with_its_conversation_and_its_ledger_row(
+    user, upstream, monkeypatch
+):
+    upstream.post(OPENAI_URL).mock(side_effect=lambda request: answer("Paris."))
+    batches: list[int] = []
+    real = background._run_batch
+
+    def counted(jobs: list[Any]) -> Any:
+        batches.append(len(jobs))
+        return real(jobs)
+
+    monkeypatch.setattr(background, "_run_batch", counted)
+    await run_turn(ChatRequest(MODEL, [msg("user", "Capital?")]), Principal(user=user))
+    # The conversation, its messages (the answer whole) and the ledger row: one batch.
+    assert batches == [2]
+    row = await Message.objects.aget(role="assistant")
+    assert (row.status, row.content) == ("complete", "Paris.")
+    record = await UsageRecord.objects.aget()
+    assert record.conversation_id == row.conversation_id
+
+
+@pytest.mark.django_db(transaction=True)
+@override_settings(COPILOTEDGE_FLUSH_INTERVAL=0.1)
+async def test_a_slow_answers_rows_are_written_within_a_flush_interval(user, upstream):
+    upstream.post(OPENAI_URL).mock(
+        return_value=stream_response(WordStream(["slow "] * 3, delay=0.3))
+    )
+    turn = Turn(ChatRequest(MODEL, [msg("user", "hi")]), Principal(user=user), "openai")
+    opening = asyncio.ensure_future(turn.open())  # upstream's first word takes 0.3 s
+    await asyncio.sleep(0.2)  # no text yet: the rows are there all the same
+    await lifecycle.writer().drain()
+    row = await Message.objects.aget(role="assistant")
+    assert (row.status, row.content) == ("streaming", "")
+    await opening
+    async for _ in turn.deltas():
+        pass
+    await lifecycle.drain()
+    row = await Message.objects.aget(role="assistant")
+    assert (row.status, row.content) == ("complete", "slow slow slow ")
