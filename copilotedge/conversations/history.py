@@ -51,6 +51,7 @@ from copilotedge.conversations.store import (
     storable_json,
     store_steps,
     until_saved,
+    waiting_rows,
 )
 from copilotedge.conversations.transcript import Transcript, active
 from copilotedge.models import Conversation, Message
@@ -290,8 +291,13 @@ def save_steps(
     """
     if transcript is None or transcript.deleted or not (messages or after):
         return
-    transcript.write_now()  # the answer's row first, if it waits
     sequence = transcript.sequence
+    waiting = waiting_rows(transcript.message_id)
+    if waiting is not None:
+        # A new conversation's rows still wait for the answer's first save: with them.
+        waiting.add(messages, after)
+        transcript.sequence = waiting.answer.sequence
+        return
     if sequence is not None:
         transcript.sequence = sequence + len(messages)  # where the answer moves
     store_steps(

@@ -18,7 +18,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -170,19 +170,39 @@ class NewRows:
     hurry: Callable[[], None] | None = None
     _queued: bool = False
 
+    #: Rows to go right after the answer (see :meth:`add`).
+    after: list[Message] = field(default_factory=list)
+
     @property
     def answer(self) -> Message:
         return self.rows[-1]
+
+    @property
+    def queued(self) -> bool:
+        """Whether the rows went to the writer (they take no more rows then)."""
+        return self._queued
+
+    def add(self, before: Sequence[dict[str, Any]], after: Sequence[dict[str, Any]] = ()) -> None:
+        """Add ``before`` just before the answer (a server tool step's messages) and
+        ``after`` right after it, to be written with the rest."""
+        assert not self._queued, "the rows were written"
+        now = timezone.now()
+        answer = self.answer
+        self.rows[-1:] = [*_rows(self.conversation, 0, before, now), answer]
+        self.after += _rows(self.conversation, 0, after, now)
+        # A new conversation: its rows are numbered in order from 0.
+        for sequence, row in enumerate([*self.rows, *self.after]):
+            row.sequence = sequence
 
     def create(self, answer: dict[str, Any]) -> asyncio.Future[None]:
         """Queue writing the rows, the answer with the fields ``answer`` (once)."""
         assert not self._queued, "the rows are written once"
         self._queued = True
         row = self.answer
-        for field, value in answer.items():
-            setattr(row, field, value)
+        for name, value in answer.items():
+            setattr(row, name, value)
         row.updated_at = self.conversation.updated_at = timezone.now()
-        job = functools.partial(_create, self.conversation, self.rows)
+        job = functools.partial(_create, self.conversation, [*self.rows, *self.after])
         lifecycle.writer().submit(job).add_done_callback(self._settle)
         return self.created
 
@@ -243,6 +263,12 @@ def _settle(keys: tuple[uuid.UUID, ...], _: asyncio.Future[None]) -> None:
         if now - when <= SAVE_WINDOW:
             break
         del _settled[key]
+
+
+def waiting_rows(answer_id: uuid.UUID) -> NewRows | None:
+    """The new conversation's rows of the answer ``answer_id``, if they still take rows."""
+    pending = _saving.get(answer_id)
+    return pending if pending is not None and not pending.queued else None
 
 
 async def until_saved(row_id: uuid.UUID) -> bool:

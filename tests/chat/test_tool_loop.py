@@ -253,20 +253,20 @@ async def test_a_steps_messages_are_stored_while_the_turn_goes_on(agent_tools, s
     async def stored() -> list[tuple[str, str, str]]:
         return [(m.role, m.content, m.status) async for m in rows.all()]
 
-    await lifecycle.writer().drain()  # what was queued so far, not the turn's end
-    assert await stored() == [
-        ("user", "CALL:caller{}\nCALL:wait_forever{}", "complete"),
-        ("assistant", "", "complete"),  # the first step's call...
-        ("tool", "alice", "complete"),  # ...and its result
-        ("assistant", "", "streaming"),  # the answer, still going
-    ]
-    # A resume meanwhile shows the step that ended, before the answer goes on.
+    # A resume meanwhile shows the step that ended, before the answer goes on (the new
+    # conversation's rows, held for the answer's first save, are written for it).
     resumer = await socket_for(session_cookie)
     await resumer.send_json_to({"type": "resume", "id": "r", "conversation_id": conversation_id})
     shown = [await resumer.receive_json_from() for _ in range(3)]
     assert [(f["type"], f.get("name"), f.get("content")) for f in shown] == [
         ("start", None, None), ("tool_call", "caller", None), ("tool_result", None, "alice")
     ]  # fmt: skip
+    assert await stored() == [
+        ("user", "CALL:caller{}\nCALL:wait_forever{}", "complete"),
+        ("assistant", "", "complete"),  # the first step's call...
+        ("tool", "alice", "complete"),  # ...and its result
+        ("assistant", "", "streaming"),  # the answer, still going
+    ]
     await socket.send_json_to({"type": "cancel", "id": "c"})
     await until(socket, "cancelled")
     await socket.disconnect()

@@ -9,7 +9,8 @@ import pytest
 from asgiref.sync import async_to_sync
 
 from copilotedge import lifecycle
-from copilotedge.conversations.store import derive_title, store_steps
+from copilotedge.auth import Principal
+from copilotedge.conversations.store import NewRows, derive_title, new_conversation, store_steps
 from copilotedge.models import Conversation, Message
 
 
@@ -85,3 +86,21 @@ def test_the_steps_of_a_deleted_conversation_are_dropped(user):
     conversation.delete()
     async_to_sync(_store)(Conversation(pk=conversation_id), Message(pk=answer_id), 1)
     assert not Message.objects.filter(conversation_id=conversation_id).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_step_of_an_answer_whose_conversation_waits_is_written_with_it(user):
+    async def turn() -> NewRows:
+        pending = new_conversation(Principal(user=user), "m", [{"role": "user", "content": "hi"}])
+        pending.add(STEP[:1], STEP[1:])  # a call before the answer, its result after it
+        pending.add(STEP[1:])  # a step's result before it
+        pending.create({"content": "the answer", "status": "complete"})
+        await pending.created
+        return pending
+
+    pending = async_to_sync(turn)()
+    assert _stored(pending.conversation) == [
+        (0, "user", "hi"), (1, "assistant", ""), (2, "tool", "done"),
+        (3, "assistant", "the answer"), (4, "tool", "done"),
+    ]  # fmt: skip
+    assert pending.answer.sequence == 3
