@@ -81,6 +81,14 @@ else:
             "ENGINE": "django.db.backends.sqlite3",
             "NAME": str(_db),
             "TEST": {"NAME": str(_db)},
+            # As the demo (and the README) set it: the test process and the e2e servers
+            # write to this one file at once, and a deferred transaction that must turn
+            # into a write while another commits fails at once with "database is locked".
+            "OPTIONS": {
+                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+                "transaction_mode": "IMMEDIATE",
+                "timeout": 20,
+            },
         }
     }
 

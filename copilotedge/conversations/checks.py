@@ -1,4 +1,5 @@
-"""Checks of the conversation and WebSocket consumer settings: copilotedge.E030-E039, W030-W039."""
+"""Checks of the conversation and WebSocket consumer settings, and of the database they are
+stored in: copilotedge.E030-E039, W030-W039."""
 
 from __future__ import annotations
 
@@ -52,7 +53,35 @@ def check_conversation_settings() -> list[CheckMessage]:
             )
         )
     errors.extend(_check_redis_read_timeout(layers))
+    errors.extend(check_sqlite(getattr(django_settings, "DATABASES", None) or {}))
     return errors
+
+
+def check_sqlite(databases: dict[str, Any]) -> list[CheckMessage]:
+    """W032: a SQLite database whose transactions begin deferred.
+
+    Streams write from several threads at once (the requests' and the writer of
+    conversations and the ledger); a deferred transaction that must become a write while
+    another commits fails at once with "database is locked".
+    """
+    warnings: list[CheckMessage] = []
+    for alias, database in databases.items():
+        if not str(database.get("ENGINE", "")).endswith("sqlite3"):
+            continue
+        options = database.get("OPTIONS") or {}
+        if str(options.get("transaction_mode", "")).upper() in ("IMMEDIATE", "EXCLUSIVE"):
+            continue
+        warnings.append(
+            Warning(
+                f"The SQLite database {alias!r} begins its transactions deferred: concurrent "
+                'streams\' writes will now and then fail with "database is locked".',
+                hint=f'In DATABASES["{alias}"]["OPTIONS"] of your settings, set '
+                '"transaction_mode": "IMMEDIATE" and a "timeout" (say 20); with '
+                '"init_command": "PRAGMA journal_mode=WAL;" readers run beside the writer.',
+                id="copilotedge.W032",
+            )
+        )
+    return warnings
 
 
 #: channels-redis blocks this long (BZPOPMIN) waiting for a message, per read.

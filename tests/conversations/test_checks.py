@@ -86,3 +86,17 @@ def test_the_pub_sub_layer_polls_and_is_not_warned(monkeypatch):
     layers = {"default": {"BACKEND": backend, "CONFIG": {"hosts": ["redis://x"]}}}
     with override_settings(CHANNEL_LAYERS=layers):
         assert "copilotedge.W031" not in ids()
+
+
+def test_a_sqlite_database_with_deferred_transactions_is_warned_about():
+    from copilotedge.conversations.checks import check_sqlite
+
+    sqlite = {"ENGINE": "django.db.backends.sqlite3", "NAME": "x"}
+    (warning,) = check_sqlite({"default": sqlite})
+    assert warning.id == "copilotedge.W032"
+    assert 'DATABASES["default"]["OPTIONS"]' in warning.hint and "IMMEDIATE" in warning.hint
+    immediate = {**sqlite, "OPTIONS": {"transaction_mode": "IMMEDIATE"}}
+    postgres = {"ENGINE": "django.db.backends.postgresql"}
+    assert check_sqlite({"default": immediate, "other": postgres}) == []
+    # The suite's own database is set up as the README says.
+    assert "copilotedge.W032" not in ids()
