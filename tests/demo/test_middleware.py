@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from django.contrib.auth import get_user_model
 from django.http import HttpRequest, HttpResponse
 from django.test import AsyncClient, override_settings
@@ -59,8 +60,11 @@ async def api(request: HttpRequest) -> HttpResponse:
 urlpatterns = [path("api", api)]
 
 
+# Transactional: the async ORM writes from another thread, which a test-wide transaction
+# begun as a write (SQLite's IMMEDIATE, as the suite sets it) would lock out.
+@pytest.mark.django_db(transaction=True)
 @override_settings(MIDDLEWARE=DEMO)
-async def test_the_demo_middleware_keeps_the_admin_secure_and_signed_in(db: None) -> None:
+async def test_the_demo_middleware_keeps_the_admin_secure_and_signed_in() -> None:
     await get_user_model().objects.acreate_superuser("admin", "a@example.com", "pw-admin-1")
     client = AsyncClient(enforce_csrf_checks=True)
 
