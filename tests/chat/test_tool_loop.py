@@ -341,12 +341,13 @@ mutation generateCopilotResponse($data: GenerateCopilotResponseInput!) {
 """
 
 
-async def test_graphql_shows_action_executions_and_their_results(agent_tools, auth):
+async def graphql_chat(auth: dict[str, str], thread: str, text: str) -> dict[str, Any]:
+    """``generateCopilotResponse`` for one user message."""
     data = {
         "metadata": {"requestType": "Chat"},
-        "threadId": "graphql-tools",
+        "threadId": thread,
         "messages": [{"id": "m1", "createdAt": "2025-01-01T00:00:00Z",
-                      "textMessage": {"role": "user", "content": "Who am I? CALL:caller{}"}}],
+                      "textMessage": {"role": "user", "content": text}}],
         "frontend": {"actions": [], "url": "http://localhost"},
     }  # fmt: skip
     response = await AsyncClient().post(
@@ -355,7 +356,12 @@ async def test_graphql_shows_action_executions_and_their_results(agent_tools, au
         content_type="application/json",
         headers=auth,
     )
-    result = response.json()["data"]["generateCopilotResponse"]
+    result: dict[str, Any] = response.json()["data"]["generateCopilotResponse"]
+    return result
+
+
+async def test_graphql_shows_action_executions_and_their_results(agent_tools, auth):
+    result = await graphql_chat(auth, "graphql-tools", "Who am I? CALL:caller{}")
     assert result["status"] == {"code": "Success"}
     call, outcome, answer = result["messages"]
     assert call == {
@@ -383,20 +389,8 @@ async def test_graphql_shows_action_executions_and_their_results(agent_tools, au
 
 
 async def test_graphql_denies_a_confirm_tool(agent_tools, auth):
-    data = {
-        "metadata": {"requestType": "Chat"},
-        "threadId": "graphql-confirm",
-        "messages": [{"id": "m1", "createdAt": "2025-01-01T00:00:00Z",
-                      "textMessage": {"role": "user", "content": 'CALL:delete_note{"note": "a"}'}}],
-        "frontend": {"actions": [], "url": "http://localhost"},
-    }  # fmt: skip
-    response = await AsyncClient().post(
-        "/copilotedge/copilotkit",
-        {"query": GRAPHQL, "variables": {"data": data}},
-        content_type="application/json",
-        headers=auth,
-    )
-    _, outcome, answer = response.json()["data"]["generateCopilotResponse"]["messages"]
+    result = await graphql_chat(auth, "graphql-confirm", 'CALL:delete_note{"note": "a"}')
+    _, outcome, answer = result["messages"]
     assert (
         outcome["result"] == "The user did not approve this call of 'delete_note'; it did not run."
     )
