@@ -337,7 +337,7 @@ async def wait_until_saved(transcript: Transcript | None) -> None:
     """Wait until the final answer is saved (a face may say "done" after it)."""
     saving = transcript.saving if transcript is not None else None
     if saving is not None:
-        # Shielded: a waiter being cancelled must not cancel the save.
+        # A waiter being cancelled must not cancel the save; its failure is logged there.
         await asyncio.wait({saving})
 
 

@@ -178,11 +178,6 @@ class Transcript:
             loop = asyncio.get_running_loop()
             self._flush_timer = loop.call_later(self._flush_interval, self._start_flush)
 
-    @property
-    def pending(self) -> bool:
-        """Whether a new conversation's rows wait for the answer's first save."""
-        return self._create is not None
-
     def write_now(self) -> None:
         """Queue a new conversation's rows now, with the answer so far (a reader waits
         for them, or a write that needs them comes next)."""
