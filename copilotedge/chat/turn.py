@@ -46,6 +46,7 @@ from asgiref.sync import iscoroutinefunction
 
 from copilotedge import exceptions, lifecycle, ratelimit, tools
 from copilotedge.auth import check_model
+from copilotedge.chat import token_estimates
 from copilotedge.chat.deltas import (
     TOOL_CALL,
     TOOL_CONFIRM,
@@ -132,6 +133,10 @@ class Turn:
         self._step = self.answer
         self._usage: Usage | None = None
         self._more_reservations: list[ratelimit.Reservation] = []
+        #: The estimated prompt of the next upstream call (kept up to date as the steps add
+        #: messages, never made again from the whole prompt), and of all calls made.
+        self._prompt_tokens: int | None = None
+        self._prompt_tokens_sent = 0
         if self.server_tools:
             self._offer_tools()
 
@@ -189,7 +194,25 @@ class Turn:
         if self.reservation is None:
             lifecycle.accepting()  # none once the server is stopping (503)
             check_model(self.principal, self.request.model)
-            self.reservation = await ratelimit.reserve(self.principal, self.request)
+            request = self.request
+            self._prompt_tokens = token_estimates.estimate_prompt_tokens(
+                request.messages, request.params
+            )
+            self.reservation = await ratelimit.reserve(self.principal, request, self._prompt_tokens)
+
+    def _sending(self) -> None:
+        """Count an upstream call about to be made, and its prompt."""
+        self.steps += 1
+        self._prompt_tokens_sent += self._prompt_tokens or 0
+
+    def _add_messages(self, messages: list[dict[str, Any]]) -> None:
+        """Append ``messages`` to what goes upstream next, and to its prompt's estimate."""
+        self.request.messages = [*self.request.messages, *messages]
+        self._grow_prompt(messages)
+
+    def _grow_prompt(self, messages: list[dict[str, Any]]) -> None:
+        added = sum(token_estimates.estimate_message_tokens(m) for m in messages)
+        self._prompt_tokens = (self._prompt_tokens or 0) + added
 
     async def open(self) -> None:
         """Open the answer: from the cache, or upstream once it sent a first delta."""
@@ -208,7 +231,7 @@ class Turn:
     async def _open_step(self, started: float) -> resilience.DeltaStream:
         """One upstream call: cache, retries, circuit breakers and fallbacks
         (``self.served`` counts the attempts of every step)."""
-        self.steps += 1
+        self._sending()
         self._step = Answer() if self.server_tools else self.answer
         with lifecycle.reading(self):  # a stop past its grace may interrupt it
             return await resilience.open_stream(
@@ -304,7 +327,8 @@ class Turn:
     async def _open_next_step(self) -> resilience.DeltaStream:
         """The next upstream call, with the tool results; it counts against the token
         limit and the budget like the first (a spent budget ends the turn in-band)."""
-        self._more_reservations.append(await ratelimit.reserve(self.principal, self.request))
+        reservation = await ratelimit.reserve(self.principal, self.request, self._prompt_tokens)
+        self._more_reservations.append(reservation)
         # Its own time limits: a tool or an approval may have taken long.
         return await self._open_step(time.monotonic())
 
@@ -435,7 +459,7 @@ class Turn:
             "tool_calls": [call.as_openai() for call in calls],
         }
         results_messages = [result.message() for result in results]
-        self.request.messages = [*self.request.messages, assistant, *results_messages]
+        self._add_messages([assistant, *results_messages])
         # Stored before the answer, which holds the text of every step.
         history.save_steps(self.transcript, [{**assistant, "content": ""}, *results_messages])
 
@@ -517,8 +541,10 @@ class Turn:
                 if isinstance(c, dict) and c.get("id") in by_call
             ]
         self.request.messages = messages
+        answers = [result.message() for result in results]
+        self._grow_prompt(answers)
         # Stored before the answer, after the stored call they answer.
-        history.save_steps(self.transcript, [result.message() for result in results])
+        history.save_steps(self.transcript, answers)
 
     def _arguments(self, call: ToolCall | dict[str, Any]) -> str:
         """The arguments the model gave: kept server-side when approved, else as sent."""
@@ -540,7 +566,7 @@ class Turn:
         await self.prepare()
         await self.admit()
         try:
-            self.steps += 1
+            self._sending()
             with lifecycle.reading(self):
                 delta = await resilience.complete(self.request, self.served, started=self.started)
             self.first_token_at = time.monotonic()
@@ -614,6 +640,7 @@ class Turn:
             usage=answer.usage,
             steps=max(1, self.steps),
             tool_calls_run=self.tool_calls_run,
+            prompt_tokens_estimate=self._prompt_tokens_sent or self._prompt_tokens,
         )
 
     def finish(self) -> None:

@@ -141,6 +141,9 @@ class TurnRecord:
     #: Upstream calls made (one, plus one per server tool step), and server tool calls run.
     steps: int = 1
     tool_calls_run: int = 0
+    #: The estimated prompt tokens of every upstream call made, summed (each step's prompt
+    #: holds the steps before it); ``None``: estimate them from ``messages``.
+    prompt_tokens_estimate: int | None = None
 
     @property
     def cache_hit(self) -> bool:

@@ -172,12 +172,15 @@ def check_request(principal: Principal) -> Decision:
     return decision
 
 
-def estimate_tokens(request: ChatRequest) -> int:
-    """Tokens to reserve for ``request``: the prompt estimate plus its completion cap."""
+def estimate_tokens(request: ChatRequest, prompt_tokens: int | None = None) -> int:
+    """Tokens to reserve for ``request``: the prompt estimate (``prompt_tokens`` when the
+    caller has it already) plus its completion cap."""
     from copilotedge.chat.token_estimates import estimate_prompt_tokens
 
     completion = request.params.get("max_tokens") or DEFAULT_COMPLETION_TOKENS
-    return estimate_prompt_tokens(request.messages, request.params) + int(completion)
+    if prompt_tokens is None:
+        prompt_tokens = estimate_prompt_tokens(request.messages, request.params)
+    return prompt_tokens + int(completion)
 
 
 @dataclass(frozen=True)
@@ -189,10 +192,15 @@ class Reservation:
     limiter: Limiter
 
 
-async def reserve(principal: Principal, request: ChatRequest) -> Reservation:
-    """Admit a turn (budget, then tokens) or raise ``BudgetExceeded``/``RateLimited``/503."""
+async def reserve(
+    principal: Principal, request: ChatRequest, prompt_tokens: int | None = None
+) -> Reservation:
+    """Admit a turn (budget, then tokens) or raise ``BudgetExceeded``/``RateLimited``/503.
+
+    ``prompt_tokens``: the prompt's estimate, when the caller keeps one (a turn's later
+    steps add to the first's); else it is made here."""
     limiter = get_limiter()
-    decision = await limiter.reserve(principal, estimate_tokens(request))
+    decision = await limiter.reserve(principal, estimate_tokens(request, prompt_tokens))
     _count_rejection(decision, "tokens")
     tracked = _tracked.get()
     if tracked is not None and tracked.decision is not None and decision.tokens is not None:

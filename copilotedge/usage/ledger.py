@@ -85,7 +85,15 @@ def count_tokens(turn: TurnRecord) -> TokenCount:
     # A cache hit is charged like the call it stands for, so its saving is what that cost.
     reached = turn.attempts > 0 or turn.cache_hit
     charged = reached and (turn.outcome != UsageRecord.Outcome.ERROR or completion)
-    prompt = estimate_prompt_tokens(turn.messages, turn.params) if charged else 0
+    prompt = 0
+    if charged:
+        # Every step's prompt, as the turn estimated them; else the last one's, made now.
+        estimated = turn.prompt_tokens_estimate
+        prompt = (
+            estimated
+            if estimated is not None
+            else estimate_prompt_tokens(turn.messages, turn.params)
+        )
     return TokenCount(prompt, completion, "estimated", upstream.neurons if upstream else None)
 
 

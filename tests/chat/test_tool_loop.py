@@ -15,6 +15,7 @@ from channels.testing import WebsocketCommunicator
 from django.test import AsyncClient, override_settings
 
 from copilotedge import lifecycle
+from copilotedge.chat.token_estimates import estimate_prompt_tokens
 from copilotedge.models import Conversation, Message, UsageRecord
 from tests import sample_tools
 from tests.asgi import application
@@ -98,6 +99,22 @@ async def test_agui_shows_the_tool_events_and_the_answer_uses_the_result(agent_t
     assert (row.steps, row.tool_calls, row.outcome) == (2, 1, "ok")
     assert row.completion_tokens == first_usage + second_usage
     assert events[-1]["result"]["usage"]["total_tokens"] == row.total_tokens
+
+
+async def test_without_upstream_usage_the_ledger_estimates_every_steps_prompt(
+    agent_tools, auth
+):
+    agent_tools.app.add_fault("nousage", count=2)  # neither step reports usage
+    await agui_events(auth, "Who am I? CALL:caller{}")
+    await settle()
+    row = await UsageRecord.objects.aget()
+    assert (row.steps, row.token_source) == (2, "estimated")
+    first, second = agent_tools.app.requests
+    # The second prompt holds the first, the call and its result: both were billed.
+    assert row.prompt_tokens == sum(
+        estimate_prompt_tokens(r["messages"], r["params"]) for r in (first, second)
+    )
+    assert row.prompt_tokens > 2 * estimate_prompt_tokens(first["messages"], first["params"])
 
 
 async def test_agui_refuses_a_tool_the_user_may_not_use(agent_tools, auth):
