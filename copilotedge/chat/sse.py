@@ -130,13 +130,20 @@ def encode(data: str, *, event: str | None = None, id: str | None = None) -> byt
     return ("\n".join(lines) + "\n\n").encode()
 
 
-def encode_json(payload: Any, *, event: str | None = None) -> bytes:
+def json_bytes(payload: Any) -> bytes:
+    """``payload`` as compact JSON in UTF-8."""
     try:
-        return encode(json.dumps(payload, separators=(",", ":"), ensure_ascii=False), event=event)
+        return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
     except UnicodeEncodeError:
         # Half a surrogate pair (upstream JSON can carry "\ud83d") has no UTF-8 form;
         # escaped as JSON it survives, exactly as it came.
-        return encode(json.dumps(payload, separators=(",", ":")), event=event)
+        return json.dumps(payload, separators=(",", ":")).encode()
+
+
+def encode_json(payload: Any, *, event: str | None = None) -> bytes:
+    """One event frame of JSON data (JSON text escapes CR and LF: always one line)."""
+    head = b"data: " if event is None else f"event: {event}\ndata: ".encode()
+    return head + json_bytes(payload) + b"\n\n"
 
 
 def comment(text: str = "keep-alive") -> bytes:

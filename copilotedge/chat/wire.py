@@ -41,18 +41,35 @@ def openai_completion(turn: Turn) -> dict[str, Any]:
     }
 
 
-def _chunk(turn: Turn, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
-    return sse.encode_json(
-        {
-            "id": completion_id(turn),
-            "object": "chat.completion.chunk",
-            "created": turn.created,
-            "model": turn.model_served,
-            "choices": [
-                {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
-            ],
-        }
-    )
+class _Chunks:
+    """One answer's ``chat.completion.chunk`` frames.
+
+    Their envelope (id, created, model) is the same in every frame of the answer, so it
+    is encoded once, when the answer has opened (its model is known), and each frame
+    encodes only its delta.
+    """
+
+    def __init__(self, turn: Turn) -> None:
+        envelope = sse.json_bytes(
+            {
+                "id": completion_id(turn),
+                "object": "chat.completion.chunk",
+                "created": turn.created,
+                "model": turn.model_served,
+            }
+        )
+        self._head = b"data: " + envelope[:-1] + b',"choices":[{"index":0,"delta":'
+
+    def frame(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+        return b"".join(
+            (
+                self._head,
+                sse.json_bytes(delta),
+                b',"logprobs":null,"finish_reason":',
+                sse.json_bytes(finish_reason),
+                b"}]}\n\n",
+            )
+        )
 
 
 def _delta_body(delta: Delta, turn: Turn) -> dict[str, Any] | None:
@@ -116,7 +133,8 @@ async def openai_stream(
     go out in one write (the role chunk with the first text, the closing frames at
     once): every extra small write is a packet, and can wait on a delayed ACK.
     """
-    head = _chunk(turn, {"role": "assistant", "content": ""})
+    chunks = _Chunks(turn)
+    head = chunks.frame({"role": "assistant", "content": ""})
     try:
         async for batch in turn.batches():
             frames = []
@@ -125,7 +143,7 @@ async def openai_stream(
                     if include_tool_steps:
                         frames.append(_tool_step_chunk(turn, delta.tool_step))
                 elif body := _delta_body(delta, turn):
-                    frames.append(_chunk(turn, body))
+                    frames.append(chunks.frame(body))
             if frames:
                 yield head + b"".join(frames)
                 head = b""
@@ -140,7 +158,7 @@ async def openai_stream(
         yield head + sse.encode_json(stopped.to_dict()) + sse.DONE_FRAME
         return
     await turn.wait_until_saved()
-    tail = [head, _chunk(turn, {}, turn.answer.final_finish_reason())]
+    tail = [head, chunks.frame({}, turn.answer.final_finish_reason())]
     if include_usage:
         tail.append(
             sse.encode_json(

@@ -333,3 +333,19 @@ def test_encode_json_round_trips_text_exactly_in_any_chunking(text: str, cuts: l
 def test_a_sequence_of_frames_round_trips(texts: list[str]) -> None:
     raw = b"".join(sse.encode(t) for t in texts)
     assert datas(raw) == [_normalise_newlines(t) for t in texts]
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"text": "two\nlines\r\nand\rmore", "sep": "\u2028"},
+        {"text": "half a pair: \ud83d", "emoji": "\U0001f600"},
+        ["plain", 1, None],
+    ],
+)
+def test_a_json_frame_is_one_data_line_that_parses_back(payload) -> None:
+    frame = sse.encode_json(payload, event="message")
+    assert frame.endswith(b"\n\n") and frame.count(b"\n") == 3  # event, data, blank
+    (event,) = parse(frame)
+    assert event.event == "message"
+    assert json.loads(event.data) == payload

@@ -101,9 +101,7 @@ async def test_agui_shows_the_tool_events_and_the_answer_uses_the_result(agent_t
     assert events[-1]["result"]["usage"]["total_tokens"] == row.total_tokens
 
 
-async def test_without_upstream_usage_the_ledger_estimates_every_steps_prompt(
-    agent_tools, auth
-):
+async def test_without_upstream_usage_the_ledger_estimates_every_steps_prompt(agent_tools, auth):
     agent_tools.app.add_fault("nousage", count=2)  # neither step reports usage
     await agui_events(auth, "Who am I? CALL:caller{}")
     await settle()

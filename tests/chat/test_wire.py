@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator
 
@@ -110,6 +111,28 @@ def test_run_envelope_with_tool_calls() -> None:
         "success": True,
         "errors": [],
         "messages": [],
+    }
+
+
+@pytest.mark.parametrize("model", ["@cf/qwen/qwq-32b", "odd \ud83d model"])
+def test_a_chunk_frame_is_the_whole_chunk(model: str) -> None:
+    turn = turn_with()
+    turn.served.model = model
+    frame = wire._Chunks(turn).frame({"content": "a\nb \ud83d"}, "stop")
+    assert frame.startswith(b"data: ") and frame.endswith(b"}]}\n\n")
+    assert json.loads(frame[6:]) == {
+        "id": f"chatcmpl-{turn.id.hex}",
+        "object": "chat.completion.chunk",
+        "created": turn.created,
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "delta": {"content": "a\nb \ud83d"},
+                "logprobs": None,
+                "finish_reason": "stop",
+            }
+        ],
     }
 
 
