@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from typing import Any
 
 import pytest
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError
 
 from copilotedge import background as db
-from copilotedge.models import Conversation
+from copilotedge.models import Conversation, Message, UsageRecord
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -27,3 +28,45 @@ async def test_a_job_whose_commit_fails_fails_alone() -> None:
     assert isinstance(results[0], IntegrityError)
     assert results[1:] == [good_id, 1]
     assert [c.pk async for c in Conversation.objects.all()] == [good_id]
+
+
+async def test_inserts_of_a_batch_go_together_parents_first(monkeypatch) -> None:
+    user = await get_user_model().objects.acreate(username="owner")
+    writer = db.GroupCommit()
+    statements: list[tuple[str, int]] = []
+    for model in (Conversation, Message, UsageRecord):
+        real = model.objects.bulk_create
+
+        def counted(rows: list[Any], *args: Any, real: Any = real, **kwargs: Any) -> Any:
+            statements.append((type(rows[0]).__name__, len(rows)))
+            return real(rows, *args, **kwargs)
+
+        monkeypatch.setattr(model.objects, "bulk_create", counted)
+    conversations = [Conversation(id=uuid.uuid4(), user=user) for _ in range(3)]
+    ledger = writer.insert([ledger_row(user, conversation=conversations[0])])
+    # Queued children first: each still goes after the conversation it points to.
+    pending = [
+        writer.insert([Message(conversation=c, sequence=0, role="user"), c]) for c in conversations
+    ]
+    await asyncio.gather(ledger, *pending)
+    # One statement a model, the conversations before the rows that point to them.
+    assert statements[0] == ("Conversation", 3)
+    assert sorted(statements[1:]) == [("Message", 3), ("UsageRecord", 1)]
+    assert await Message.objects.acount() == 3
+    record = await UsageRecord.objects.aget()
+    assert record.pk is not None and record.conversation_id == conversations[0].id
+
+
+def ledger_row(user: Any, **fields: Any) -> UsageRecord:
+    return UsageRecord(user=user, model_requested="m", protocol="openai", outcome="ok", **fields)
+
+
+async def test_an_insert_whose_commit_fails_fails_alone() -> None:
+    user = await get_user_model().objects.acreate(username="owner")
+    writer = db.GroupCommit()
+    good, bad = ledger_row(user), ledger_row(None, user_id=10**9)  # caught at COMMIT
+    results = await asyncio.gather(
+        writer.insert([good]), writer.insert([bad]), return_exceptions=True
+    )
+    assert results[0] is None and isinstance(results[1], IntegrityError)
+    assert [r.pk async for r in UsageRecord.objects.all()] == [good.pk]

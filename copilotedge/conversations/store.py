@@ -202,8 +202,8 @@ class NewRows:
         for name, value in answer.items():
             setattr(row, name, value)
         row.updated_at = self.conversation.updated_at = timezone.now()
-        job = functools.partial(_create, self.conversation, [*self.rows, *self.after])
-        lifecycle.writer().submit(job).add_done_callback(self._settle)
+        rows = [self.conversation, *self.rows, *self.after]
+        lifecycle.writer().insert(rows).add_done_callback(self._settle)
         return self.created
 
     def _settle(self, done: asyncio.Future[None]) -> None:
@@ -288,11 +288,6 @@ def may_be_saving(row_id: uuid.UUID) -> bool:
     """Whether a missing new conversation or answer may still be on its way: its id is
     young and its write is not known here to have ended."""
     return row_id not in _settled and issued_within(row_id, SAVE_WINDOW)
-
-
-def _create(conversation: Conversation, rows: list[Message]) -> None:
-    conversation.save(force_insert=True)
-    Message.objects.bulk_create(rows)
 
 
 async def save_turn(

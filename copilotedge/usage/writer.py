@@ -12,9 +12,8 @@ on :data:`usage_recorded`. :func:`copilotedge.lifecycle.drain` waits for all of 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-import threading
-import weakref
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -28,7 +27,6 @@ logger = logging.getLogger(__name__)
 
 _WRITE_ATTEMPTS = 3
 _RETRY_DELAY = 0.05  # seconds, doubled after each failed attempt
-_BATCH_SIZE = 500
 
 
 def describe(record: UsageRecord) -> dict[str, Any]:
@@ -100,69 +98,18 @@ async def _announce(record: UsageRecord, *, saved: bool) -> None:
             logger.error("usage_recorded receiver %r raised", receiver, exc_info=response)
 
 
-class _Writer:
-    """One event loop's records, inserted as a job of the loop's :class:`db.GroupCommit`.
-
-    At most one insert waits in the group commit at a time: records that arrive
-    meanwhile join it, those that arrive once it has begun wait for the next one. The
-    job takes its records in the worker thread, hence the lock.
-    """
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.queue: list[UsageRecord] = []
-        self.waiting = False  # an insert is queued and has not taken its records yet
-
-    def add(self, record: UsageRecord) -> None:
-        with self.lock:
-            self.queue.append(record)
-            if self.waiting:
-                return
-            self.waiting = True
-        insert = _Insert(self)
-        lifecycle.writer().submit(insert).add_done_callback(insert.settle)
-
-    def take(self) -> list[UsageRecord]:
-        with self.lock:
-            records, self.queue, self.waiting = self.queue, [], False
-        return records
-
-
-class _Insert:
-    """The group-commit job: insert what the writer holds when the job runs.
-
-    The group commit runs a job again on its own when the batch it was in fails, so
-    the job keeps the records it took for that second try.
-    """
-
-    def __init__(self, writer: _Writer) -> None:
-        self.writer = writer
-        self.records: list[UsageRecord] | None = None
-
-    def __call__(self) -> None:
-        if self.records is None:
-            self.records = self.writer.take()
-        for record in self.records:
-            record.pk = None  # a failed batch left the ids of rows it rolled back
-        UsageRecord.objects.bulk_create(self.records, batch_size=_BATCH_SIZE)
-
-    def settle(self, inserted: asyncio.Future[None]) -> None:
-        """On the event loop, once the job is done: announce or fall back, off the caller."""
-        if self.records is None:  # the group commit ended before the job ran
-            self.records = self.writer.take()
-        error = inserted.exception() if not inserted.cancelled() else asyncio.CancelledError()
-        lifecycle.spawn(_asettle(self.records, error))
-
-
-_writers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Writer] = (
-    weakref.WeakKeyDictionary()
-)
-
-
 def enqueue(record: UsageRecord) -> None:
-    """Queue ``record`` for this event loop's writer; the caller does not wait for it."""
-    loop = asyncio.get_running_loop()
-    writer = _writers.get(loop)
-    if writer is None:
-        writer = _writers[loop] = _Writer()
-    writer.add(record)
+    """Queue ``record`` for this event loop's writer; the caller does not wait for it.
+
+    It is inserted with the other rows of its batch (one statement for all the batch's
+    records), after the conversation it points to when that is new too.
+    """
+    lifecycle.writer().insert([record]).add_done_callback(functools.partial(_inserted, record))
+
+
+def _inserted(record: UsageRecord, inserted: asyncio.Future[None]) -> None:
+    """On the event loop, once the insert is done: announce it or save it on its own."""
+    error = inserted.exception() if not inserted.cancelled() else asyncio.CancelledError()
+    if error is None and not usage_recorded.has_listeners(UsageRecord):
+        return  # nobody to tell
+    lifecycle.spawn(_asettle([record], error))

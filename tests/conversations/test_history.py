@@ -344,6 +344,12 @@ class LateWriter:
         self.delay = delay
 
     def submit(self, job: Any) -> asyncio.Future[Any]:
+        return self._late(lambda writer: writer.submit(job))
+
+    def insert(self, rows: Any) -> asyncio.Future[Any]:
+        return self._late(lambda writer: writer.insert(rows))
+
+    def _late(self, handing: Any) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         late = loop.create_future()
 
@@ -353,7 +359,7 @@ class LateWriter:
             else:
                 late.set_result(done.result())
 
-        loop.call_later(self.delay, lambda: self.writer().submit(job).add_done_callback(settle))
+        loop.call_later(self.delay, lambda: handing(self.writer()).add_done_callback(settle))
         return late
 
 
@@ -426,7 +432,7 @@ async def test_rows_that_could_not_be_saved_end_the_answer_in_band(
     def broken(*args: Any) -> None:
         raise DatabaseError("disk full")
 
-    monkeypatch.setattr(store, "_create", broken)
+    monkeypatch.setattr(Conversation.objects, "bulk_create", broken)
     upstream.post(OPENAI_URL).mock(side_effect=lambda request: answer("Paris."))
     body = {"model": MODEL, "messages": [msg("user", "Capital?")], "stream": True}
     response = await AsyncClient().post(
