@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, TypeVar
+from typing import Any, ClassVar, Protocol, TypeVar, cast
 
 from asgiref.sync import sync_to_async
 from django.db import close_old_connections, connections, models, transaction
@@ -75,7 +75,9 @@ class GroupCommit:
     statement (a model's after those it points to): a batch of turns writes their
     conversations, messages and ledger rows in three statements, not a few per turn.
     Inserts depend on nothing that jobs do (only jobs on inserts), so running them first
-    keeps every dependency's order.
+    keeps every dependency's order. A job type that can run several of its jobs as one
+    (a :class:`Combinable`, such as the saves of growing answers) runs all of a batch's
+    at the first one's place.
 
     If a batch fails, each of its jobs (and inserts) runs again in a transaction of its
     own, so one bad job (say, of a row deleted meanwhile) fails alone.
@@ -127,6 +129,20 @@ class GroupCommit:
                     future.set_exception(value)
 
 
+class Combinable(Protocol):
+    """A job type whose jobs of one batch may run together, at the first one's place
+    (so only one whose jobs' order among the batch's other jobs does not matter)."""
+
+    combinable: ClassVar[bool]
+
+    def __call__(self) -> Any: ...
+
+    @classmethod
+    def run_together(cls, jobs: list[Any]) -> list[Any]:
+        """Run ``jobs`` (two or more of this type) at once; their results, in order."""
+        ...
+
+
 class _Insert:
     """A job that inserts new rows; in a batch, all its inserts go together first."""
 
@@ -174,7 +190,22 @@ def _run_jobs(jobs: list[Callable[[], Any]]) -> list[tuple[bool, Any]]:
     inserts = [job for job in jobs if isinstance(job, _Insert)]
     if inserts:
         _insert_rows(row for insert in inserts for row in insert.rows_to_insert())
-    return [(True, None if isinstance(job, _Insert) else job()) for job in jobs]
+    kinds: dict[type[Any], list[int]] = {}
+    for place, job in enumerate(jobs):
+        if getattr(job, "combinable", False):
+            kinds.setdefault(type(job), []).append(place)
+    results: dict[int, Any] = {}
+    for place, job in enumerate(jobs):
+        if place in results or isinstance(job, _Insert):
+            continue
+        together = kinds.get(type(job), ())
+        if len(together) > 1:
+            kind = cast("type[Combinable]", type(job))
+            ran = kind.run_together([jobs[other] for other in together])
+            results.update(zip(together, ran, strict=True))
+        else:
+            results[place] = job()
+    return [(True, results.get(place)) for place in range(len(jobs))]
 
 
 def _run_batch(jobs: list[Callable[[], Any]]) -> list[tuple[bool, Any]]:

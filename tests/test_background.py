@@ -70,3 +70,35 @@ async def test_an_insert_whose_commit_fails_fails_alone() -> None:
     )
     assert results[0] is None and isinstance(results[1], IntegrityError)
     assert [r.pk async for r in UsageRecord.objects.all()] == [good.pk]
+
+
+class Together:
+    """A combinable job that records how it ran."""
+
+    combinable = True
+    log: list[Any] = []
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __call__(self) -> str:
+        self.log.append(self.name)
+        return self.name
+
+    @classmethod
+    def run_together(cls, jobs: list[Together]) -> list[str]:
+        cls.log.append(tuple(job.name for job in jobs))
+        return [job.name.upper() for job in jobs]
+
+
+async def test_combinable_jobs_of_a_batch_run_together_at_the_first_ones_place() -> None:
+    writer = db.GroupCommit()
+    Together.log = []
+    first = [writer.submit(lambda: Together.log.append("plain") or "p")]
+    first += [writer.submit(Together(name)) for name in ("a", "b")]
+    first += [writer.submit(lambda: Together.log.append("last") or "l")]
+    first += [writer.submit(Together("c"))]
+    assert await asyncio.gather(*first) == ["p", "A", "B", "l", "C"]
+    assert Together.log == ["plain", ("a", "b", "c"), "last"]
+    alone = await writer.submit(Together("d"))  # one of its kind runs as itself
+    assert (alone, Together.log[-1]) == ("d", "d")

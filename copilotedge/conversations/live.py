@@ -19,6 +19,7 @@ import asyncio
 import logging
 import uuid
 import weakref
+from collections.abc import Sequence
 from typing import Any
 
 from channels.layers import get_channel_layer
@@ -95,7 +96,15 @@ async def request_watch(message_id: uuid.UUID) -> None:
 
 def watch_requested(message_id: uuid.UUID) -> bool:
     """Whether a resumer in another process asked for ``message_id``'s live deltas."""
+    return message_id in watches_requested([message_id])
+
+
+def watches_requested(message_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+    """Those of ``message_ids`` whose live deltas a resumer in another process asked for
+    (one cache read for them all)."""
+    keys = {watch_key(message_id): message_id for message_id in message_ids}
     try:
-        return bool(caches[settings.CACHE_ALIAS].get(watch_key(message_id)))
+        found = caches[settings.CACHE_ALIAS].get_many(list(keys))
     except Exception:  # a cache outage must not cost the save
-        return False
+        return set()
+    return {keys[key] for key, value in found.items() if value}

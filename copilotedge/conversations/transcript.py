@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import re
 import time
 import uuid
@@ -39,6 +40,7 @@ from copilotedge.conversations.live import (
     publish,
     request_watch,
     watch_requested,
+    watches_requested,
 )
 from copilotedge.models import Message
 
@@ -84,13 +86,58 @@ def _submit_save(
     the rows updated, and whether a resumer in another process asked for live deltas.
 
     The writer runs jobs in order, so this lands after the row's creation if that is
-    still queued.
+    still queued. The saves of growing text (``streaming_only``, the text alone) of one
+    writer batch run as one statement (:class:`_GrowingText`).
     """
+    fields = fields | {"updated_at": timezone.now()}
+    if streaming_only and set(fields) == set(_GrowingText.fields):
+        return lifecycle.writer().submit(_GrowingText(message_id, check_watch, fields))
     return lifecycle.writer().submit(
-        functools.partial(
-            _save, message_id, streaming_only, check_watch, fields | {"updated_at": timezone.now()}
-        )
+        functools.partial(_save, message_id, streaming_only, check_watch, fields)
     )
+
+
+class _GrowingText:
+    """A save of a growing answer's text, for the group-commit writer: the row is updated
+    only while it is still ``streaming`` (a stop or a delete elsewhere ended it).
+
+    The saves of every answer due together (their flush timers share a grid, see
+    :func:`_flush_deadline`) go in one batch, and there in one ``UPDATE``: their order
+    among the batch's other jobs does not matter, since an answer's final save always
+    comes after its own growing saves and only a ``streaming`` row takes them.
+    """
+
+    combinable = True
+    fields = ("content", "updated_at")
+
+    def __init__(self, message_id: uuid.UUID, check_watch: bool, values: dict[str, Any]) -> None:
+        self.message_id = message_id
+        self.check_watch = check_watch
+        self.values = values
+
+    def __call__(self) -> tuple[int, bool]:
+        return _save(self.message_id, True, self.check_watch, self.values)
+
+    @classmethod
+    def run_together(cls, jobs: list[_GrowingText]) -> list[tuple[int, bool]]:
+        rows = [Message(pk=job.message_id, **job.values) for job in jobs]
+        streaming = Message.objects.filter(status=Message.Status.STREAMING)
+        updated = streaming.bulk_update(rows, cls.fields)
+        ids = [job.message_id for job in jobs]
+        if updated == len(jobs):
+            saved = set(ids)
+        else:  # some were stopped or deleted meanwhile
+            saved = set(streaming.filter(pk__in=ids).values_list("pk", flat=True))
+        watched = watches_requested([job.message_id for job in jobs if job.check_watch])
+        return [(int(job.message_id in saved), job.message_id in watched) for job in jobs]
+
+
+def _flush_deadline(loop: asyncio.AbstractEventLoop, interval: float) -> float:
+    """When a flush due within ``interval`` from now runs: on a grid of a quarter interval
+    shared by every answer of the loop, so the answers' flushes come due together and go
+    to the writer as one batch (one thread hop, one statement), never later than asked."""
+    step = interval / 4
+    return math.floor((loop.time() + interval) / step) * step
 
 
 #: Writes a new conversation's rows, the answer with ``fields``; called once (see
@@ -175,8 +222,7 @@ class Transcript:
         if create is not None:
             # A new conversation's rows go with the answer's first save: its end, for most
             # answers, or one flush interval from now at the latest, text or not.
-            loop = asyncio.get_running_loop()
-            self._flush_timer = loop.call_later(self._flush_interval, self._start_flush)
+            self._schedule_flush()
 
     def write_now(self) -> None:
         """Queue a new conversation's rows now, with the answer so far (a reader waits
@@ -227,7 +273,7 @@ class Transcript:
         if self._unsaved_bytes >= self._flush_bytes:
             self._start_flush()
         elif self._flush_timer is None and self._flushing is None:
-            self._flush_timer = loop.call_later(self._flush_interval, self._start_flush)
+            self._schedule_flush()
         if self.watched and self._publish_timer is None:
             self._publish_timer = loop.call_later(self._live_interval, self._start_publish)
 
@@ -239,6 +285,11 @@ class Transcript:
         self._start_publish()
 
     # Saving ---------------------------------------------------------------------------
+
+    def _schedule_flush(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = _flush_deadline(loop, self._flush_interval)
+        self._flush_timer = loop.call_at(deadline, self._start_flush)
 
     def _start_flush(self) -> None:
         if self._flush_timer is not None:
@@ -277,8 +328,7 @@ class Transcript:
         if self._unsaved_bytes >= self._flush_bytes:
             self._start_flush()
         elif self._unsaved_bytes and self._flush_timer is None:
-            loop = asyncio.get_running_loop()
-            self._flush_timer = loop.call_later(self._flush_interval, self._start_flush)
+            self._schedule_flush()
 
     async def _stopped_elsewhere(self) -> None:
         """The row is no longer ``streaming``: cancelled by another socket, or deleted."""
