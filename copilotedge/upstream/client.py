@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -29,40 +30,98 @@ _MAX_ERROR_BODY = 64 * 1024
 JSON = "application/json"
 
 
-_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
-    weakref.WeakKeyDictionary()
-)
+#: Connections per pool. httpcore 1.0's pool looks at all its connections, for every
+#: idle one, each time a request starts or ends (encode/httpcore#1035), so its work grows
+#: with the square of its size: hundreds of held streams in one pool cost more CPU in it
+#: than in everything else a stream does. The process's ``COPILOTEDGE_MAX_CONNECTIONS``
+#: are spread over pools of at most this many, each request to the least busy one.
+POOL_SIZE = 32
+#: Idle connections kept for reuse, over all pools.
+KEEPALIVE = 100
+
+
+class _Pools:
+    """One event loop's upstream clients, each with a pool of its own."""
+
+    def __init__(self) -> None:
+        total = settings.MAX_CONNECTIONS
+        count = max(1, math.ceil(total / POOL_SIZE))
+        limits = httpx.Limits(
+            max_connections=math.ceil(total / count),
+            max_keepalive_connections=math.ceil(KEEPALIVE / count),
+        )
+        timeout = httpx.Timeout(
+            connect=settings.CONNECT_TIMEOUT,
+            read=settings.READ_TIMEOUT,
+            write=settings.CONNECT_TIMEOUT,
+            pool=settings.CONNECT_TIMEOUT,
+        )
+        # One TLS context for all (loading the CA bundle takes milliseconds).
+        tls = httpx.create_ssl_context()
+        self.clients = [
+            httpx.AsyncClient(
+                timeout=timeout,
+                transport=httpx.AsyncHTTPTransport(limits=limits, verify=tls),
+                headers={"User-Agent": "copilotedge"},
+            )
+            for _ in range(count)
+        ]
+        #: Requests sent and not yet closed, by pool.
+        self.busy = [0] * count
+
+    @property
+    def closed(self) -> bool:
+        return self.clients[0].is_closed
+
+    def least_busy(self) -> int:
+        return min(range(len(self.busy)), key=self.busy.__getitem__)
+
+    def lease(self) -> _Lease:
+        return _Lease(self, self.least_busy())
+
+    async def aclose(self) -> None:
+        await asyncio.gather(*(client.aclose() for client in self.clients))
+
+
+class _Lease:
+    """A request's place in one of the pools, from its send to its response's close."""
+
+    def __init__(self, pools: _Pools, index: int) -> None:
+        self.pools = pools
+        self.index = index
+        self.client = pools.clients[index]
+        pools.busy[index] += 1
+        self._held = True
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self.pools.busy[self.index] -= 1
+
+
+_pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Pools] = weakref.WeakKeyDictionary()
+
+
+def _loop_pools() -> _Pools:
+    loop = asyncio.get_running_loop()
+    pools = _pools.get(loop)
+    if pools is None or pools.closed:
+        pools = _pools[loop] = _Pools()
+    return pools
 
 
 def get_client() -> httpx.AsyncClient:
-    """The process's shared client (one per event loop, since a client is bound to its loop)."""
-    loop = asyncio.get_running_loop()
-    client = _clients.get(loop)
-    if client is None or client.is_closed:
-        client = httpx.AsyncClient(
-            timeout=httpx.Timeout(
-                connect=settings.CONNECT_TIMEOUT,
-                read=settings.READ_TIMEOUT,
-                write=settings.CONNECT_TIMEOUT,
-                pool=settings.CONNECT_TIMEOUT,
-            ),
-            transport=_transport(),
-            headers={"User-Agent": "copilotedge"},
-        )
-        _clients[loop] = client
-    return client
-
-
-def _transport() -> httpx.AsyncHTTPTransport:
-    limits = httpx.Limits(max_connections=settings.MAX_CONNECTIONS, max_keepalive_connections=100)
-    return httpx.AsyncHTTPTransport(limits=limits)
+    """The client this event loop's next request goes out with (a client is bound to its
+    loop; each has a pool of its own, and the least busy one is next)."""
+    pools = _loop_pools()
+    return pools.clients[pools.least_busy()]
 
 
 async def close_client() -> None:
-    """Close this loop's client; call at shutdown (the ASGI lifespan does)."""
-    client = _clients.pop(asyncio.get_running_loop(), None)
-    if client is not None:
-        await client.aclose()
+    """Close this loop's clients; call at shutdown (the ASGI lifespan does)."""
+    pools = _pools.pop(asyncio.get_running_loop(), None)
+    if pools is not None:
+        await pools.aclose()
 
 
 def _retry_after(response: httpx.Response) -> float | None:
@@ -82,9 +141,10 @@ class UpstreamStream:
     them to its client in one write; iterating the stream itself yields single deltas.
     """
 
-    def __init__(self, response: httpx.Response, deadline: float) -> None:
+    def __init__(self, response: httpx.Response, deadline: float, lease: _Lease) -> None:
         self._response = response
         self._deadline = deadline
+        self._lease = lease
         self.closed = False
 
     async def __aiter__(self) -> AsyncIterator[Delta]:
@@ -151,12 +211,18 @@ class UpstreamStream:
         except (TimeoutError, httpx.HTTPError):
             pass
         finally:
-            await self._response.aclose()
+            await self._close_response()
 
     async def aclose(self) -> None:
         if not self.closed:
             self.closed = True
+            await self._close_response()
+
+    async def _close_response(self) -> None:
+        try:
             await self._response.aclose()
+        finally:
+            self._lease.release()
 
 
 def _load_frame(data: str) -> Any:
@@ -175,31 +241,40 @@ async def _send(
     params: dict[str, Any],
     *,
     stream: bool,
-) -> httpx.Response:
+) -> tuple[httpx.Response, _Lease]:
+    """The response, once its headers came, and its place in the pools (released once it
+    is closed)."""
     route = route_for(model) if upstream.account_id else "openai"
-    request = get_client().build_request(
-        "POST",
-        upstream.url(route, model),
-        content=_json_body(build_payload(route, model, messages, params, stream)),
-        headers={"Authorization": f"Bearer {upstream.api_token}", "Content-Type": JSON},
-    )
+    lease = _loop_pools().lease()
     try:
-        response = await get_client().send(request, stream=True)
+        request = lease.client.build_request(
+            "POST",
+            upstream.url(route, model),
+            content=_json_body(build_payload(route, model, messages, params, stream)),
+            headers={"Authorization": f"Bearer {upstream.api_token}", "Content-Type": JSON},
+        )
+        response = await lease.client.send(request, stream=True)
     except httpx.TimeoutException:
+        lease.release()
         raise exceptions.UpstreamTimeout() from None
     except httpx.HTTPError:
+        lease.release()
         raise exceptions.UpstreamError(
             "The model provider could not be reached.", code="upstream_unreachable"
         ) from None
+    except BaseException:
+        lease.release()
+        raise
     if response.status_code >= 400:
         try:
             body = await _read_limited(response)
         finally:
             await response.aclose()
+            lease.release()
         error = error_for(response.status_code, body)
         error.retry_after = _retry_after(response)
         raise error
-    return response
+    return response, lease
 
 
 def _json_body(payload: dict[str, Any]) -> bytes:
@@ -232,8 +307,10 @@ async def open_stream(
 ) -> UpstreamStream:
     """Send a streaming request; errors before the first byte raise here."""
     deadline = time.monotonic() + settings.TOTAL_TIMEOUT
-    response = await _send(upstream or Upstream.default(), model, messages, params, stream=True)
-    return UpstreamStream(response, deadline)
+    response, lease = await _send(
+        upstream or Upstream.default(), model, messages, params, stream=True
+    )
+    return UpstreamStream(response, deadline, lease)
 
 
 async def complete(
@@ -243,7 +320,9 @@ async def complete(
     upstream: Upstream | None = None,
 ) -> Delta:
     """A non-streamed request: the whole answer as one :class:`Delta`."""
-    response = await _send(upstream or Upstream.default(), model, messages, params, stream=False)
+    response, lease = await _send(
+        upstream or Upstream.default(), model, messages, params, stream=False
+    )
     try:
         async with asyncio.timeout(settings.TOTAL_TIMEOUT):
             body = await response.aread()
@@ -253,6 +332,7 @@ async def complete(
         raise exceptions.UpstreamError(code="upstream_incomplete") from None
     finally:
         await response.aclose()
+        lease.release()
     try:
         payload = json.loads(body)
     except ValueError:

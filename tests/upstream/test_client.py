@@ -753,3 +753,34 @@ async def test_connections_are_reused_after_done(emulator: EmulatorServer) -> No
         clients = {tuple(entry["client"]) for entry in emulator.app.requests}
         assert len(clients) == 1  # one connection (one client port) served all three
     await cloudflare.close_client()
+
+
+async def test_requests_go_to_the_least_busy_pool_and_leave_it_when_closed(
+    upstream: respx.MockRouter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await cloudflare.close_client()
+    monkeypatch.setattr(cloudflare, "POOL_SIZE", 2)
+    upstream.post(OPENAI_URL).mock(
+        side_effect=[
+            *[httpx.Response(200, content=sse_body(openai_chunk("x")))] * 3,
+            httpx.Response(500, json={"success": False, "errors": []}),
+            httpx.ConnectError("refused"),
+        ]
+    )
+    with override_settings(COPILOTEDGE_MAX_CONNECTIONS=4):
+        pools = cloudflare._loop_pools()
+        assert len(pools.clients) == 2
+        held = [await cloudflare.open_stream(META, MESSAGES, {}) for _ in range(3)]
+        assert pools.busy == [2, 1]
+        assert [stream._lease.client for stream in held] == [
+            pools.clients[0], pools.clients[1], pools.clients[0]
+        ]  # fmt: skip
+        for stream in held:
+            assert texts([delta async for delta in stream]) == "x"
+        await asyncio.gather(*cloudflare._draining)
+        assert pools.busy == [0, 0]
+        for failing in (exceptions.UpstreamError, exceptions.UpstreamError):
+            with pytest.raises(failing):
+                await cloudflare.open_stream(META, MESSAGES, {})
+        assert pools.busy == [0, 0]  # an error answer or no answer gives its place back
+    await cloudflare.close_client()
