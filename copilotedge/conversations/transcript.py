@@ -28,8 +28,10 @@ import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, cast
 
+from django.db import connections, router
 from django.utils import timezone
 
 from copilotedge import lifecycle
@@ -43,6 +45,9 @@ from copilotedge.conversations.live import (
     watches_requested,
 )
 from copilotedge.models import Message
+
+if TYPE_CHECKING:
+    from django.db.models import Field
 
 logger = logging.getLogger(__name__)
 
@@ -97,14 +102,58 @@ def _submit_save(
     )
 
 
+def _save_growing(texts: list[tuple[uuid.UUID, str, datetime]]) -> set[uuid.UUID]:
+    """Save the text of answers still ``streaming``; the ids of those saved (a stopped or
+    deleted answer takes no more text).
+
+    One ``UPDATE`` run for all the rows (``executemany``), its parameters prepared by the
+    fields themselves: an ORM ``update()`` a row builds and compiles its query every time,
+    which costs several times the write (and ``bulk_update``'s ``CASE`` more still).
+    """
+    meta = Message._meta
+    connection = connections[router.db_for_write(Message)]
+    pk, content, updated_at, status = (
+        cast("Field[Any, Any]", meta.get_field(name))
+        for name in ("id", "content", "updated_at", "status")
+    )
+
+    def column(field: Field[Any, Any]) -> str:
+        assert field.column is not None  # a concrete field
+        return connection.ops.quote_name(field.column)
+
+    sql = (
+        f"UPDATE {connection.ops.quote_name(meta.db_table)} SET {column(content)} = %s, "
+        f"{column(updated_at)} = %s WHERE {column(pk)} = %s AND {column(status)} = %s"
+    )
+    streaming = Message.Status.STREAMING
+    params = [
+        (
+            content.get_db_prep_save(text, connection),
+            updated_at.get_db_prep_save(when, connection),
+            pk.get_db_prep_save(message_id, connection),
+            status.get_db_prep_save(streaming, connection),
+        )
+        for message_id, text, when in texts
+    ]
+    with connection.cursor() as cursor:
+        cursor.executemany(sql, params)
+        updated = cursor.rowcount
+    ids = [message_id for message_id, _, _ in texts]
+    if updated == len(ids):
+        return set(ids)
+    # Some were stopped meanwhile (or the driver counts only the last row).
+    return set(Message.objects.filter(pk__in=ids, status=streaming).values_list("pk", flat=True))
+
+
 class _GrowingText:
     """A save of a growing answer's text, for the group-commit writer: the row is updated
     only while it is still ``streaming`` (a stop or a delete elsewhere ended it).
 
     The saves of every answer due together (their flush timers share a grid, see
-    :func:`_flush_deadline`) go in one batch, and there in one ``UPDATE``: their order
-    among the batch's other jobs does not matter, since an answer's final save always
-    comes after its own growing saves and only a ``streaming`` row takes them.
+    :func:`_flush_deadline`) go in one batch, and there in one statement run for them all
+    (:func:`_save_growing`): their order among the batch's other jobs does not matter,
+    since an answer's final save always comes after its own growing saves and only a
+    ``streaming`` row takes them.
     """
 
     combinable = True
@@ -120,14 +169,9 @@ class _GrowingText:
 
     @classmethod
     def run_together(cls, jobs: list[_GrowingText]) -> list[tuple[int, bool]]:
-        rows = [Message(pk=job.message_id, **job.values) for job in jobs]
-        streaming = Message.objects.filter(status=Message.Status.STREAMING)
-        updated = streaming.bulk_update(rows, cls.fields)
-        ids = [job.message_id for job in jobs]
-        if updated == len(jobs):
-            saved = set(ids)
-        else:  # some were stopped or deleted meanwhile
-            saved = set(streaming.filter(pk__in=ids).values_list("pk", flat=True))
+        saved = _save_growing(
+            [(job.message_id, job.values["content"], job.values["updated_at"]) for job in jobs]
+        )
         watched = watches_requested([job.message_id for job in jobs if job.check_watch])
         return [(int(job.message_id in saved), job.message_id in watched) for job in jobs]
 

@@ -36,11 +36,16 @@ async def test_growing_answers_saved_together_go_in_one_statement(user, monkeypa
         )
     )
     assert results == [(1, False), (0, False), (1, True)]
+    again = [
+        transcript._submit_save(row.pk, streaming_only=True, content="more")
+        for row in (rows[0], rows[2])
+    ]
+    assert await asyncio.gather(*again) == [(1, False), (1, False)]  # every row still streams
     saved = {m.pk: (m.status, m.content) async for m in Message.objects.all()}
     assert saved == {
-        rows[0].pk: ("streaming", "t0"),
+        rows[0].pk: ("streaming", "more"),
         rows[1].pk: ("cancelled", ""),  # a stopped answer takes no more text
-        rows[2].pk: ("streaming", "t2"),
+        rows[2].pk: ("streaming", "more"),
     }
 
 
