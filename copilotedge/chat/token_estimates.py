@@ -120,12 +120,31 @@ def estimate_prompt_tokens(
 ) -> int:
     """The prompt: every message with its framing, plus tool definitions (templates inline
     them into the prompt as JSON) and the assistant header that primes the reply."""
-    meter = _Meter()
-    tokens = sum(estimate_message_tokens(message, meter) for message in messages)
-    tools = (params or {}).get("tools")
-    if tools:
-        tokens += meter.tokens(json.dumps(tools, separators=(",", ":")))
-    return tokens + REPLY_PRIMING
+    return PromptEstimate(messages, params).tokens
+
+
+class PromptEstimate:
+    """A prompt's estimate that grows as messages are appended (a server tool step adds
+    its calls and results), never made again from the whole prompt; the same figure
+    :func:`estimate_prompt_tokens` gives for the prompt as it stands."""
+
+    def __init__(
+        self, messages: Iterable[Mapping[str, Any]], params: Mapping[str, Any] | None = None
+    ) -> None:
+        # One meter for the whole prompt: its exact budget and densest rate are shared.
+        self._meter = _Meter()
+        self._tokens = REPLY_PRIMING
+        self.add(messages)
+        tools = (params or {}).get("tools")
+        if tools:
+            self._tokens += self._meter.tokens(json.dumps(tools, separators=(",", ":")))
+
+    @property
+    def tokens(self) -> int:
+        return self._tokens
+
+    def add(self, messages: Iterable[Mapping[str, Any]]) -> None:
+        self._tokens += sum(estimate_message_tokens(m, self._meter) for m in messages)
 
 
 def estimate_completion_tokens(text: str, tool_calls: Iterable[tuple[str, str]] = ()) -> int:

@@ -134,8 +134,8 @@ class Turn:
         self._usage: Usage | None = None
         self._more_reservations: list[ratelimit.Reservation] = []
         #: The estimated prompt of the next upstream call (kept up to date as the steps add
-        #: messages, never made again from the whole prompt), and of all calls made.
-        self._prompt_tokens: int | None = None
+        #: messages, never made again from the whole prompt), and of all calls answered.
+        self._prompt: token_estimates.PromptEstimate | None = None
         self._prompt_tokens_sent = 0
         if self.server_tools:
             self._offer_tools()
@@ -195,24 +195,23 @@ class Turn:
             lifecycle.accepting()  # none once the server is stopping (503)
             check_model(self.principal, self.request.model)
             request = self.request
-            self._prompt_tokens = token_estimates.estimate_prompt_tokens(
-                request.messages, request.params
-            )
-            self.reservation = await ratelimit.reserve(self.principal, request, self._prompt_tokens)
+            self._prompt = token_estimates.PromptEstimate(request.messages, request.params)
+            self.reservation = await ratelimit.reserve(self.principal, request, self._prompt.tokens)
 
-    def _sending(self) -> None:
-        """Count an upstream call about to be made, and its prompt."""
-        self.steps += 1
+    @property
+    def _prompt_tokens(self) -> int | None:
+        return None if self._prompt is None else self._prompt.tokens
+
+    def _answered(self) -> None:
+        """Count an upstream call that answered (or the cache for it): its prompt was
+        billed (a refused or unreachable call is not)."""
         self._prompt_tokens_sent += self._prompt_tokens or 0
 
     def _add_messages(self, messages: list[dict[str, Any]]) -> None:
         """Append ``messages`` to what goes upstream next, and to its prompt's estimate."""
         self.request.messages = [*self.request.messages, *messages]
-        self._grow_prompt(messages)
-
-    def _grow_prompt(self, messages: list[dict[str, Any]]) -> None:
-        added = sum(token_estimates.estimate_message_tokens(m) for m in messages)
-        self._prompt_tokens = (self._prompt_tokens or 0) + added
+        if self._prompt is not None:
+            self._prompt.add(messages)
 
     async def open(self) -> None:
         """Open the answer: from the cache, or upstream once it sent a first delta."""
@@ -231,12 +230,14 @@ class Turn:
     async def _open_step(self, started: float) -> resilience.DeltaStream:
         """One upstream call: cache, retries, circuit breakers and fallbacks
         (``self.served`` counts the attempts of every step)."""
-        self._sending()
+        self.steps += 1
         self._step = Answer() if self.server_tools else self.answer
         with lifecycle.reading(self):  # a stop past its grace may interrupt it
-            return await resilience.open_stream(
+            stream = await resilience.open_stream(
                 self.request, self._step, self.served, started=started
             )
+        self._answered()
+        return stream
 
     async def deltas(self) -> AsyncIterator[Delta]:
         batches = self.batches()
@@ -542,7 +543,8 @@ class Turn:
             ]
         self.request.messages = messages
         answers = [result.message() for result in results]
-        self._grow_prompt(answers)
+        # The calls' arguments may have changed too (the server's copy of approved ones).
+        self._prompt = token_estimates.PromptEstimate(messages, self.request.params)
         # Stored before the answer, after the stored call they answer.
         history.save_steps(self.transcript, answers)
 
@@ -566,9 +568,10 @@ class Turn:
         await self.prepare()
         await self.admit()
         try:
-            self._sending()
+            self.steps += 1
             with lifecycle.reading(self):
                 delta = await resilience.complete(self.request, self.served, started=self.started)
+            self._answered()
             self.first_token_at = time.monotonic()
             self.answer.add(delta)
             on_chunk = _chunk_callback()

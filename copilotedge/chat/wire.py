@@ -44,23 +44,29 @@ def openai_completion(turn: Turn) -> dict[str, Any]:
 class _Chunks:
     """One answer's ``chat.completion.chunk`` frames.
 
-    Their envelope (id, created, model) is the same in every frame of the answer, so it
-    is encoded once, when the answer has opened (its model is known), and each frame
-    encodes only its delta.
+    Their envelope (id, created, model) is the same from frame to frame, so it is encoded
+    once, and again only if the model that answers changes (a later step's fallback); each
+    frame encodes only its delta.
     """
 
     def __init__(self, turn: Turn) -> None:
-        envelope = sse.json_bytes(
-            {
-                "id": completion_id(turn),
-                "object": "chat.completion.chunk",
-                "created": turn.created,
-                "model": turn.model_served,
-            }
-        )
-        self._head = b"data: " + envelope[:-1] + b',"choices":[{"index":0,"delta":'
+        self.turn = turn
+        self._model: str | None = None
+        self._head = b""
 
     def frame(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+        turn = self.turn
+        if turn.model_served != self._model:
+            self._model = turn.model_served
+            envelope = sse.json_bytes(
+                {
+                    "id": completion_id(turn),
+                    "object": "chat.completion.chunk",
+                    "created": turn.created,
+                    "model": self._model,
+                }
+            )
+            self._head = b"data: " + envelope[:-1] + b',"choices":[{"index":0,"delta":'
         return b"".join(
             (
                 self._head,

@@ -142,7 +142,8 @@ def _save_growing(texts: list[tuple[uuid.UUID, str, datetime]]) -> set[uuid.UUID
     if updated == len(ids):
         return set(ids)
     # Some were stopped meanwhile (or the driver counts only the last row).
-    return set(Message.objects.filter(pk__in=ids, status=streaming).values_list("pk", flat=True))
+    rows = Message.objects.using(connection.alias).filter(pk__in=ids, status=streaming)
+    return set(rows.values_list("pk", flat=True))
 
 
 class _GrowingText:

@@ -46,10 +46,15 @@ class _Pools:
     def __init__(self) -> None:
         total = settings.MAX_CONNECTIONS
         count = max(1, math.ceil(total / POOL_SIZE))
-        limits = httpx.Limits(
-            max_connections=math.ceil(total / count),
-            max_keepalive_connections=math.ceil(KEEPALIVE / count),
-        )
+        # Pool i gets its share of the connections and of the idle ones (the shares add up
+        # to the totals).
+        limits = [
+            httpx.Limits(
+                max_connections=_share(total, count, index),
+                max_keepalive_connections=max(1, _share(KEEPALIVE, count, index)),
+            )
+            for index in range(count)
+        ]
         timeout = httpx.Timeout(
             connect=settings.CONNECT_TIMEOUT,
             read=settings.READ_TIMEOUT,
@@ -61,10 +66,10 @@ class _Pools:
         self.clients = [
             httpx.AsyncClient(
                 timeout=timeout,
-                transport=httpx.AsyncHTTPTransport(limits=limits, verify=tls),
+                transport=httpx.AsyncHTTPTransport(limits=pool_limits, verify=tls),
                 headers={"User-Agent": "copilotedge"},
             )
-            for _ in range(count)
+            for pool_limits in limits
         ]
         #: Requests sent and not yet closed, by pool.
         self.busy = [0] * count
@@ -81,6 +86,11 @@ class _Pools:
 
     async def aclose(self) -> None:
         await asyncio.gather(*(client.aclose() for client in self.clients))
+
+
+def _share(total: int, count: int, index: int) -> int:
+    """Pool ``index``'s share of ``total`` split over ``count`` pools."""
+    return total // count + (1 if index < total % count else 0)
 
 
 class _Lease:
@@ -269,8 +279,10 @@ async def _send(
         try:
             body = await _read_limited(response)
         finally:
-            await response.aclose()
-            lease.release()
+            try:
+                await response.aclose()
+            finally:
+                lease.release()
         error = error_for(response.status_code, body)
         error.retry_after = _retry_after(response)
         raise error
@@ -331,8 +343,10 @@ async def complete(
     except httpx.HTTPError:
         raise exceptions.UpstreamError(code="upstream_incomplete") from None
     finally:
-        await response.aclose()
-        lease.release()
+        try:
+            await response.aclose()
+        finally:
+            lease.release()
     try:
         payload = json.loads(body)
     except ValueError:

@@ -49,3 +49,18 @@ def test_a_huge_prompt_costs_bounded_work(monkeypatch: pytest.MonkeyPatch, messa
     monkeypatch.undo()
     # Extrapolated at the densest rate seen: close, and high rather than low.
     assert exact(messages) * 0.99 <= estimated <= exact(messages) * 1.1
+
+
+def test_a_growing_prompt_estimate_is_the_whole_prompts() -> None:
+    messages = [{"role": "user", "content": "Who am I? " * 50}]
+    params = {"tools": [{"type": "function", "function": {"name": "whoami"}}]}
+    step = [
+        {"role": "assistant", "content": "", "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "whoami", "arguments": "{}"}}
+        ]},
+        {"role": "tool", "tool_call_id": "c1", "content": "alice " * 30},
+    ]  # fmt: skip
+    growing = token_estimates.PromptEstimate(messages, params)
+    assert growing.tokens == estimate_prompt_tokens(messages, params)
+    growing.add(step)
+    assert growing.tokens == estimate_prompt_tokens([*messages, *step], params)

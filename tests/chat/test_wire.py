@@ -136,6 +136,14 @@ def test_a_chunk_frame_is_the_whole_chunk(model: str) -> None:
     }
 
 
+def test_a_chunk_names_the_model_that_answers_it() -> None:
+    turn = turn_with()
+    chunks = wire._Chunks(turn)
+    assert json.loads(chunks.frame({})[6:])["model"] == "@cf/qwen/qwq-32b"
+    turn.served.model = "@cf/meta/llama-3.1-8b-instruct"  # a later step's fallback
+    assert json.loads(chunks.frame({})[6:])["model"] == "@cf/meta/llama-3.1-8b-instruct"
+
+
 def test_run_error_carries_both_shapes() -> None:
     error = exceptions.UpstreamRateLimited(upstream_code=3040)
     body = wire.run_error(error)
